@@ -1,0 +1,5 @@
+"""`python -m localtune` is the `localtune` command."""
+
+from localtune.cli import main
+
+main()

@@ -1,0 +1,405 @@
+"""The one typed configuration tree: model, data, lora, train, export.
+
+A YAML file and command-line flags are two views of the same tree. Every value remembers where it
+came from (default, `file:line`, or a flag), the whole tree is validated at once (all problems in one
+`ConfigError`, exit code 2), and it is saved as `config.yaml` in every run folder.
+
+Run as:  localtune config [--config FILE]     # prints the effective tree with its documentation
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from localtune.errors import ConfigError, Problem
+
+DATA_FORMATS = ("auto", "text", "alpaca", "chat", "sharegpt", "prompt_completion")
+OPTIMIZERS = ("paged_adamw_8bit", "adamw_8bit", "adamw")
+SCHEDULERS = ("cosine", "linear", "constant")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DEVICES = ("auto", "cuda", "cpu")
+
+
+def opt(default: Any, doc: str, *, choices: tuple[str, ...] | None = None):
+    """A config field with its documentation (shown by `localtune config`, the TUI and --help)."""
+    meta = {"doc": doc, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = opt("", "Base model: a hub id, a local Hugging Face folder, or a local .gguf file.")
+    chat_template: str | None = opt(
+        None,
+        "Chat template to train with (a .jinja file or the template text). Empty: the model's own, "
+        "or ChatML when it has none. The export embeds the same template.",
+    )
+    trust_remote_code: bool = opt(False, "Allow model code from the hub to run (only for models you trust).")
+
+
+@dataclass
+class DataConfig:
+    path: str = opt("", "Training data: a .jsonl/.json/.csv/.tsv/.parquet/.txt file or a folder of them.")
+    format: str = opt("auto", "Row format; 'auto' detects it from the fields of the first row.", choices=DATA_FORMATS)
+    max_seq_len: int = opt(1024, "Longest training sequence in tokens; longer rows are truncated.")
+    train_on_prompt: bool = opt(False, "Also compute the loss on prompt/user tokens (default: assistant tokens only).")
+    packing: bool = opt(False, "Pack several short rows into one sequence, with no attention across rows.")
+    val_file: str | None = opt(None, "Separate validation data file; when set, no rows are split off for validation.")
+    val_fraction: float = opt(
+        0.05, "Fraction of rows held out for validation when there is no val_file (0 disables; needs 10+ rows)."
+    )
+    skip_invalid: bool = opt(False, "Drop invalid rows (and report them) instead of stopping at them.")
+
+
+@dataclass
+class LoraConfig:
+    r: int = opt(16, "LoRA rank.")
+    alpha: float = opt(32.0, "LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).")
+    dropout: float = opt(0.05, "Dropout on the LoRA input.")
+    target_modules: list[str] = opt(["all-linear"], "Modules to adapt: 'all-linear' or a list of module names.")
+    use_rslora: bool = opt(False, "Rank-stabilised LoRA scaling.")
+    use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(1, "Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = opt(0, "Stop after this many optimizer steps (0: train for `epochs`).")
+    micro_batch_size: int = opt(1, "Rows per forward pass.")
+    grad_accum: int = opt(8, "Micro-batches per optimizer step.")
+    lr: float = opt(2e-4, "Peak learning rate.")
+    lr_scheduler: str = opt("cosine", "Learning-rate schedule after warm-up.", choices=SCHEDULERS)
+    warmup_ratio: float = opt(0.03, "Fraction of steps spent warming up the learning rate.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 disables).")
+    optimizer: str = opt(
+        "paged_adamw_8bit", "Optimizer; paged variants fall back to unpaged on CPU.", choices=OPTIMIZERS
+    )
+    load_in_4bit: bool = opt(True, "QLoRA: load the base in 4-bit NF4 with double quantization.")
+    gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass to save memory.")
+    precision: str = opt("auto", "Compute dtype; 'auto' is bf16 where supported, else fp32.", choices=PRECISIONS)
+    device: str = opt("auto", "Where to train; 'auto' uses CUDA when available.", choices=DEVICES)
+    seed: int = opt(42, "Seed for shuffling, the validation split, LoRA init and dropout.")
+    save_every: int = opt(100, "Save a checkpoint every this many optimizer steps.")
+    keep_checkpoints: int = opt(2, "How many complete checkpoints to keep.")
+    eval_every: int = opt(0, "Evaluate on the validation rows every this many steps (0: at the end only).")
+
+
+@dataclass
+class ExportConfig:
+    quants: list[str] = opt(["q4_k_m"], "GGUF types to export, e.g. q4_k_m, q8_0, f16.")
+    verify: bool = opt(True, "Check every exported GGUF against the trained model.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    # Where each value came from: "section.key" -> "config.yaml:4" or "--max-steps". Absent: default.
+    sources: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    # ---- access ---------------------------------------------------------------------------------
+    def get(self, key: str) -> Any:
+        section, name = _split_key(key)
+        return getattr(getattr(self, section), name)
+
+    def set(self, key: str, value: Any, source: str) -> None:
+        """Set `section.name` from a flag or file value, converting it to the field's type.
+
+        Raises ConfigError naming `source` when the key is unknown or the value has the wrong type.
+        """
+        problems: list[Problem] = []
+        self._set(key, value, source, problems)
+        if problems:
+            raise ConfigError(problems, heading="invalid configuration")
+
+    def _set(self, key: str, value: Any, where: str, problems: list[Problem]) -> None:
+        try:
+            section, name = _split_key(key)
+        except KeyError as exc:
+            problems.append(Problem(where, key, str(exc.args[0]), "use one of the keys `localtune config` lists"))
+            return
+        typ = typing.get_type_hints(_SECTION_TYPES[section])[name]
+        try:
+            converted = _convert(value, typ)
+        except (TypeError, ValueError) as exc:
+            problems.append(Problem(where, key, f"{exc} (got {value!r})", f"give {key} a {_type_name(typ)} value"))
+            return
+        setattr(getattr(self, section), name, converted)
+        self.sources[key] = where
+
+    def source_of(self, key: str) -> str:
+        return self.sources.get(key, "default")
+
+    def overridden(self) -> list[str]:
+        """One line per value that is not a default, saying where it came from."""
+        return [f"{k} = {self.get(k)!r}  ({src})" for k, src in sorted(self.sources.items())]
+
+    # ---- serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {s: {f.name: getattr(getattr(self, s), f.name) for f in fields(getattr(self, s))} for s in SECTIONS}
+
+    def to_yaml(self, *, with_docs: bool = False) -> str:
+        """YAML text of the whole tree; with_docs adds each field's documentation as a comment."""
+        import yaml
+
+        out: list[str] = []
+        for section in SECTIONS:
+            out.append(f"{section}:")
+            for f in fields(getattr(self, section)):
+                key = f"{section}.{f.name}"
+                value = yaml.safe_dump({f.name: getattr(getattr(self, section), f.name)}, default_flow_style=True)
+                value = value.strip()[1:-1]  # "{a: 1}" -> "a: 1": one key per line, flow values
+                line = f"  {value}"
+                if with_docs:
+                    doc = f.metadata["doc"]
+                    if f.metadata.get("choices"):
+                        doc += f" One of: {', '.join(f.metadata['choices'])}."
+                    src = self.source_of(key)
+                    line = f"{line:<44} # {doc}" + ("" if src == "default" else f" [from {src}]")
+                out.append(line)
+        return "\n".join(out) + "\n"
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the tree as YAML, atomically (temporary name, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(self.to_yaml(), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+
+SECTIONS = ("model", "data", "lora", "train", "export")
+_SECTION_TYPES = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "lora": LoraConfig,
+    "train": TrainConfig,
+    "export": ExportConfig,
+}
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    section, _, name = key.partition(".")
+    if section not in _SECTION_TYPES:
+        near = difflib.get_close_matches(section, SECTIONS, n=1)
+        raise KeyError(f"unknown section {section!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    names = [f.name for f in fields(_SECTION_TYPES[section])]
+    if name not in names:
+        near = difflib.get_close_matches(name, names, n=1)
+        raise KeyError(f"unknown key {key!r}" + (f" (did you mean '{section}.{near[0]}'?)" if near else ""))
+    return section, name
+
+
+def _type_name(typ: Any) -> str:
+    args = [a for a in typing.get_args(typ) if a is not type(None)]
+    typ = args[0] if typing.get_origin(typ) in (typing.Union, types.UnionType) and len(args) == 1 else typ
+    return {int: "whole-number", float: "number", bool: "true/false", str: "text"}.get(typ, "list or text")
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _convert(value: Any, typ: Any) -> Any:
+    """Convert a YAML or flag value to the field type; raise ValueError/TypeError with a reason."""
+    args = typing.get_args(typ)
+    if typing.get_origin(typ) in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+            return None
+        (typ,) = [a for a in args if a is not type(None)]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise TypeError("expected true or false")
+    if typ is int:
+        if isinstance(value, bool):
+            raise TypeError("expected a whole number")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise ValueError("expected a whole number") from None
+        raise TypeError("expected a whole number")
+    if typ is float:
+        if isinstance(value, bool):
+            raise TypeError("expected a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "2e-4" as text, so accept numeric text
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise ValueError("expected a number") from None
+        raise TypeError("expected a number")
+    if typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise TypeError("expected text")
+    if typing.get_origin(typ) is list:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+            return [str(v) for v in value]
+        raise TypeError("expected a list of names or a comma-separated text")
+    raise TypeError(f"unsupported field type {typ}")  # a bug in this module, not a user mistake
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, tuple[Any, str]] | None = None) -> Config:
+    """Defaults, then the YAML file (if any), then `overrides` ({key: (value, flag name)}), then validate.
+
+    All problems (unknown keys, wrong types, out-of-range or contradictory values) are collected and
+    raised together as one ConfigError.
+    """
+    cfg = Config()
+    problems: list[Problem] = []
+    if path is not None:
+        _apply_yaml(cfg, Path(path), problems)
+    for key, (value, flag) in (overrides or {}).items():
+        if value is not None:
+            cfg._set(key, value, flag, problems)
+    if not problems:
+        problems = validate(cfg)
+    if problems:
+        raise ConfigError(problems, heading=f"invalid configuration ({len(problems)} problem(s))")
+    return cfg
+
+
+def _apply_yaml(cfg: Config, path: Path, problems: list[Problem]) -> None:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        problems.append(Problem(str(path), None, "config file not found", "check the path given to --config"))
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(str(path), None, f"cannot read config file: {exc}", "save it as UTF-8 text"))
+        return
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problems.append(Problem(where, None, f"not valid YAML: {getattr(exc, 'problem', exc)}", "fix the YAML syntax"))
+        return
+    if root is None:
+        return
+    loader = yaml.SafeLoader("")
+    if not isinstance(root, yaml.MappingNode):
+        problems.append(
+            Problem(f"{path}:{root.start_mark.line + 1}", None, "the top level must be a mapping of sections",
+                    "start the file with sections such as `train:` and `lora:`")
+        )
+        return
+    for knode, vnode in root.value:
+        section = loader.construct_object(knode, deep=True)
+        where = f"{path}:{knode.start_mark.line + 1}"
+        if section not in _SECTION_TYPES:
+            near = difflib.get_close_matches(str(section), SECTIONS, n=1)
+            problems.append(Problem(where, str(section), "unknown section" + (f" (did you mean {near[0]!r}?)" if near else ""),
+                                    f"use one of: {', '.join(SECTIONS)}"))
+            continue
+        if not isinstance(vnode, yaml.MappingNode):
+            problems.append(Problem(where, section, "a section must be a mapping of keys to values",
+                                    f"write `{section}:` followed by indented `key: value` lines"))
+            continue
+        for k2, v2 in vnode.value:
+            name = loader.construct_object(k2, deep=True)
+            value = loader.construct_object(v2, deep=True)
+            cfg._set(f"{section}.{name}", value, f"{path}:{k2.start_mark.line + 1}", problems)
+
+
+# ---- validation ------------------------------------------------------------------------------------
+def validate(cfg: Config) -> list[Problem]:
+    """Every range, choice and cross-field rule; returns all problems (empty when valid)."""
+    problems: list[Problem] = []
+
+    def bad(key: str, message: str, fix: str) -> None:
+        problems.append(Problem(cfg.source_of(key), key, f"{message} (got {cfg.get(key)!r})", fix))
+
+    for section in SECTIONS:
+        for f in fields(getattr(cfg, section)):
+            choices = f.metadata.get("choices")
+            key = f"{section}.{f.name}"
+            if choices and cfg.get(key) not in choices:
+                bad(key, "not one of the allowed values", f"use one of: {', '.join(choices)}")
+
+    d, lo, t, e = cfg.data, cfg.lora, cfg.train, cfg.export
+    if not 16 <= d.max_seq_len <= 1_048_576:
+        bad("data.max_seq_len", "must be between 16 and 1048576 tokens", "a typical value is 512-4096")
+    if not 0.0 <= d.val_fraction < 0.5:
+        bad("data.val_fraction", "must be at least 0 and below 0.5", "use e.g. 0.05, or 0 for no validation split")
+    if d.val_file and d.val_fraction > 0 and "data.val_fraction" in cfg.sources:
+        problems.append(
+            Problem(f"{cfg.source_of('data.val_file')} and {cfg.source_of('data.val_fraction')}", "data.val_file",
+                    f"both a validation file ({d.val_file!r}) and a validation fraction ({d.val_fraction}) are set",
+                    "keep one: the file, or the fraction to split off the training data")
+        )
+    if lo.r < 1:
+        bad("lora.r", "must be at least 1", "typical ranks are 8, 16, 32 or 64")
+    if lo.alpha <= 0:
+        bad("lora.alpha", "must be positive", "a common choice is twice the rank")
+    if not 0.0 <= lo.dropout < 1.0:
+        bad("lora.dropout", "must be at least 0 and below 1", "use 0.0-0.1")
+    if not lo.target_modules:
+        bad("lora.target_modules", "must name at least one module", "use all-linear")
+    if t.epochs < 1 and t.max_steps <= 0:
+        bad("train.epochs", "must be at least 1 when max_steps is 0", "set epochs >= 1 or max_steps > 0")
+    if t.max_steps < 0:
+        bad("train.max_steps", "must not be negative", "use 0 to train for `epochs`")
+    for key in ("train.micro_batch_size", "train.grad_accum", "train.save_every", "train.keep_checkpoints"):
+        if cfg.get(key) < 1:
+            bad(key, "must be at least 1", f"set {key} to 1 or more")
+    if t.eval_every < 0:
+        bad("train.eval_every", "must not be negative", "use 0 to evaluate at the end only")
+    if not 0.0 < t.lr < 1.0:
+        bad("train.lr", "must be above 0 and below 1", "LoRA usually trains well at 1e-4 to 3e-4")
+    if not 0.0 <= t.warmup_ratio < 1.0:
+        bad("train.warmup_ratio", "must be at least 0 and below 1", "use e.g. 0.03")
+    if t.weight_decay < 0:
+        bad("train.weight_decay", "must not be negative", "use 0.0-0.1")
+    if t.max_grad_norm < 0:
+        bad("train.max_grad_norm", "must not be negative", "use 1.0, or 0 to disable clipping")
+    if t.device == "cpu" and t.precision == "fp16":
+        problems.append(
+            Problem(f"{cfg.source_of('train.device')} and {cfg.source_of('train.precision')}", "train.precision",
+                    "fp16 training is not supported on the CPU (device 'cpu', precision 'fp16')",
+                    "use precision auto, bf16 or fp32 on the CPU")
+        )
+    from localtune.converters.quants import QUANT_TYPES
+
+    unknown = [q for q in e.quants if q.lower() not in QUANT_TYPES]
+    if unknown or not e.quants:
+        bad("export.quants", f"unknown GGUF type(s) {', '.join(unknown) or '(none given)'}",
+            f"use some of: {', '.join(QUANT_TYPES)}")
+    return problems
+
+
+def describe_fields() -> list[tuple[str, Any, str]]:
+    """(key, default, doc) for every field: the source for docs, help texts and TUI tooltips."""
+    out = []
+    for section in SECTIONS:
+        for f in fields(_SECTION_TYPES[section]):
+            default = f.default if f.default is not MISSING else f.default_factory()
+            out.append((f"{section}.{f.name}", default, f.metadata["doc"]))
+    return out
+

@@ -1,0 +1,1 @@
+"""The Textual terminal app (installed as `localtune.tui`). Only this package imports textual."""
