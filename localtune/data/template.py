@@ -1,0 +1,122 @@
+"""Chat templates: which one a run trains with, and where the assistant text lands in a rendering.
+
+The template is the model's own (`tokenizer.chat_template`), a user's override, or, for a model
+without one, localtune's default: ChatML. The chosen text is recorded with the run so the GGUF
+export embeds exactly what training saw.
+
+Trainable spans come from rendering, never from searching for marker strings: for assistant turn i,
+the text before it is the rendering of the conversation up to turn i with the generation prompt, and
+the turn ends where the rendering of the conversation up to and including turn i ends. Both must be
+prefixes of the full rendering; templates that render the latest assistant turn differently from
+earlier ones (Qwen3's empty think block) are handled by locating the turn's own content after its
+start and keeping the terminator the template writes after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from localtune.errors import UsageError
+
+# ChatML, the most widely understood chat layout (llama.cpp, Ollama and LM Studio all recognise it).
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+# The same layout for a tokenizer that has no <|im_end|> token: assistant turns also end with the
+# tokenizer's EOS token, so the exported model stops where the training data stopped.
+CHATML_EOS_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{ '<|im_start|>assistant\\n' + message['content'] + '<|im_end|>' + eos_token + '\\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    text: str
+    origin: str  # "model", "default ChatML", or the file/flag it came from
+
+
+class TemplateError(Exception):
+    """The template rejected a conversation, or its assistant turns could not be located."""
+
+
+def resolve_chat_template(tokenizer, override: str | None = None) -> ChatTemplate:
+    """The template to train with: an explicit override, the model's own, or default ChatML."""
+    if override:
+        if "{" in override:  # the template text itself
+            return ChatTemplate(override, "config")
+        path = Path(override).expanduser()
+        try:
+            return ChatTemplate(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"model.chat_template names {override!r}, which cannot be read ({exc})",
+                             hint="give the path of a .jinja file, or the template text itself",
+                             title="chat template not found") from None
+    own = getattr(tokenizer, "chat_template", None)
+    if isinstance(own, dict):  # several named templates: the default one trains
+        own = own.get("default")
+    if own:
+        return ChatTemplate(own, "model")
+    vocab = tokenizer.get_vocab()
+    if "<|im_end|>" in vocab and tokenizer.eos_token == "<|im_end|>":
+        return ChatTemplate(CHATML_TEMPLATE, "default ChatML")
+    return ChatTemplate(CHATML_EOS_TEMPLATE, "default ChatML (+EOS)")
+
+
+Renderer = Callable[[list[dict[str, str]], bool], str]
+
+
+def make_renderer(tokenizer, template: ChatTemplate) -> Renderer:
+    """render(messages, add_generation_prompt) -> text, with the template's errors as TemplateError."""
+
+    def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        try:
+            return tokenizer.apply_chat_template(messages, chat_template=template.text, tokenize=False,
+                                                 add_generation_prompt=add_generation_prompt)
+        except Exception as exc:  # jinja's raise_exception ("System role not supported") and friends
+            raise TemplateError(f"the chat template rejected this conversation: {exc}") from None
+
+    return render
+
+
+def render_with_spans(messages: list[dict[str, str]], render: Renderer) -> tuple[str, list[tuple[int, int]]]:
+    """The full rendering and the character spans [start, end) of every assistant turn."""
+    full = render(messages, False)
+    spans: list[tuple[int, int]] = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = render(messages[:i], True)
+        if not full.startswith(before):
+            raise TemplateError(f"the template renders the text before assistant turn {i} differently inside "
+                                "the whole conversation, so its trainable span cannot be located")
+        start = len(before)
+        upto = render(messages[: i + 1], False)
+        if full.startswith(upto) and len(upto) > start:
+            spans.append((start, len(upto)))
+            continue
+        # The latest assistant turn renders differently from earlier ones (e.g. an added think block):
+        # find this turn's content after its start, then the terminator the template writes after it.
+        content = m["content"]
+        at = full.find(content, start)
+        tail_at = upto.rfind(content)
+        if at < 0 or tail_at < 0:
+            raise TemplateError(f"the template does not write assistant turn {i}'s text verbatim, so its "
+                                "trainable span cannot be located")
+        end = at + len(content)
+        terminator = upto[tail_at + len(content):]
+        while terminator and not full.startswith(terminator, end):
+            terminator = terminator[:-1]  # e.g. keep "<|im_end|>" when the final "\n" differs
+        spans.append((start, end + len(terminator)))
+    return full, spans

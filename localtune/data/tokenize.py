@@ -1,0 +1,99 @@
+"""Turning examples into token ids and labels, with the loss mask taken from rendered spans.
+
+Labels are the input ids where the loss applies and IGNORE (-100) elsewhere, the convention of
+transformers' causal-LM loss (which shifts them by one itself).
+
+- chat: rendered with the chat template; assistant spans train (all tokens with train_on_prompt).
+- text: the tokenizer's own special tokens (BOS) plus EOS; every token trains. Rows longer than
+  max_seq_len are split into consecutive windows instead of being truncated: no text is lost.
+- completion: prompt + completion + EOS as plain text; the completion and EOS train.
+Chat and completion rows are truncated to max_seq_len (keeping the start).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from localtune.data.formats import Example
+from localtune.data.template import Renderer, render_with_spans
+
+IGNORE = -100
+
+
+@dataclass
+class TokenizedRow:
+    where: str
+    input_ids: list[int]
+    labels: list[int]
+    full_length: int  # tokens before truncation or windowing
+    truncated: bool = False
+
+    @property
+    def trainable(self) -> int:
+        """Tokens that contribute to the loss: the first token is never predicted."""
+        return sum(1 for x in self.labels[1:] if x != IGNORE)
+
+
+def tokenize_example(example: Example, tokenizer, render: Renderer, *, max_seq_len: int,
+                     train_on_prompt: bool = False) -> list[TokenizedRow]:
+    """One example -> one row (or several windows for long raw text). TemplateError propagates."""
+    if example.kind == "text":
+        ids = _with_eos(_encode(tokenizer, example.text, add_special_tokens=True).ids, tokenizer)
+        return [TokenizedRow(example.where, ids[i:i + max_seq_len], ids[i:i + max_seq_len], len(ids))
+                for i in range(0, len(ids), max_seq_len)]
+    if example.kind == "completion":
+        text = example.prompt + example.completion
+        enc = _encode(tokenizer, text, add_special_tokens=True)
+        spans = [(len(example.prompt), len(text))]
+        ids = _with_eos(enc.ids, tokenizer)
+        labels = _labels(enc, spans, train_on_prompt) + ids[len(enc.ids):]
+    else:
+        full, spans = render_with_spans(example.as_messages(), render)
+        enc = _encode(tokenizer, full, add_special_tokens=False, spans=spans)
+        ids, labels = enc.ids, _labels(enc, spans, train_on_prompt)
+    full_length = len(ids)
+    return [TokenizedRow(example.where, ids[:max_seq_len], labels[:max_seq_len], full_length,
+                         truncated=full_length > max_seq_len)]
+
+
+@dataclass
+class _Encoding:
+    ids: list[int]
+    starts: list[int]  # character offset where each token starts (-1 for added special tokens)
+
+
+def _encode(tokenizer, text: str, *, add_special_tokens: bool, spans=()) -> _Encoding:
+    try:
+        enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
+                        return_special_tokens_mask=True)
+    except NotImplementedError:  # a tokenizer without offsets: encode span by span instead
+        return _encode_by_segments(tokenizer, text, add_special_tokens, spans)
+    starts = [-1 if special and a == b else a for (a, b), special in
+              zip(enc["offset_mapping"], enc["special_tokens_mask"])]
+    return _Encoding(list(enc["input_ids"]), starts)
+
+
+def _encode_by_segments(tokenizer, text: str, add_special_tokens: bool, spans) -> _Encoding:
+    cuts = sorted({0, len(text), *(p for span in spans for p in span)})
+    ids: list[int] = []
+    starts: list[int] = []
+    if add_special_tokens and tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", True):
+        ids.append(tokenizer.bos_token_id)
+        starts.append(-1)
+    for a, b in zip(cuts, cuts[1:]):
+        piece = tokenizer.encode(text[a:b], add_special_tokens=False)
+        ids += piece
+        starts += [a] * len(piece)
+    return _Encoding(ids, starts)
+
+
+def _labels(enc: _Encoding, spans: list[tuple[int, int]], train_on_prompt: bool) -> list[int]:
+    if train_on_prompt:
+        return list(enc.ids)
+    return [tid if any(a <= s < b for a, b in spans) else IGNORE for tid, s in zip(enc.ids, enc.starts)]
+
+
+def _with_eos(ids: list[int], tokenizer) -> list[int]:
+    """End raw text with EOS (so the model learns to stop), unless the tokenizer already added it."""
+    eos = tokenizer.eos_token_id
+    return ids + [eos] if eos is not None and (not ids or ids[-1] != eos) else ids
