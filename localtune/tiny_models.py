@@ -1,0 +1,260 @@
+"""Tiny random models of real architectures, with tokenizers trained offline, for tests and benchmarks.
+
+Nothing is downloaded: a small synthetic corpus trains a SentencePiece tokenizer (Llama-2, Mistral,
+Phi-3 and Gemma style) or a byte-level BPE (Qwen and Llama-3 style), and a 2-layer model with random
+weights is built in-process. Each family gets a chat template in its own layout, including the
+quirks that matter to the data pipeline: Gemma 1/2 reject a system role, Gemma 3 and Mistral fold it
+into the first user turn, Qwen3 renders the latest assistant turn with an empty think block.
+
+Run as:  python -m localtune.tiny_models qwen2 /tmp/tiny-qwen2
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import random
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ARCHITECTURES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3")
+
+# --- chat templates, one per family's layout -------------------------------------------------------
+LLAMA2_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ '<<SYS>>\\n' + m['content'] + '\\n<</SYS>>\\n\\n' }}"
+    "{% elif m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% set sys = messages[0]['content'] + '\\n\\n' if messages[0]['role'] == 'system' else '' %}"
+    "{% for m in messages if m['role'] != 'system' %}"
+    "{% if m['role'] == 'user' %}{{ '[INST] ' + (sys if loop.first else '') + m['content'] + ' [/INST]' }}"
+    "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+QWEN2_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{% endif %}{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+QWEN3_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' and loop.last %}"
+    "{{ '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "{{ '<start_of_turn>' + role + '\\n' + m['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% set sys = messages[0]['content'] + '\\n\\n' if messages[0]['role'] == 'system' else '' %}"
+    "{% for m in messages if m['role'] != 'system' %}{% set role = 'model' if m['role'] == 'assistant' else 'user' %}"
+    "{{ '<start_of_turn>' + role + '\\n' + (sys if loop.first else '') + m['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+PHI3_TEMPLATE = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+# Regexes that split text before byte-level BPE (the published Qwen2 and Llama-3 pre-tokenizers).
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+@dataclass(frozen=True)
+class Family:
+    tokenizer: str  # "spm-llama", "spm-gemma", "bpe-qwen", "bpe-llama3"
+    template: str
+    specials: tuple[str, ...]  # chat-control tokens, never split
+    bos: str | None
+    eos: str
+    pad: str | None = None
+    tie_embeddings: bool = False
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family("spm-llama", LLAMA2_TEMPLATE, ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"), "<s>", "</s>"),
+    "llama3": Family("bpe-llama3", LLAMA3_TEMPLATE, ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                                                     "<|end_header_id|>", "<|eot_id|>"),
+                     "<|begin_of_text|>", "<|eot_id|>"),
+    "mistral": Family("spm-llama", MISTRAL_TEMPLATE, ("[INST]", "[/INST]"), "<s>", "</s>"),
+    "qwen2": Family("bpe-qwen", QWEN2_TEMPLATE, ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), None, "<|im_end|>",
+                    pad="<|endoftext|>", tie_embeddings=True),
+    "qwen3": Family("bpe-qwen", QWEN3_TEMPLATE, ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"),
+                    None, "<|im_end|>", pad="<|endoftext|>", tie_embeddings=True),
+    "gemma": Family("spm-gemma", GEMMA_TEMPLATE, ("<start_of_turn>", "<end_of_turn>"), "<bos>", "<eos>", pad="<pad>",
+                    tie_embeddings=True),
+    "gemma2": Family("spm-gemma", GEMMA_TEMPLATE, ("<start_of_turn>", "<end_of_turn>"), "<bos>", "<eos>", pad="<pad>",
+                     tie_embeddings=True),
+    "gemma3": Family("spm-gemma", GEMMA3_TEMPLATE, ("<start_of_turn>", "<end_of_turn>"), "<bos>", "<eos>",
+                     pad="<pad>", tie_embeddings=True),
+    "phi3": Family("spm-llama", PHI3_TEMPLATE, ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
+                                                "<|endoftext|>"), "<s>", "<|endoftext|>"),
+}
+
+_WORDS = ("the a an model train data token learn small tiny fast slow answer question hello world time "
+          "people water light number sound write read never always because between through under over "
+          "café naïve über résumé 東京 数据 模型 🙂 🚀 step loss rate batch layer weight you I we they it "
+          "is are was were be have has do does can will would should").split()
+
+
+def corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
+    """Deterministic pseudo-sentences with digits, punctuation, accents, CJK, emoji and odd spacing."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n_lines):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 18))]
+        if rng.random() < 0.3:
+            words.insert(rng.randrange(len(words)), str(rng.randint(0, 99999)))
+        line = " ".join(words)
+        line = line[0].upper() + line[1:] + rng.choice([".", "?", "!", ":", ",", "..."])
+        if rng.random() < 0.1:
+            line = "  " + line.replace(" ", "\t", 1)
+        out.append(line)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _spm_model(style: str, user_symbols: tuple[str, ...], vocab_size: int = 600) -> bytes:
+    import sentencepiece as spm
+
+    if style == "spm-gemma":
+        ids = {"pad_id": 0, "eos_id": 1, "bos_id": 2, "unk_id": 3, "pad_piece": "<pad>", "eos_piece": "<eos>",
+               "bos_piece": "<bos>", "unk_piece": "<unk>", "add_dummy_prefix": False}
+    else:
+        ids = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1, "add_dummy_prefix": True}
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus()), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, split_digits=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        user_defined_symbols=list(user_symbols), minloglevel=2, num_threads=1, **ids,
+    )
+    return buf.getvalue()
+
+
+def _bpe_tokenizer(style: str, specials: tuple[str, ...], vocab_size: int = 800):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    split = QWEN2_SPLIT if style == "bpe-qwen" else LLAMA3_SPLIT
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(split), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus(), trainer)
+    return tok
+
+
+def build_tokenizer(arch: str, out_dir: str | Path):
+    """Train and save `arch`'s tokenizer (with its chat template) into out_dir; return it loaded."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    fam = FAMILIES[arch]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if fam.tokenizer.startswith("spm"):
+        # transformers v5 builds its tokenizer from tokenizer.model; keep the file for GGUF conversion.
+        (out_dir / "tokenizer.model").write_bytes(_spm_model(fam.tokenizer, fam.specials))
+        cls = "GemmaTokenizer" if fam.tokenizer == "spm-gemma" else "LlamaTokenizer"
+        import transformers
+
+        tok = getattr(transformers, cls).from_pretrained(out_dir, add_bos_token=True, add_eos_token=False)
+        tok.add_tokens(list(fam.specials), special_tokens=True)
+        tok.eos_token = fam.eos
+        if fam.pad:
+            tok.pad_token = fam.pad
+    else:
+        from tokenizers import processors
+
+        backend = _bpe_tokenizer(fam.tokenizer, fam.specials)
+        if fam.bos:
+            bos_id = backend.token_to_id(fam.bos)
+            backend.post_processor = processors.TemplateProcessing(
+                single=f"{fam.bos} $A", pair=f"{fam.bos} $A {fam.bos} $B", special_tokens=[(fam.bos, bos_id)])
+        tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=fam.bos, eos_token=fam.eos,
+                                      pad_token=fam.pad, additional_special_tokens=list(fam.specials))
+    tok.chat_template = fam.template
+    tok.save_pretrained(out_dir)
+    return AutoTokenizer.from_pretrained(out_dir)
+
+
+def tiny_config(arch: str, vocab_size: int, tokenizer):
+    """A 2-layer configuration of `arch`, small enough to build and run in a fraction of a second."""
+    import transformers
+
+    fam = FAMILIES[arch]
+    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                  initializer_range=64 ** -0.5, tie_word_embeddings=fam.tie_embeddings,
+                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+    if arch in ("llama", "llama3"):
+        return transformers.LlamaConfig(**common)
+    if arch == "mistral":
+        return transformers.MistralConfig(**common, sliding_window=None)
+    if arch == "qwen2":
+        return transformers.Qwen2Config(**common)
+    if arch == "qwen3":
+        return transformers.Qwen3Config(**common)
+    if arch == "gemma":
+        return transformers.GemmaConfig(**common, hidden_activation="gelu_pytorch_tanh")
+    if arch == "gemma2":
+        return transformers.Gemma2Config(**common, query_pre_attn_scalar=16, sliding_window=64)
+    if arch == "gemma3":
+        return transformers.Gemma3TextConfig(**common, query_pre_attn_scalar=16, sliding_window=64)
+    if arch == "phi3":
+        common.pop("head_dim")
+        return transformers.Phi3Config(**common)
+    raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+
+
+def build_tiny_model(arch: str, out_dir: str | Path, *, seed: int = 0) -> Path:
+    """Save a tiny random `arch` model with its tokenizer as a Hugging Face folder; return the folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer(arch, out_dir)
+    config = tiny_config(arch, len(tokenizer), tokenizer)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # norms away from 1 so layout mistakes show up in logits
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+@functools.lru_cache(maxsize=None)
+def cached_tiny_model(arch: str) -> Path:
+    """A tiny model built once per process in a temporary folder (for benchmarks and quick checks)."""
+    root = Path(tempfile.mkdtemp(prefix=f"localtune-tiny-{arch}-"))
+    return build_tiny_model(arch, root)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] not in ARCHITECTURES:
+        sys.exit(f"usage: python -m localtune.tiny_models {{{','.join(ARCHITECTURES)}}} OUT_DIR")
+    target = Path(sys.argv[2])
+    if target.exists():
+        shutil.rmtree(target)
+    print(build_tiny_model(sys.argv[1], target))
