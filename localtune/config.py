@@ -190,6 +190,14 @@ _SECTION_TYPES = {
 }
 
 
+# Names other trainers use for our keys, so an unknown key can point at the right one.
+_ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs", "batch_size": "micro_batch_size",
+            "per_device_train_batch_size": "micro_batch_size", "gradient_accumulation_steps": "grad_accum",
+            "lora_r": "r", "rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "seq_len": "max_seq_len",
+            "max_length": "max_seq_len", "cutoff_len": "max_seq_len", "sequence_len": "max_seq_len",
+            "sample_packing": "packing", "quantization": "quants", "gradient_checkpointing_enable": "gradient_checkpointing"}
+
+
 def _split_key(key: str) -> tuple[str, str]:
     section, _, name = key.partition(".")
     if section not in _SECTION_TYPES:
@@ -197,7 +205,7 @@ def _split_key(key: str) -> tuple[str, str]:
         raise KeyError(f"unknown section {section!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
     names = [f.name for f in fields(_SECTION_TYPES[section])]
     if name not in names:
-        near = difflib.get_close_matches(name, names, n=1)
+        near = [_ALIASES[name]] if _ALIASES.get(name) in names else difflib.get_close_matches(name, names, n=1)
         raise KeyError(f"unknown key {key!r}" + (f" (did you mean '{section}.{near[0]}'?)" if near else ""))
     return section, name
 
@@ -276,8 +284,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, tupl
     for key, (value, flag) in (overrides or {}).items():
         if value is not None:
             cfg._set(key, value, flag, problems)
-    if not problems:
-        problems = validate(cfg)
+    problems += validate(cfg)  # also after bad keys (they keep their defaults): every problem at once
     if problems:
         raise ConfigError(problems, heading=f"invalid configuration ({len(problems)} problem(s))")
     return cfg

@@ -52,6 +52,7 @@ def load_examples(spec: str, fmt: str = "auto", *, skip_invalid: bool = False, s
     rows unless skip_invalid (or strict=False, used by `data inspect` to report rather than stop)."""
     files, examples, problems = [], [], []
     for path in resolve_data_files(spec):
+        first_of_file = len(problems)
         read = read_file(path)
         problems += read.problems
         file_format, origin = _file_format(read, fmt)
@@ -65,12 +66,18 @@ def load_examples(spec: str, fmt: str = "auto", *, skip_invalid: bool = False, s
                 examples.append(result)
                 summary.valid += 1
         files.append(summary)
+        problems[first_of_file:] = sorted(problems[first_of_file:], key=_line_of)
     if problems and strict and not skip_invalid:
         raise DataError(problems, heading=f"{len(problems)} invalid row(s) in the data; nothing was trained")
     if not examples and strict:
         raise DataError(problems or [Problem(spec, None, "no rows", "add some rows to the data", "empty")],
                         heading="no valid rows in the data")
     return LoadedData(files, examples, problems)
+
+
+def _line_of(problem: Problem) -> int:
+    tail = problem.where.rsplit(":", 1)[-1].rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def _file_format(read, fmt: str) -> tuple[str, str]:

@@ -2,7 +2,8 @@
 
 Rows are placed best-fit-decreasing into sequences of at most max_seq_len tokens. Each packed
 sequence carries position ids that restart at 0 for every row: given position ids and no attention
-mask, transformers builds a block-diagonal causal mask, so a token attends only to its own row.
+mask (and no KV cache: `use_cache=False`, as in training), transformers builds a block-diagonal
+causal mask, so a token attends only to its own row.
 The first token of every row gets no label, so no row learns to predict the start of the next.
 """
 

@@ -201,7 +201,7 @@ def _read_json_array(path: Path) -> FileRead:
         try:
             value, pos = dec.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            if exc.pos >= len(text.rstrip()) - 1:
+            if not text.rstrip().endswith("]"):  # the array never closes: the file was cut short
                 fatal(exc.pos, "the file ends in the middle of the array: it looks cut off",
                       "re-export or re-download the file", "truncated")
             fatal(exc.pos, f"not valid JSON: {exc.msg}", "fix the JSON syntax at this line", "bad_json")

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny models built once per session, a CLI runner, and data-file helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """tiny_model_dir(arch) -> folder of a tiny random model of that architecture (built once)."""
+    from localtune.tiny_models import build_tiny_model
+
+    built: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = build_tiny_model(arch, tmp_path_factory.mktemp(f"tiny-{arch}"))
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    """tiny_tokenizer(arch) -> the loaded tokenizer of that tiny model."""
+    from transformers import AutoTokenizer
+
+    cache = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            cache[arch] = AutoTokenizer.from_pretrained(tiny_model_dir(arch))
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture
+def cli():
+    """Run the localtune CLI in-process: cli(*args) -> click Result (output has stdout and stderr)."""
+    from click.testing import CliRunner
+
+    from localtune.cli import main
+
+    def run(*args):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception  # a bug, not a user mistake: show its traceback in the test
+        return result
+
+    return run
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def chat(*turns: str, system: str | None = None) -> dict:
+    """{"messages": [...]} from alternating user/assistant texts."""
+    msgs = [{"role": "system", "content": system}] if system else []
+    msgs += [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+    return {"messages": msgs}

@@ -1,0 +1,102 @@
+"""The config tree: defaults, YAML, flags on top, every problem in one error, saved and re-read."""
+
+from __future__ import annotations
+
+import pytest
+
+from localtune.config import Config, describe_fields, load_config
+from localtune.errors import ConfigError
+
+
+def test_defaults_are_valid_and_documented():
+    cfg = load_config()
+    assert cfg.train.load_in_4bit and cfg.train.optimizer == "paged_adamw_8bit" and cfg.lora.r == 16
+    assert cfg.overridden() == []
+    for key, _default, doc in describe_fields():
+        assert doc.strip().endswith("."), key
+
+
+def test_yaml_then_flags_with_sources(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("train:\n  lr: 2e-5\n  max_steps: 50\nlora:\n  r: 8\n  target_modules: [q_proj, v_proj]\n")
+    cfg = load_config(f, {"train.max_steps": (10, "--max-steps"), "data.path": (None, "--data")})
+    assert cfg.train.lr == 2e-5  # YAML 1.1 reads "2e-5" as text; the float field still gets a number
+    assert cfg.train.max_steps == 10 and cfg.lora.r == 8 and cfg.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.source_of("train.lr") == f"{f}:2"
+    assert cfg.source_of("train.max_steps") == "--max-steps"
+    assert cfg.source_of("lora.alpha") == "default"
+    assert "train.max_steps = 10  (--max-steps)" in cfg.overridden()
+
+
+def test_all_problems_in_one_error_with_file_lines(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("train:\n  learning_rate: 1e-4\n  epochs: many\nlora:\n  r: 0\n  dropout: 1.5\nexprt: {}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(f)
+    text = info.value.render()
+    probs = {(p.where, p.field) for p in info.value.problems}
+    assert (f"{f}:2", "train.learning_rate") in probs and "did you mean 'train.lr'" in text
+    assert (f"{f}:3", "train.epochs") in probs and "expected a whole number" in text
+    assert (f"{f}:7", "exprt") in probs and "did you mean 'export'" in text
+    assert (f"{f}:5", "lora.r") in probs and (f"{f}:6", "lora.dropout") in probs  # range checks still ran
+    assert info.value.exit_code == 2
+
+
+def test_range_and_contradiction_checks_collect_everything(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  val_file: val.jsonl\n  val_fraction: 0.1\ntrain:\n  device: cpu\n  precision: fp16\n"
+                 "lora:\n  r: 0\n  dropout: 1.5\nexport:\n  quants: [q4_k_m, q9_z]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(f)
+    fields = sorted(p.field for p in info.value.problems)
+    assert fields == ["data.val_file", "export.quants", "lora.dropout", "lora.r", "train.precision"]
+    text = info.value.render()
+    assert "both a validation file" in text and "fp16 training is not supported on the CPU" in text
+    assert "q9_z" in text and "q4_k_m" in text  # names the bad value and lists the good ones
+    assert f"{f}:8" in text  # where lora.r was set
+
+
+def test_choices_are_checked():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"train.optimizer": ("sgd", "--optimizer"), "data.format": ("xml", "--format")})
+    assert sorted(p.where for p in info.value.problems) == ["--format", "--optimizer"]
+
+
+def test_bad_yaml_syntax_names_the_line(tmp_path):
+    f = tmp_path / "broken.yaml"
+    f.write_text("train:\n  lr: 1e-4\n   epochs: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(f)
+    assert info.value.problems[0].where == f"{f}:3"
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    cfg = load_config(None, {"train.lr": ("3e-4", "--lr"), "lora.target_modules": ("q_proj,k_proj", "--targets"),
+                             "model.chat_template": ("{{ x }}", "--chat-template")})
+    path = cfg.save(tmp_path / "config.yaml")
+    assert not (tmp_path / "config.yaml.partial").exists()
+    again = load_config(path)
+    assert again.to_dict() == cfg.to_dict()
+    assert again.train.lr == 3e-4 and again.lora.target_modules == ["q_proj", "k_proj"]
+
+
+def test_config_command_prints_docs_and_sources(tmp_path, cli):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 3\n")
+    result = cli("config", "--config", f)
+    assert result.exit_code == 0
+    assert "epochs: 3" in result.output and f"[from {f}:2]" in result.output
+    assert "QLoRA: load the base in 4-bit NF4" in result.output
+
+
+def test_cli_config_errors_exit_2_without_traceback(tmp_path, cli):
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  max_seq_len: 4\n")
+    result = cli("data", "inspect", "whatever.jsonl", "--config", f)
+    assert result.exit_code == 2 and f"{f}:2: data.max_seq_len" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_set_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match="did you mean 'train.lr'"):
+        Config().set("train.lrr", 1.0, "--set")
