@@ -35,6 +35,25 @@ def friendly_errors(fn):
     return wrapper
 
 
+class ProgressLine:
+    """A one-line progress display with ETA on stderr, shown only on a terminal for long work."""
+
+    def __init__(self, label: str, min_total: int = 1000):
+        self.label, self.min_total, self.start = label, min_total, None
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+
+        if total < self.min_total or not sys.stderr.isatty():
+            return
+        now = time.monotonic()
+        self.start = self.start or now
+        rate = done / (now - self.start) if now > self.start else 0.0
+        eta = f", ETA {int((total - done) / rate)}s" if rate and done < total else ""
+        end = "\n" if done >= total else ""
+        click.echo(f"\r{self.label}: {done}/{total} ({done / total:.0%}{eta})   {end}", err=True, nl=False)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", "-V", prog_name="localtune")
 def main():
@@ -96,7 +115,7 @@ def data_inspect(file, model, fmt, max_seq_len, train_on_prompt, skip_invalid, c
 
         tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path))
     report = inspect_data(cfg.data, tokenizer, model=cfg.model.name_or_path or None,
-                          chat_template=cfg.model.chat_template)
+                          chat_template=cfg.model.chat_template, progress=ProgressLine("tokenizing rows"))
     click.echo(render_report(report))
     if report.invalid and not cfg.data.skip_invalid:
         sys.exit(1)

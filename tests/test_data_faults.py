@@ -236,3 +236,19 @@ def test_csv_row_with_wrong_field_count(tmp_path):
     p.write_text('instruction,input,output\nAdd,"1,1",2\nAdd,1,1,2\n')
     (pr,) = problems_of(p).problems
     assert pr.where == f"{p}:3" and "4 fields but the header names 3" in pr.message
+
+
+def test_cli_template_rejection_names_the_row(tmp_path, cli, tiny_model_dir):
+    p = write_jsonl(tmp_path / "sys.jsonl", [chat("hi", "hello"), chat("hi", "hello", system="Be brief.")])
+    result = cli("data", "inspect", p, "--model", tiny_model_dir("gemma"))
+    assert result.exit_code == 1
+    assert "template: 1" in result.output and f"{p}:2: messages: the chat template rejected" in result.output
+    assert "System role not supported" in result.output and "Traceback" not in result.output
+
+
+def test_csv_parse_error_does_not_hide_later_rows(tmp_path):
+    p = tmp_path / "rows.csv"
+    p.write_bytes(b'text\nfirst\n"quoted"then more\nthird\n' + b"x" * 200_000 + b"\n")
+    loaded = load_examples(str(p), skip_invalid=True)
+    assert [e.text for e in loaded.examples] == ["first", "third", "x" * 200_000]  # a 200 kB cell is fine
+    assert [(pr.where, pr.reason) for pr in loaded.problems] == [(f"{p}:3", "bad_csv")]

@@ -86,3 +86,17 @@ def test_validation_file(tmp_path, tiny_tokenizer):
     val = write_jsonl(tmp_path / "val.jsonl", [{"instruction": "Hi", "output": "Hello"}])
     prepared = prepare_data(DataConfig(path=str(train), val_file=str(val)), tiny_tokenizer("llama"), seed=0)
     assert len(prepared.train) == 12 and [r.where for r in prepared.val] == [f"{val}:1"]
+
+
+def test_tokenizing_reports_progress(tmp_path, tiny_tokenizer):
+    from localtune.data.dataset import PROGRESS_EVERY, tokenize_all
+    from localtune.data.template import make_renderer, resolve_chat_template
+
+    n = PROGRESS_EVERY * 2 + 7
+    p = write_jsonl(tmp_path / "d.jsonl", [chat(f"q{i}", f"a{i}") for i in range(n)])
+    tok = tiny_tokenizer("qwen2")
+    calls = []
+    rows, stats = tokenize_all(load_examples(str(p)).examples, tok, make_renderer(tok, resolve_chat_template(tok)),
+                               DataConfig(path=str(p)), [], progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, n), (PROGRESS_EVERY, n), (2 * PROGRESS_EVERY, n), (n, n)]
+    assert len(rows) == stats.rows == n

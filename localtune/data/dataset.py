@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from localtune.config import DataConfig
@@ -25,6 +26,7 @@ from localtune.data.tokenize import TokenizedRow, tokenize_example
 from localtune.errors import DataError, Problem
 
 MIN_ROWS_FOR_SPLIT = 10
+PROGRESS_EVERY = 250
 
 
 @dataclass
@@ -166,12 +168,17 @@ def prepare_data(cfg: DataConfig, tokenizer, *, seed: int, loaded: LoadedData | 
     return PreparedData(rows, val, template, train_stats, val_stats, problems)
 
 
-def tokenize_all(examples: list[Example], tokenizer, render, cfg: DataConfig,
-                 problems: list[Problem]) -> tuple[list[TokenizedRow], TokenStats]:
-    """Tokenize examples; template rejections go to `problems`, rows with no trainable token are dropped."""
+def tokenize_all(examples: list[Example], tokenizer, render, cfg: DataConfig, problems: list[Problem],
+                 progress: Callable[[int, int], None] | None = None) -> tuple[list[TokenizedRow], TokenStats]:
+    """Tokenize examples; template rejections go to `problems`, rows with no trainable token are dropped.
+
+    `progress(done, total)` is called every PROGRESS_EVERY rows and at the end.
+    """
     stats = TokenStats()
     out: list[TokenizedRow] = []
-    for ex in examples:
+    for n, ex in enumerate(examples):
+        if progress and n % PROGRESS_EVERY == 0:
+            progress(n, len(examples))
         try:
             rows = tokenize_example(ex, tokenizer, render, max_seq_len=cfg.max_seq_len,
                                     train_on_prompt=cfg.train_on_prompt)
@@ -192,4 +199,6 @@ def tokenize_all(examples: list[Example], tokenizer, render, cfg: DataConfig,
             stats.trainable_tokens += row.trainable
             stats.total_tokens += len(row.input_ids)
             out.append(row)
+    if progress:
+        progress(len(examples), len(examples))
     return out, stats

@@ -8,6 +8,7 @@ rows, and one example rendered with the chat template, its trained spans marked.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from localtune.config import DataConfig
@@ -37,8 +38,8 @@ class InspectReport:
         return self.loaded.problems + (self.template_problems or [])
 
 
-def inspect_data(cfg: DataConfig, tokenizer=None, *, model: str | None = None,
-                 chat_template: str | None = None) -> InspectReport:
+def inspect_data(cfg: DataConfig, tokenizer=None, *, model: str | None = None, chat_template: str | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> InspectReport:
     loaded = load_examples(cfg.path, cfg.format, skip_invalid=cfg.skip_invalid, strict=False)
     report = InspectReport(loaded, cfg, model=model)
     if loaded.examples:
@@ -49,7 +50,7 @@ def inspect_data(cfg: DataConfig, tokenizer=None, *, model: str | None = None,
     render = make_renderer(tokenizer, template)
     report.template_origin = template.origin
     report.template_problems = []
-    rows, report.stats = tokenize_all(loaded.examples, tokenizer, render, cfg, report.template_problems)
+    rows, report.stats = tokenize_all(loaded.examples, tokenizer, render, cfg, report.template_problems, progress)
     shown = next((r for r in rows if r.where == report.example.where), rows[0] if rows else None)
     if shown is not None:
         report.example_text = mark_trained(shown, tokenizer)

@@ -227,7 +227,8 @@ def _read_json_array(path: Path) -> FileRead:
 def _read_delimited(path: Path, delimiter: str) -> FileRead:
     text = _decode(path.read_bytes())
     out = FileRead(str(path), [], [])
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    csv.field_size_limit(2**31 - 1)  # long documents in one cell are normal in training data
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -239,9 +240,10 @@ def _read_delimited(path: Path, delimiter: str) -> FileRead:
                         heading="cannot read data")
     prev_end = reader.line_num
     for row in _rows_with_errors(reader, path):
-        if isinstance(row, Problem):
+        if isinstance(row, Problem):  # the reader resumes on the next line
             out.problems.append(row)
-            break
+            prev_end = reader.line_num
+            continue
         start = prev_end + 1
         prev_end = reader.line_num
         where = f"{path}:{start}"
