@@ -98,19 +98,22 @@ def _compatible(value: dict, fmt: str) -> bool:
     return all(k in value for k in dict(_SIGNATURES)[fmt])
 
 
-def _text(value: dict, key: str, *, required: bool, label: str | None = None) -> str:
-    label = label or key
+def _text(value: dict, key: str, *, required: bool) -> str:
     if key not in value:
-        raise _RowProblem(label, f"missing field '{key}' (the row has: {', '.join(sorted(value)) or 'no fields'})",
+        raise _RowProblem(key, f"missing field '{key}' (the row has: {', '.join(sorted(value)) or 'no fields'})",
                           f"add '{key}' to the row, or pass --skip-invalid", "missing_field")
-    v = value[key]
+    return _checked_text(value[key], key, f"'{key}'", required=required)
+
+
+def _checked_text(v: Any, field: str, what: str, *, required: bool = True) -> str:
+    """`v` as non-blank text; blank is "" when not required; otherwise a problem naming `what`."""
     if v is None or (isinstance(v, str) and not v.strip()):
         if not required:
             return ""
-        raise _RowProblem(label, f"'{key}' is {'null' if v is None else 'empty'}",
+        raise _RowProblem(field, f"{what} is {'null' if v is None else 'empty'}",
                           "give it some text, or drop the row (--skip-invalid does that)", "empty_content")
     if not isinstance(v, str):
-        raise _RowProblem(label, f"'{key}' must be text, got {type(v).__name__} {json.dumps(v)[:60]}",
+        raise _RowProblem(field, f"{what} must be text, got {type(v).__name__} {json.dumps(v)[:60]}",
                           "write the value as a string", "wrong_type")
     return v
 
@@ -181,13 +184,7 @@ def _content_text(content: Any, field: str) -> str:
                                   'use {"type": "text", "text": ...} parts or plain text', "wrong_type")
             parts.append(part["text"])
         content = "".join(parts)
-    if content is None or (isinstance(content, str) and not content.strip()):
-        raise _RowProblem(field, f"message content is {'null' if content is None else 'empty'}",
-                          "give the message some text, or drop the row (--skip-invalid does that)", "empty_content")
-    if not isinstance(content, str):
-        raise _RowProblem(field, f"message content must be text, got {type(content).__name__}",
-                          "write the content as a string", "wrong_type")
-    return content
+    return _checked_text(content, field, "message content")
 
 
 def _check_order(turns: list[tuple[str, str]], key: str) -> None:
