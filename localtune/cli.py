@@ -121,5 +121,195 @@ def data_inspect(file, model, fmt, max_seq_len, train_on_prompt, skip_invalid, c
         sys.exit(1)
 
 
+class TrainPrinter:
+    """Prints a run's events: a live progress line on a terminal, periodic lines in a log."""
+
+    def __init__(self):
+        self.tty = sys.stdout.isatty()
+
+    def __call__(self, event) -> None:
+        from localtune.planner import format_bytes
+
+        k = event.kind
+        if k == "step":
+            e = event
+            bar_w = 24
+            done = int(bar_w * e.step / max(1, e.total_steps))
+            line = (f"step {e.step}/{e.total_steps} [{'#' * done}{'.' * (bar_w - done)}] loss {e.loss:.4f} "
+                    f"lr {e.lr:.2e} grad {e.grad_norm:.2f} {e.tokens_per_s:,.0f} tok/s "
+                    f"mem {format_bytes(e.peak_memory_bytes)} ETA {_duration(e.eta_s)}")
+            if self.tty:
+                click.echo("\r" + line + " " * 4, nl=e.step == e.total_steps)
+            elif e.step == 1 or e.step == e.total_steps or e.step % max(1, e.total_steps // 20) == 0:
+                click.echo(line)
+            return
+        if self.tty:
+            click.echo("\r", nl=False)
+        if k == "data_prepared":
+            click.echo(f"data: {event.train_rows} training rows, {event.val_rows} validation rows, "
+                       f"{event.trainable_tokens:,} of {event.train_tokens:,} tokens trained; "
+                       f"{event.dropped_rows} dropped, {event.truncated_rows} truncated; "
+                       f"chat template: {event.chat_template}")
+        elif k == "model_loaded":
+            click.echo(f"model: {event.model} ({event.architecture}) on {event.device}, {event.dtype}"
+                       f"{', 4-bit NF4' if event.quantized else ''}; {event.params_trainable:,} of "
+                       f"{event.params_total:,} parameters train; {format_bytes(event.memory_bytes)}; "
+                       f"loaded in {event.seconds:.1f}s")
+        elif k == "eval":
+            click.echo(f"eval at step {event.step}: loss {event.loss:.4f} on {event.rows} rows")
+        elif k == "checkpoint":
+            click.echo(f"checkpoint: {event.path} ({format_bytes(event.bytes)})")
+        elif k == "warning":
+            click.echo(f"warning: {event.message}", err=True)
+        elif k == "interrupted":
+            click.echo(f"interrupted by {event.signal}; last checkpoint: {event.checkpoint}")
+            click.echo(f"resume with: {event.resume_command}")
+        elif k == "finished":
+            click.echo(f"finished: {event.steps} steps in {_duration(event.seconds)}, final loss "
+                       f"{event.final_loss:.4f}" + (f", eval loss {event.eval_loss:.4f}" if event.eval_loss is not None
+                                                    else "") + (" (stopped early)" if event.stopped_early else "")
+                       + f"; adapter: {event.adapter_dir}")
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def _micro_batch(value: str | None):
+    if value is None:
+        return None
+    if value == "auto":
+        return 0
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise click.BadParameter("use 'auto' or a whole number above 0", param_hint="--micro-batch")
+
+
+@main.command("train")
+@click.option("--model", "-m", help="Base model: hub id, HF folder, .gguf file, or 'smollm2'.")
+@click.option("--data", "-d", help="Training data file or folder.")
+@click.option("--out", "-o", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
+@click.option("--max-steps", type=int, help="Stop after N optimizer steps.")
+@click.option("--epochs", type=int, help="Passes over the data (when --max-steps is not given).")
+@click.option("--lr", type=float, help="Peak learning rate.")
+@click.option("--micro-batch", help="Rows per forward pass, or 'auto' (default).")
+@click.option("--max-seq-len", type=int, help="Truncate rows to this many tokens.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "text", "alpaca", "chat", "sharegpt",
+                                                     "prompt_completion"]), help="Row format.")
+@click.option("--val-file", help="Validation data file.")
+@click.option("--eval-every", type=int, help="Evaluate every N steps.")
+@click.option("--save-every", type=int, help="Checkpoint every N steps.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Where to train.")
+@click.option("--no-quant", is_flag=True, default=None, help="Plain LoRA on a 16/32-bit base (no 4-bit).")
+@click.option("--packing", is_flag=True, default=None, help="Pack short rows into full sequences.")
+@click.option("--train-on-prompt", is_flag=True, default=None, help="Also train on prompt tokens.")
+@click.option("--skip-invalid", is_flag=True, default=None, help="Drop invalid rows instead of stopping.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete checkpoint.")
+@click.option("--force-resume", is_flag=True, help="Resume even if data, base model or LoRA shape changed.")
+@friendly_errors
+def train_cmd(model, data, run_dir, config_file, max_steps, epochs, lr, micro_batch, max_seq_len, fmt, val_file,
+              eval_every, save_every, device, no_quant, packing, train_on_prompt, skip_invalid, resume, force_resume):
+    """Train a LoRA adapter (QLoRA on a 4-bit base by default) into the run folder --out.
+
+    Ctrl-C once: finish the step, save a checkpoint, print the resume command (exit 130).
+    Twice: stop at once; the last complete checkpoint stays intact.
+    """
+    from pathlib import Path
+
+    from localtune.config import load_config
+    from localtune.errors import UsageError
+
+    saved = Path(run_dir) / "config.yaml"
+    if config_file is None and (resume or force_resume) and saved.is_file():
+        config_file = str(saved)  # a resumed run starts from its own saved configuration
+    cfg = load_config(config_file, {
+        "model.name_or_path": (model, "--model"), "data.path": (data, "--data"),
+        "train.max_steps": (max_steps, "--max-steps"), "train.epochs": (epochs, "--epochs"), "train.lr": (lr, "--lr"),
+        "train.micro_batch_size": (_micro_batch(micro_batch), "--micro-batch"),
+        "data.max_seq_len": (max_seq_len, "--max-seq-len"), "data.format": (fmt, "--format"),
+        "data.val_file": (val_file, "--val-file"), "train.eval_every": (eval_every, "--eval-every"),
+        "train.save_every": (save_every, "--save-every"), "train.device": (device, "--device"),
+        "train.load_in_4bit": (False if no_quant else None, "--no-quant"), "data.packing": (packing, "--packing"),
+        "data.train_on_prompt": (train_on_prompt, "--train-on-prompt"),
+        "data.skip_invalid": (skip_invalid, "--skip-invalid"),
+    })
+    missing = [flag for flag, value in (("--model", cfg.model.name_or_path), ("--data", cfg.data.path)) if not value]
+    if missing:
+        raise UsageError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required",
+                         hint="localtune train --model M --data D --out RUN_DIR")
+    for line in cfg.overridden():
+        click.echo(f"config: {line}")
+    from localtune.training_run import train_run
+
+    result = train_run(cfg, run_dir, resume=resume or force_resume, force_resume=force_resume,
+                       sinks=[TrainPrinter()])
+    sys.exit(result.exit_code)
+
+
+@main.command("plan")
+@click.option("--model", "-m", required=True, help="Hub id, HF folder, .gguf file, or 'smollm2'.")
+@click.option("--data", "-d", help="Data file: plan for its longest rows (needs the tokenizer).")
+@click.option("--vram", type=float, help="GPU memory in GB to plan for (default: the detected GPU).")
+@click.option("--max-seq-len", type=int, default=None, help="Sequence length to plan for (default 1024).")
+@click.option("--rank", type=int, default=None, help="LoRA rank (default 16).")
+@click.option("--no-quant", is_flag=True, help="Plan for a 16-bit base instead of 4-bit.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
+@friendly_errors
+def plan_cmd(model, data, vram, max_seq_len, rank, no_quant, config_file):
+    """Estimate peak GPU memory for training and recommend settings that fit.
+
+    Reads only the model's configuration (no weights). The breakdown covers 4-bit weights, 16-bit
+    embeddings and head, LoRA parameters, gradients, optimizer state, activations and logits.
+    """
+    from localtune.config import load_config
+    from localtune.errors import ModelSourceError
+    from localtune.model_source import resolve_model
+    from localtune.planner import CUDA_CONTEXT, GIB, Shape, estimate, recommend, render_plan
+
+    cfg = load_config(config_file, {"model.name_or_path": (model, "--model"), "data.path": (data, "--data"),
+                                    "data.max_seq_len": (max_seq_len, "--max-seq-len"), "lora.r": (rank, "--rank"),
+                                    "train.load_in_4bit": (False if no_quant else None, "--no-quant")})
+    source = resolve_model(cfg.model.name_or_path)
+    from transformers import AutoConfig
+
+    location, kwargs = source.from_pretrained_args()
+    try:
+        shape = Shape.from_config(AutoConfig.from_pretrained(location, **kwargs))
+    except Exception as exc:
+        raise ModelSourceError(f"cannot read the configuration of {source.spec!r}: {str(exc).splitlines()[0]}",
+                               hint="check the model path or hub id (and the network for a hub id)") from None
+    seq = cfg.data.max_seq_len
+    if cfg.data.path:
+        from localtune.config import DataConfig
+        from localtune.data.dataset import load_examples, tokenize_all
+        from localtune.data.template import make_renderer, resolve_chat_template
+        from localtune.model_source import load_tokenizer
+
+        tok = load_tokenizer(source)
+        rows, stats = tokenize_all(load_examples(cfg.data.path, cfg.data.format).examples, tok,
+                                   make_renderer(tok, resolve_chat_template(tok, cfg.model.chat_template)),
+                                   DataConfig(max_seq_len=seq), [])
+        seq = min(seq, max(len(r.input_ids) for r in rows)) if rows else seq
+        click.echo(f"data: {len(rows)} rows, longest {max(stats.lengths, default=0)} tokens; planning for {seq}")
+    if vram is None:
+        import torch
+
+        if torch.cuda.is_available():
+            vram, where = torch.cuda.mem_get_info()[1] / GIB, f"detected {torch.cuda.get_device_name()}"
+        else:
+            vram, where = 24.0, "no GPU detected: planning for a 24 GB card; pass --vram"
+    else:
+        where = "--vram"
+    budget = int(vram * GIB) - CUDA_CONTEXT
+    kw = dict(rank=cfg.lora.r, targets=cfg.lora.target_modules, quantized=cfg.train.load_in_4bit)
+    rec = recommend(shape, budget, seq_len=seq, checkpointing=cfg.train.gradient_checkpointing, **kw)
+    p = rec.plan
+    alternatives = [estimate(shape, micro_batch=mb, seq_len=p.seq_len, checkpointing=ck, **kw)
+                    for mb in sorted({1, p.micro_batch, p.micro_batch * 2}) for ck in (True, False)]
+    click.echo(render_plan(rec, shape, where=where, alternatives=alternatives))
+
+
 if __name__ == "__main__":
     main()

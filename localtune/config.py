@@ -73,8 +73,12 @@ class LoraConfig:
 class TrainConfig:
     epochs: int = opt(1, "Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = opt(0, "Stop after this many optimizer steps (0: train for `epochs`).")
-    micro_batch_size: int = opt(1, "Rows per forward pass.")
-    grad_accum: int = opt(8, "Micro-batches per optimizer step.")
+    micro_batch_size: int = opt(
+        0, "Rows per forward pass; 0 is auto: the memory planner picks it, and on out-of-memory it halves "
+           "(accumulation doubles) and training continues from the last checkpoint.")
+    grad_accum: int = opt(
+        8, "Micro-batches per optimizer step; with an auto micro-batch, the rows per optimizer step.")
+    early_stopping_patience: int = opt(0, "Stop after this many evaluations without a better eval loss (0: off).")
     lr: float = opt(2e-4, "Peak learning rate.")
     lr_scheduler: str = opt("cosine", "Learning-rate schedule after warm-up.", choices=SCHEDULERS)
     warmup_ratio: float = opt(0.03, "Fraction of steps spent warming up the learning rate.")
@@ -373,7 +377,11 @@ def validate(cfg: Config) -> list[Problem]:
         bad("train.epochs", "must be at least 1 when max_steps is 0", "set epochs >= 1 or max_steps > 0")
     if t.max_steps < 0:
         bad("train.max_steps", "must not be negative", "use 0 to train for `epochs`")
-    for key in ("train.micro_batch_size", "train.grad_accum", "train.save_every", "train.keep_checkpoints"):
+    if t.micro_batch_size < 0:
+        bad("train.micro_batch_size", "must not be negative", "use 0 for auto, or 1 or more")
+    if t.early_stopping_patience < 0:
+        bad("train.early_stopping_patience", "must not be negative", "use 0 to turn early stopping off")
+    for key in ("train.grad_accum", "train.save_every", "train.keep_checkpoints"):
         if cfg.get(key) < 1:
             bad(key, "must be at least 1", f"set {key} to 1 or more")
     if t.eval_every < 0:

@@ -1,0 +1,181 @@
+"""All-or-nothing checkpoints: written to a temporary folder, fsync'd, manifest last, one rename.
+
+A checkpoint folder `checkpoints/step-NNNNNN/` holds the adapter (peft format), the optimizer and
+scheduler states, the RNG states, the loop state, and `manifest.json` (every file's size and
+sha256, the step, and the identity of the config, data and base model). A folder without a valid
+manifest is incomplete and never resumed from; a stale temporary folder is removed with a warning.
+Rotation keeps the newest K complete checkpoints, deletes only after a new one is complete, and never
+deletes the checkpoint this process resumed from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+MANIFEST = "manifest.json"
+PREFIX = "step-"
+TMP_PREFIX = ".tmp-"
+FORMAT_VERSION = 1
+# Fault injection for the test suite: SIGKILL this process inside the Nth save, after its first file.
+_KILL_IN_SAVE = "LOCALTUNE_FAULT_KILL_IN_SAVE"
+
+
+class CheckpointError(Exception):
+    pass
+
+
+@dataclass
+class Snapshot:
+    """Everything needed to continue a run exactly (what a checkpoint holds, in memory)."""
+
+    step: int
+    adapter: dict[str, Any]  # LoRA tensors
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+    loop: dict[str, Any]
+    identity: dict[str, Any]
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"{PREFIX}{step:06d}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CheckpointStore:
+    def __init__(self, root: Path, keep: int, warn: Callable[[str], None]):
+        self.root = Path(root)
+        self.keep = keep
+        self.warn = warn
+        self.protected: set[str] = set()  # the resume source
+        self.saves = 0
+
+    def complete(self) -> list[Path]:
+        """Folders with a manifest, oldest first (validity is checked on load)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir()
+                      if p.is_dir() and p.name.startswith(PREFIX) and (p / MANIFEST).is_file())
+
+    def remove_stale(self) -> None:
+        """Delete partial saves left by a crash: temporary folders and step folders without a manifest."""
+        if not self.root.is_dir():
+            return
+        for p in self.root.iterdir():
+            partial = p.name.startswith(TMP_PREFIX) or (p.name.startswith(PREFIX) and not (p / MANIFEST).is_file())
+            if p.is_dir() and partial:
+                shutil.rmtree(p, ignore_errors=True)
+                self.warn(f"removed incomplete checkpoint {p} (left by an interrupted save)")
+
+    def save(self, snap: Snapshot, write_adapter: Callable[[Path], None]) -> Path:
+        import torch
+
+        self.saves += 1
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = step_dir(self.root, snap.step)
+        tmp = self.root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            write_adapter(tmp)
+            self._fault_point()
+            torch.save(snap.optimizer, tmp / "optimizer.pt")
+            torch.save(snap.scheduler, tmp / "scheduler.pt")
+            torch.save(snap.rng, tmp / "rng.pt")
+            (tmp / "loop_state.json").write_text(json.dumps(snap.loop, indent=1))
+            files = {}
+            for f in sorted(tmp.iterdir()):
+                _fsync_file(f)
+                files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+            manifest = {"format": FORMAT_VERSION, "step": snap.step, "files": files, "identity": snap.identity}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            _fsync_file(tmp / MANIFEST)
+            _fsync_dir(tmp)
+            if final.exists():  # the same step saved again (after an OOM restart): swap atomically
+                old = self.root / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+            _fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._rotate()
+        return final
+
+    def _fault_point(self) -> None:
+        if os.environ.get(_KILL_IN_SAVE) == str(self.saves):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _rotate(self) -> None:
+        done = self.complete()
+        for old in done[: max(0, len(done) - self.keep)]:
+            if old.name not in self.protected:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def verify(self, folder: Path) -> dict:
+        """The manifest, if every listed file is present with its size and hash; else CheckpointError."""
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"unreadable manifest ({exc})") from None
+        for name, meta in manifest.get("files", {}).items():
+            f = folder / name
+            if not f.is_file():
+                raise CheckpointError(f"{name} is missing")
+            if f.stat().st_size != meta["bytes"]:
+                raise CheckpointError(f"{name} has {f.stat().st_size} bytes, the manifest says {meta['bytes']}")
+            if _sha256(f) != meta["sha256"]:
+                raise CheckpointError(f"{name} does not match its hash in the manifest")
+        return manifest
+
+    def latest_valid(self) -> tuple[Path, dict] | None:
+        """The newest checkpoint that verifies; damaged newer ones are reported and skipped."""
+        for folder in reversed(self.complete()):
+            try:
+                return folder, self.verify(folder)
+            except CheckpointError as exc:
+                self.warn(f"checkpoint {folder} is damaged ({exc}); falling back to an earlier one")
+        return None
+
+    def load(self, folder: Path, manifest: dict, read_adapter: Callable[[Path], dict]) -> Snapshot:
+        import torch
+
+        return Snapshot(
+            step=manifest["step"],
+            adapter=read_adapter(folder),
+            optimizer=torch.load(folder / "optimizer.pt", weights_only=False),
+            scheduler=torch.load(folder / "scheduler.pt", weights_only=False),
+            rng=torch.load(folder / "rng.pt", weights_only=False),
+            loop=json.loads((folder / "loop_state.json").read_text()),
+            identity=manifest["identity"],
+        )

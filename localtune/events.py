@@ -1,0 +1,182 @@
+"""Typed events a run emits, and the sinks that consume them.
+
+The training loop never knows who listens: the CLI prints events, the TUI renders them, a JSONL
+sink appends them to `RUN_DIR/events.jsonl`, tests collect them in a list. Every event is a small
+frozen dataclass with a `kind`; `to_dict` gives its JSON form.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Event:
+    kind = "event"
+    time: float = field(default_factory=time.time, kw_only=True)  # when it happened (Unix seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"kind": self.kind}
+        for k, v in asdict(self).items():
+            d[k] = round(v, 3) if k == "time" else _json_safe(v)
+        return d
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # "nan" / "inf" stay visible in the log instead of breaking JSON
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    kind = "run_started"
+    run_dir: str
+    config: dict
+    resumed_from: str | None = None
+
+
+@dataclass(frozen=True)
+class DataPrepared(Event):
+    kind = "data_prepared"
+    train_rows: int
+    val_rows: int
+    train_tokens: int
+    trainable_tokens: int
+    dropped_rows: int
+    truncated_rows: int
+    chat_template: str
+
+
+@dataclass(frozen=True)
+class ModelLoaded(Event):
+    kind = "model_loaded"
+    model: str
+    architecture: str
+    device: str
+    dtype: str
+    quantized: bool
+    params_total: int
+    params_trainable: int
+    memory_bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StepMetrics(Event):
+    kind = "step"
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens_per_s: float  # real (non-padding) tokens
+    tokens_seen: int
+    peak_memory_bytes: int
+    eta_s: float
+
+
+@dataclass(frozen=True)
+class EvalResult(Event):
+    kind = "eval"
+    step: int
+    loss: float
+    rows: int
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    kind = "checkpoint"
+    step: int
+    path: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Warning(Event):  # noqa: A001 - the event's name in the log
+    kind = "warning"
+    message: str
+
+
+@dataclass(frozen=True)
+class Interrupted(Event):
+    kind = "interrupted"
+    step: int
+    signal: str
+    checkpoint: str | None
+    resume_command: str
+
+
+@dataclass(frozen=True)
+class Failed(Event):
+    kind = "failed"
+    error: str
+    step: int | None = None
+
+
+@dataclass(frozen=True)
+class Finished(Event):
+    kind = "finished"
+    steps: int
+    final_loss: float
+    eval_loss: float | None
+    adapter_dir: str
+    seconds: float
+    stopped_early: bool = False
+
+
+class Sink(Protocol):
+    def __call__(self, event: Event) -> None: ...
+
+
+@dataclass
+class ListSink:
+    """Collects events (tests, the TUI's history)."""
+
+    events: list[Event] = field(default_factory=list)
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, cls: type) -> list:
+        return [e for e in self.events if isinstance(e, cls)]
+
+
+class JsonlSink:
+    """Appends every event as one JSON line, flushed and fsync'd so a crash keeps the log."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, event: Event) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def read_events(path: str | os.PathLike) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class Emitter:
+    """Fans one event out to every sink."""
+
+    def __init__(self, *sinks: Sink):
+        self.sinks = list(sinks)
+
+    def __call__(self, event: Event) -> None:
+        for sink in self.sinks:
+            sink(event)

@@ -1,0 +1,219 @@
+"""Loading a base model for training: source resolution, GGUF import, 4-bit quantization, LoRA.
+
+- A hub id is fetched into the local Hugging Face cache and used as a folder.
+- A `.gguf` file is imported through transformers' GGUF loader (dequantized) and saved once as a
+  normal Hugging Face folder under the localtune cache, keyed by the file's fingerprint.
+- On CUDA the base loads in 4-bit NF4 with double quantization (bitsandbytes) and computes in bf16
+  where the GPU supports it, fp16 otherwise. Without CUDA the same path runs on the CPU in fp32.
+  `train.load_in_4bit: false` (`--no-quant`) trains plain LoRA on a 16/32-bit base.
+- Base weights are frozen and stay in their dtype (no fp32 up-cast of embeddings); LoRA weights are
+  fp32. Gradient checkpointing is non-reentrant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from localtune.config import Config
+from localtune.converters.architectures import SUPPORTED_ARCHITECTURES
+from localtune.errors import ModelSourceError
+from localtune.model_source import ModelSource, resolve_model
+
+
+@dataclass
+class Base:
+    """A resolved base model: its local Hugging Face folder, architecture and identity."""
+
+    spec: str
+    folder: Path
+    architecture: str
+    identity: dict  # what a checkpoint must match to resume
+
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.folder)
+
+
+@dataclass
+class LoadedModel:
+    model: object  # peft.PeftModel
+    device: str
+    dtype: str
+    quantized: bool
+    seconds: float
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LOCALTUNE_CACHE", Path.home() / ".cache" / "localtune"))
+
+
+def fingerprint(paths: list[Path], chunk: int = 1 << 20) -> str:
+    """A fast identity of model files: names, sizes, and the first and last MiB of each."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size}".encode())
+        with open(p, "rb") as fh:
+            h.update(fh.read(chunk))
+            if size > 2 * chunk:
+                fh.seek(size - chunk)
+                h.update(fh.read(chunk))
+    return h.hexdigest()[:16]
+
+
+def model_folder(source: ModelSource) -> Path:
+    """A local Hugging Face folder for `source` (downloading or importing as needed)."""
+    if source.kind == "folder":
+        return Path(source.location)
+    if source.kind == "hub":
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(source.location, allow_patterns=[
+                "*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]))
+        except Exception as exc:
+            raise ModelSourceError(f"cannot fetch {source.spec!r} from the hub: {str(exc).splitlines()[0]}",
+                                   hint="check the id and your network, or download the model and pass its folder"
+                                   ) from None
+    return import_gguf(Path(source.location) / source.gguf_file)
+
+
+def import_gguf(path: Path) -> Path:
+    """Dequantize a GGUF through transformers and keep it as a Hugging Face folder (cached)."""
+    target = cache_dir() / "gguf-imports" / f"{path.stem}-{fingerprint([path])}"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as exc:
+        raise ModelSourceError(f"cannot import {path} through transformers' GGUF loader: {str(exc).splitlines()[0]}",
+                               hint="use a Hugging Face folder or hub id for this model instead") from None
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def check_architecture(folder: Path, spec: str) -> str:
+    """The model_type, if transformers can load it and our converters can export it."""
+    import json
+
+    try:
+        model_type = json.loads((folder / "config.json").read_text())["model_type"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelSourceError(f"{folder / 'config.json'} cannot be read ({exc})",
+                               hint="point --model at a complete Hugging Face model folder") from None
+    if model_type not in SUPPORTED_ARCHITECTURES:
+        from transformers import CONFIG_MAPPING
+
+        can_load = model_type in CONFIG_MAPPING
+        raise ModelSourceError(
+            f"{spec!r} is a {model_type!r} model: "
+            + ("transformers can load it, but localtune's GGUF converters do not export it"
+               if can_load else "this version of transformers cannot load it, and localtune does not export it"),
+            hint=f"use a model of a supported architecture: {', '.join(sorted(set(SUPPORTED_ARCHITECTURES)))}",
+            title="unsupported architecture")
+    return model_type
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelSourceError("train.device is 'cuda' but no CUDA GPU is available",
+                               hint="use --device cpu (slow) or auto", title="no GPU")
+    if requested == "cpu":
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(device: str, precision: str):
+    import torch
+
+    if precision == "fp32" or (precision == "auto" and device == "cpu"):
+        return torch.float32
+    if precision == "fp16":
+        return torch.float16
+    if device == "cuda" and not torch.cuda.is_bf16_supported():
+        if precision == "bf16":
+            raise ModelSourceError("this GPU does not support bf16", hint="use --precision fp16 or auto",
+                                   title="bf16 not supported")
+        return torch.float16
+    return torch.bfloat16
+
+
+def resolve_base(spec: str) -> Base:
+    """Find (download or import) the base model and check its architecture; loads no weights."""
+    source = resolve_model(spec)
+    folder = model_folder(source)
+    arch = check_architecture(folder, source.spec)
+    weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
+    return Base(source.spec, folder, arch, {"model": source.spec, "model_type": arch,
+                                            "fingerprint": fingerprint(weights)})
+
+
+def load_for_training(cfg: Config, base: Base) -> LoadedModel:
+    """Base model (4-bit or not) with fresh LoRA adapters, ready for the training loop."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    start = time.monotonic()
+    device = pick_device(cfg.train.device)
+    dtype = compute_dtype(device, cfg.train.precision)
+    kwargs = {"dtype": dtype, "device_map": {"": 0 if device == "cuda" else "cpu"},
+              "trust_remote_code": cfg.model.trust_remote_code}
+    if cfg.train.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=torch.uint8)
+    model = AutoModelForCausalLM.from_pretrained(base.folder, **kwargs)
+    if cfg.train.load_in_4bit and device == "cpu":
+        # bitsandbytes repacks 4-bit weights for its CPU inference kernel the first time a layer runs in
+        # eval mode (our evaluation) and keeps them packed; training then backpropagates through a
+        # kernel without autograd support and the results drift. Keep the training layout throughout.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.config.use_cache = False  # no KV cache in training (and packing needs none)
+    if cfg.train.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    torch.manual_seed(cfg.train.seed)  # LoRA A matrices start from the run's seed
+    targets = cfg.lora.target_modules
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+                      use_rslora=cfg.lora.use_rslora, use_dora=cfg.lora.use_dora, task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as exc:  # e.g. target modules that do not exist in this model
+        raise ModelSourceError(f"cannot add LoRA adapters: {exc}",
+                               hint="check lora.target_modules against the model's module names") from None
+    return LoadedModel(model, device, str(dtype).removeprefix("torch."), cfg.train.load_in_4bit,
+                       time.monotonic() - start)
+
+
+def memory_in_use(model, device: str) -> int:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.memory_allocated()
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))

@@ -1,0 +1,170 @@
+"""The memory planner: peak training memory from the architecture alone, before any weight loads.
+
+Counts, per the QLoRA memory floor in performance.md:
+- 4-bit NF4 + double-quant base linears: 4.127 bits (0.516 bytes) per parameter; 16-bit otherwise;
+- embeddings and LM head in the compute dtype (16-bit on a GPU; the trainer does not up-cast them);
+- LoRA: fp32 parameters and gradients plus the optimizer state (8-bit AdamW: 2 bytes, AdamW: 8);
+- activations: with checkpointing, each layer's input is kept (L * d values per token) plus one
+  layer's recomputed working set; without it, every layer's working set;
+- logits: the 16-bit logits, their fp32 copy for the loss, and its gradient, for every token;
+- a transient dequantized copy of the largest 4-bit matrix.
+Estimates are of the allocator's peak (torch.cuda.max_memory_allocated); the CUDA context
+(about 0.5 GiB) comes on top and is reserved separately when recommending settings.
+
+Run as:  localtune plan --model M [--data D] [--vram GB]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+GIB = 1024**3
+NF4_BYTES = 4.127 / 8
+CUDA_CONTEXT = int(0.5 * GIB)
+# Values kept per token by one decoder layer's forward for its backward, in units of hidden width
+# (norms, residuals, attention in/out, LoRA inputs) and of FFN width (gate, up, activation, product).
+ACT_PER_HIDDEN = 12
+ACT_PER_FFN = 4
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The parts of a decoder's configuration that memory depends on."""
+
+    layers: int
+    hidden: int
+    ffn: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, config) -> "Shape":
+        text = getattr(config, "text_config", None) or config
+        heads = text.num_attention_heads
+        return cls(layers=text.num_hidden_layers, hidden=text.hidden_size, ffn=text.intermediate_size,
+                   heads=heads, kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+                   head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads, vocab=text.vocab_size,
+                   tied=bool(getattr(text, "tie_word_embeddings", False)))
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer in one decoder block."""
+        d, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
+                "gate_proj": (d, self.ffn), "up_proj": (d, self.ffn), "down_proj": (self.ffn, d)}
+
+    def linear_params(self) -> int:
+        return self.layers * sum(i * o for i, o in self.linears().values())
+
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    def lora_params(self, rank: int, targets: list[str] | None = None) -> int:
+        chosen = [k for k in self.linears() if not targets or targets == ["all-linear"] or k in targets]
+        return self.layers * sum(rank * (self.linears()[k][0] + self.linears()[k][1]) for k in chosen)
+
+
+@dataclass
+class Plan:
+    micro_batch: int
+    seq_len: int
+    rank: int
+    checkpointing: bool
+    quantized: bool
+    parts: dict[str, int] = field(default_factory=dict)  # bytes
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+
+def estimate(shape: Shape, *, micro_batch: int, seq_len: int, rank: int, targets: list[str] | None = None,
+             quantized: bool = True, checkpointing: bool = True, optimizer: str = "paged_adamw_8bit",
+             weight_bytes: int = 2) -> Plan:
+    """Peak allocator memory in bytes, by part. weight_bytes: 2 on a GPU (bf16/fp16), 4 on the CPU."""
+    tokens = micro_batch * seq_len
+    lora = shape.lora_params(rank, targets)
+    opt_bytes = 2 if "8bit" in optimizer else 8
+    layer_acts = tokens * (ACT_PER_HIDDEN * shape.hidden + ACT_PER_FFN * shape.ffn) * weight_bytes
+    parts = {
+        "base weights (4-bit)" if quantized else f"base weights ({8 * weight_bytes}-bit)":
+            int(shape.linear_params() * (NF4_BYTES if quantized else weight_bytes)),
+        "embeddings + head": shape.embedding_params() * weight_bytes,
+        "LoRA parameters (fp32)": lora * 4,
+        "LoRA gradients (fp32)": lora * 4,
+        "optimizer state": lora * opt_bytes,
+        "activations": (shape.layers * tokens * shape.hidden * weight_bytes + layer_acts) if checkpointing
+        else shape.layers * layer_acts,
+        "logits + loss": tokens * shape.vocab * (weight_bytes + 4 + 4),
+    }
+    if quantized:
+        i, o = max(shape.linears().values(), key=lambda io: io[0] * io[1])
+        parts["dequantized weight (transient)"] = i * o * weight_bytes
+    return Plan(micro_batch, seq_len, rank, checkpointing, quantized, parts)
+
+
+@dataclass
+class Recommendation:
+    plan: Plan
+    budget: int
+    fits: bool
+    notes: list[str]
+
+
+def recommend(shape: Shape, budget_bytes: int, *, seq_len: int, rank: int, max_micro_batch: int = 16,
+              targets: list[str] | None = None, quantized: bool = True, checkpointing: bool = True,
+              optimizer: str = "paged_adamw_8bit", weight_bytes: int = 2) -> Recommendation:
+    """The largest power-of-two micro-batch that fits; else shorter sequences, then a lower rank."""
+    kw = dict(targets=targets, quantized=quantized, checkpointing=checkpointing, optimizer=optimizer,
+              weight_bytes=weight_bytes)
+    notes: list[str] = []
+    s, r = seq_len, rank
+    while True:
+        mb = 1 << int(math.log2(max(1, max_micro_batch)))
+        while mb >= 1:
+            plan = estimate(shape, micro_batch=mb, seq_len=s, rank=r, **kw)
+            if plan.total <= budget_bytes:
+                return Recommendation(plan, budget_bytes, True, notes)
+            mb //= 2
+        if s > 256:
+            s //= 2
+            notes.append(f"max_seq_len {s * 2} does not fit even at micro-batch 1; trying {s}")
+        elif r > 4:
+            r //= 2
+            notes.append(f"rank {r * 2} does not fit; trying {r}")
+        else:
+            plan = estimate(shape, micro_batch=1, seq_len=s, rank=r, **kw)
+            notes.append("does not fit at micro-batch 1, sequence 256 and rank 4: use a smaller model"
+                         + ("" if quantized else " or 4-bit loading"))
+            return Recommendation(plan, budget_bytes, False, notes)
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= 0.1 * GIB else f"{n / 1024**2:.1f} MiB"
+
+
+def render_plan(rec: Recommendation, shape: Shape, *, where: str, alternatives: list[Plan]) -> str:
+    p = rec.plan
+    width = max(len(k) for k in p.parts) + 2
+    lines = [f"model: {shape.layers} layers, hidden {shape.hidden}, ffn {shape.ffn}, vocab {shape.vocab}, "
+             f"{(shape.linear_params() + shape.embedding_params()) / 1e6:,.1f} M parameters",
+             f"budget: {format_bytes(rec.budget)} ({where}, after {format_bytes(CUDA_CONTEXT)} for the CUDA context)",
+             f"recommended: micro-batch {p.micro_batch}, max_seq_len {p.seq_len}, rank {p.rank}, "
+             f"{'4-bit' if p.quantized else '16-bit'} base, checkpointing {'on' if p.checkpointing else 'off'}"
+             + ("" if rec.fits else "  (DOES NOT FIT)"),
+             "estimated peak memory:"]
+    for k, v in p.parts.items():
+        bar = "#" * max(1, round(30 * v / p.total)) if v else ""
+        lines.append(f"  {k:<{width}} {format_bytes(v):>11}  {bar}")
+    lines.append(f"  {'total':<{width}} {format_bytes(p.total):>11}")
+    lines += [f"note: {n}" for n in rec.notes]
+    if alternatives:
+        lines.append("other settings:")
+        for a in alternatives:
+            lines.append(f"  micro-batch {a.micro_batch:>2}, seq {a.seq_len:>5}, rank {a.rank:>3}, checkpointing "
+                         f"{'on ' if a.checkpointing else 'off'}: {format_bytes(a.total):>11}"
+                         + ("" if a.total <= rec.budget else "  (too big)"))
+    return "\n".join(lines)

@@ -1,0 +1,393 @@
+"""The training loop: one explicit loop whose whole mutable state is `LoopState`, checkpointed whole.
+
+Data order is a pure function of (seed, epoch): a resumed run finds its place from `epoch` and
+`row_offset` alone. An optimizer step takes `micro_batch * grad_accum` rows (fewer at the end of an
+epoch, never across it); its loss is the sum of the target tokens' losses divided by the number of
+target tokens in the whole step, so gradient accumulation gives exactly the full-batch gradient.
+
+Faults handled here (reliability.md): a first SIGINT/SIGTERM finishes the current step, saves and
+returns "interrupted"; non-finite loss or gradient skips the step and stops after 3 in a row;
+CUDA out-of-memory halves the micro-batch (auto mode), doubles accumulation and continues from the
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from localtune.checkpoint import CheckpointStore, Snapshot
+from localtune.config import Config
+from localtune.data.tokenize import IGNORE
+from localtune.errors import LocaltuneError
+from localtune.events import CheckpointSaved, EvalResult, StepMetrics, Warning
+
+MAX_NONFINITE_IN_A_ROW = 3
+
+
+class TrainingError(LocaltuneError):
+    title = "training failed"
+
+
+class StopRequested(Exception):
+    """Raised at a safe point after a first SIGINT/SIGTERM (during load, data prep or eval)."""
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # optimizer steps done (skipped non-finite steps count: the schedule moves on)
+    epoch: int = 0
+    row_offset: int = 0  # rows of this epoch's order consumed by finished steps
+    micro_step: int = 0  # micro-batches done inside the current step (0 at every checkpoint)
+    tokens_seen: int = 0
+    nonfinite_in_row: int = 0
+    micro_batch: int = 1
+    grad_accum: int = 1
+    best_eval: float | None = None
+    evals_since_best: int = 0
+    losses: list[float] = field(default_factory=list)
+    eval_losses: list[list[float]] = field(default_factory=list)  # [step, loss]
+
+
+class StopFlag:
+    """First SIGINT/SIGTERM: ask the loop to stop after this step. Second: exit at once."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._old: dict = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            os._exit(128 + signum)  # second press: now; the last complete checkpoint is untouched
+        self.signal = signal.Signals(signum).name
+        print(f"\n{self.signal}: finishing this step and saving (press again to quit at once)", flush=True)
+
+    def check(self) -> None:
+        if self.signal:
+            raise StopRequested(self.signal)
+
+    @property
+    def exit_code(self) -> int:
+        return 143 if self.signal == "SIGTERM" else 130
+
+
+def n_targets(labels: list[int]) -> int:
+    return sum(1 for x in labels[1:] if x != IGNORE)
+
+
+def epoch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(n_rows))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def collate(rows, pad_id: int, device):
+    """Right-padded tensors. Packed rows carry position ids (and no attention mask)."""
+    import torch
+
+    width = max(len(r.input_ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    packed = hasattr(rows[0], "position_ids")
+    extra = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r.input_ids)
+        ids[i, :n] = torch.tensor(r.input_ids)
+        labels[i, :n] = torch.tensor(r.labels)
+        if packed:
+            extra[i, :n] = torch.tensor(r.position_ids)
+            extra[i, n:] = torch.arange(width - n)  # padding forms its own segment
+        else:
+            extra[i, :n] = 1
+    batch = {"input_ids": ids.to(device), "labels": labels.to(device)}
+    batch["position_ids" if packed else "attention_mask"] = extra.to(device)
+    return batch
+
+
+def lr_lambda(cfg: Config, total_steps: int) -> Callable[[int], float]:
+    warmup = int(cfg.train.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if cfg.train.lr_scheduler == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if cfg.train.lr_scheduler == "linear":
+            return max(0.0, 1 - progress)
+        return 1.0
+
+    return factor
+
+
+def rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Hooks:
+    """Test hooks: fault injection (`loss(step, micro, loss) -> loss`, `before_micro(step, micro_batch)`)
+    and `trained(model)`, called with the model when training ends."""
+
+    loss: Callable | None = None
+    before_micro: Callable | None = None
+    trained: Callable | None = None
+
+
+class Trainer:
+    def __init__(self, cfg: Config, model, train_rows, val_rows, *, device: str, dtype: str, pad_id: int,
+                 store: CheckpointStore, identity: dict, emit, stop: StopFlag, micro_batch: int, grad_accum: int,
+                 auto_micro_batch: bool, hooks: Hooks | None = None):
+        import torch
+
+        self.cfg, self.model, self.rows, self.val_rows = cfg, model, train_rows, val_rows
+        self.device, self.dtype, self.pad_id = device, dtype, pad_id
+        self.store, self.identity, self.emit, self.stop = store, identity, emit, stop
+        self.auto_micro_batch = auto_micro_batch
+        self.hooks = hooks or Hooks()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.rows_per_step = micro_batch * grad_accum
+        self.steps_per_epoch = math.ceil(len(train_rows) / self.rows_per_step)
+        t = cfg.train
+        self.total_steps = t.max_steps if t.max_steps > 0 else t.epochs * self.steps_per_epoch
+        self.optimizer = self._make_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.total_steps))
+        self.state = LoopState(micro_batch=micro_batch, grad_accum=grad_accum)
+        self.start_snapshot = self.snapshot()  # where an OOM restart goes when no checkpoint exists yet
+        self.last_checkpoint: str | None = None
+
+    def _make_optimizer(self):
+        import torch
+
+        t = self.cfg.train
+        kw = dict(lr=t.lr, weight_decay=t.weight_decay)
+        if t.optimizer != "adamw" and self.device == "cuda":
+            import bitsandbytes as bnb
+
+            cls = bnb.optim.PagedAdamW8bit if t.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+            return cls(self.params, **kw)
+        if t.optimizer != "adamw":
+            self.emit(Warning(f"optimizer {t.optimizer} needs CUDA; using AdamW on the CPU"))
+        return torch.optim.AdamW(self.params, **kw)
+
+    # ---- state ----------------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        from peft import get_peft_model_state_dict
+
+        adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+        return Snapshot(self.state.step, adapter, self.optimizer.state_dict(), self.scheduler.state_dict(),
+                        rng_state(), asdict(self.state), self.identity)
+
+    def restore(self, snap: Snapshot) -> None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.model, snap.adapter)
+        self.optimizer.load_state_dict(snap.optimizer)
+        self.scheduler.load_state_dict(snap.scheduler)
+        set_rng_state(snap.rng)
+        restored = LoopState(**snap.loop)
+        for name in restored.__dataclass_fields__:  # in place: the running loop holds this object
+            setattr(self.state, name, getattr(restored, name))
+
+    def save_checkpoint(self) -> None:
+        snap = self.snapshot()
+        path = self.store.save(snap, lambda folder: self.model.save_pretrained(folder))
+        self.last_checkpoint = str(path)
+        size = sum(f.stat().st_size for f in path.iterdir())
+        self.emit(CheckpointSaved(self.state.step, str(path), size))
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def run(self) -> str:
+        """Train to the end; returns "finished", "stopped_early" or "interrupted"."""
+        import torch
+
+        st = self.state
+        start, start_step = time.monotonic(), st.step
+        self.model.train()
+        while st.step < self.total_steps:
+            if st.row_offset >= len(self.rows):
+                st.epoch, st.row_offset = st.epoch + 1, 0
+            order = epoch_order(len(self.rows), self.cfg.train.seed, st.epoch)
+            step_rows = [self.rows[i] for i in order[st.row_offset: st.row_offset + self.rows_per_step]]
+            t0 = time.monotonic()
+            try:
+                loss, real_tokens = self._accumulate(step_rows)
+            except torch.OutOfMemoryError:
+                self._recover_from_oom(step_rows)
+                continue
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                self.params, self.cfg.train.max_grad_norm if self.cfg.train.max_grad_norm > 0 else float("inf")))
+            lr = self.scheduler.get_last_lr()[0]
+            if math.isfinite(loss) and math.isfinite(grad_norm):
+                self.optimizer.step()
+                st.nonfinite_in_row = 0
+            else:
+                self._nonfinite(step_rows, loss, grad_norm, lr)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            st.step += 1
+            st.micro_step = 0
+            st.row_offset += len(step_rows)
+            st.tokens_seen += real_tokens
+            st.losses.append(loss)
+            elapsed = time.monotonic() - start
+            self.emit(StepMetrics(step=st.step, total_steps=self.total_steps, epoch=st.epoch, loss=loss, lr=lr,
+                                  grad_norm=grad_norm, tokens_per_s=real_tokens / max(1e-9, time.monotonic() - t0),
+                                  tokens_seen=st.tokens_seen, peak_memory_bytes=self.peak_memory(),
+                                  eta_s=elapsed / (st.step - start_step) * (self.total_steps - st.step)))
+            if self.stop.signal:
+                self.save_checkpoint()
+                return "interrupted"
+            evaluated = self._maybe_eval()
+            if evaluated and self._should_stop_early():
+                return "stopped_early"
+            due = st.step % self.cfg.train.save_every == 0 and st.step < self.total_steps
+            if due and st.nonfinite_in_row == 0:  # never checkpoint in the middle of a divergence
+                self.save_checkpoint()
+        return "finished"
+
+    def _accumulate(self, step_rows) -> tuple[float, int]:
+        """Forward and backward over the step's micro-batches; returns (step loss, real tokens)."""
+        st = self.state
+        targets = sum(n_targets(r.labels) for r in step_rows)
+        loss_sum, real = 0.0, 0
+        for i in range(0, len(step_rows), st.micro_batch):
+            micro = step_rows[i: i + st.micro_batch]
+            if self.hooks.before_micro:
+                self.hooks.before_micro(st.step, st.micro_batch)
+            batch = collate(micro, self.pad_id, self.model.device)
+            import torch
+
+            out = self.model(**batch, num_items_in_batch=torch.tensor(max(1, targets), device=self.model.device))
+            loss = out.loss
+            if self.hooks.loss:
+                loss = self.hooks.loss(st.step, st.micro_step, loss)
+            loss.backward()
+            loss_sum += float(loss.detach())
+            real += sum(len(r.input_ids) for r in micro)
+            st.micro_step += 1
+        return loss_sum, real
+
+    def _nonfinite(self, step_rows, loss: float, grad_norm: float, lr: float) -> None:
+        st = self.state
+        st.nonfinite_in_row += 1
+        wheres = sorted({w for r in step_rows for w in getattr(r, "wheres", [r.where])})
+        what = f"loss {loss}, gradient norm {grad_norm}"
+        self.emit(Warning(f"step {st.step + 1}: non-finite {what}; step skipped "
+                          f"({st.nonfinite_in_row} in a row; rows {', '.join(wheres[:5])})"))
+        if st.nonfinite_in_row >= MAX_NONFINITE_IN_A_ROW:
+            raise TrainingError(
+                f"{MAX_NONFINITE_IN_A_ROW} steps in a row had a non-finite loss or gradient; the last at step "
+                f"{st.step + 1} ({what}), learning rate {lr:.3g}, compute dtype {self.dtype}, rows "
+                f"{', '.join(wheres[:10])}",
+                hint="lower --lr, check those rows, or use precision fp32/bf16 instead of fp16; the last "
+                     "checkpoint (all finite) is kept",
+                title="training diverged")
+
+    def _recover_from_oom(self, step_rows) -> None:
+        import torch
+
+        st = self.state
+        peak = self.peak_memory()
+        seq = max(len(r.input_ids) for r in step_rows)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        diagnosis = (f"out of GPU memory at step {st.step + 1}: micro-batch {st.micro_batch}, longest sequence "
+                     f"{seq} tokens, peak {peak / 1024**3:.2f} GiB. Suggestions, in order: a smaller micro-batch "
+                     f"(--micro-batch auto does this), a shorter --max-seq-len, gradient checkpointing on, "
+                     f"a lower LoRA rank, 4-bit loading; `localtune plan` estimates each")
+        if not self.auto_micro_batch or st.micro_batch == 1:
+            raise TrainingError(diagnosis, hint="see the suggestions above", title="out of memory")
+        micro, accum = st.micro_batch // 2, st.grad_accum * 2
+        self.emit(Warning(f"{diagnosis}. Retrying with micro-batch {micro} and {accum} accumulation steps from "
+                          f"{self.last_checkpoint or 'the start'}"))
+        latest = self.store.latest_valid() if self.last_checkpoint else None
+        snap = self.store.load(*latest, self._read_adapter) if latest else self.start_snapshot
+        self.restore(snap)
+        self.state.micro_batch, self.state.grad_accum = micro, accum
+
+    @staticmethod
+    def _read_adapter(folder) -> dict:
+        from safetensors.torch import load_file
+
+        return load_file(folder / "adapter_model.safetensors")
+
+    def _maybe_eval(self) -> bool:
+        every = self.cfg.train.eval_every
+        due = (every > 0 and self.state.step % every == 0) or self.state.step == self.total_steps
+        if not due or not self.val_rows:
+            return False
+        loss = self.evaluate()
+        self.state.eval_losses.append([self.state.step, loss])
+        self.emit(EvalResult(self.state.step, loss, len(self.val_rows)))
+        return True
+
+    def evaluate(self) -> float:
+        import torch
+
+        self.model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(self.val_rows), self.state.micro_batch):
+                self.stop.check()
+                micro = self.val_rows[i: i + self.state.micro_batch]
+                n = sum(n_targets(r.labels) for r in micro)
+                out = self.model(**collate(micro, self.pad_id, self.model.device),
+                                 num_items_in_batch=torch.tensor(max(1, n), device=self.model.device))
+                total += float(out.loss) * n
+                count += n
+        self.model.train()
+        return total / max(1, count)
+
+    def _should_stop_early(self) -> bool:
+        st, patience = self.state, self.cfg.train.early_stopping_patience
+        loss = st.eval_losses[-1][1]
+        if st.best_eval is None or loss < st.best_eval:
+            st.best_eval, st.evals_since_best = loss, 0
+            return False
+        st.evals_since_best += 1
+        return patience > 0 and st.evals_since_best >= patience
+
+    def peak_memory(self) -> int:
+        import torch
+
+        if self.device == "cuda":
+            return torch.cuda.max_memory_allocated()
+        try:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        except ImportError:
+            return 0

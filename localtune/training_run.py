@@ -1,0 +1,224 @@
+"""A training run: the run folder, pre-flight checks, resume rules, and the loop, as one object.
+
+Order matters: the data is validated before any model is loaded, the disk is checked before
+training, and every stage checks for a stop request. Everything that happens is an event, sent to
+the caller's sinks and appended to `RUN_DIR/events.jsonl`.
+
+Run folder: config.yaml, events.jsonl, run.json, checkpoints/step-NNNNNN/, adapter/.
+
+Run as:  localtune train --model M --data D --out RUN_DIR [--resume]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from localtune.checkpoint import CheckpointStore
+from localtune.config import Config
+from localtune.data.dataset import load_examples, prepare_data
+from localtune.errors import LocaltuneError, UsageError
+from localtune.events import (DataPrepared, Emitter, Failed, Finished, Interrupted, JsonlSink, ModelLoaded,
+                              RunStarted, Warning)
+from localtune.model_loading import load_for_training, memory_in_use, resolve_base
+from localtune.trainer import Hooks, StopFlag, StopRequested, Trainer, TrainingError
+
+# What a checkpoint must share with the run that resumes it; anything else may change.
+IDENTITY_LABELS = {"base": "base model", "data": "training data", "max_seq_len": "data.max_seq_len",
+                   "lora_shape": "LoRA shape (rank, target modules, DoRA)"}
+
+
+@dataclass
+class RunResult:
+    status: str  # finished, stopped_early, interrupted
+    exit_code: int
+    run_dir: Path
+    adapter_dir: Path | None = None
+    final_loss: float | None = None
+
+
+def data_fingerprint(rows) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps([r.input_ids, r.labels]).encode())
+    return h.hexdigest()[:16]
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"cannot write to the output folder {run_dir}: {exc.strerror or exc}",
+                         hint="choose another --out, or fix the folder's permissions", title="output not writable"
+                         ) from None
+
+
+def check_disk(run_dir: Path, needed: int) -> None:
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise UsageError(f"{run_dir} has {free / 1e9:.2f} GB free; checkpoints and the adapter need about "
+                         f"{needed / 1e9:.2f} GB", hint="free some space, use another --out, or lower "
+                         "train.keep_checkpoints", title="not enough disk space")
+
+
+def check_resume_identity(saved: dict, current: dict, force: bool, warn) -> None:
+    changed = [IDENTITY_LABELS.get(k, k) for k in current if saved.get(k) != current[k]]
+    if not changed:
+        return
+    if force:
+        warn(f"resuming although these changed: {', '.join(changed)} (--force-resume)")
+        return
+    raise UsageError(f"the checkpoint was made with a different {', '.join(changed)}; resuming would not "
+                     "continue the same training", hint="restore the original settings and data, start a new run "
+                     "with another --out, or pass --force-resume to continue anyway", title="cannot resume")
+
+
+def train_run(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, force_resume: bool = False,
+              sinks=(), hooks: Hooks | None = None) -> RunResult:
+    """Train cfg's model on cfg's data into run_dir. Raises LocaltuneError for user-fixable problems."""
+    run_dir = Path(run_dir)
+    check_writable(run_dir)
+    store = CheckpointStore(run_dir / "checkpoints", cfg.train.keep_checkpoints, warn=lambda m: emit(Warning(m)))
+    if not resume and (store.complete() or (run_dir / "adapter").exists()):
+        raise UsageError(f"{run_dir} already holds a training run",
+                         hint=f"continue it with --resume, or choose a new --out", title="run folder in use")
+    emit = Emitter(JsonlSink(run_dir / "events.jsonl"), *sinks)
+    stop = StopFlag()
+    stop.install()
+    started = time.monotonic()
+    run_info: dict = {"status": "starting", "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        return _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_info, started)
+    except StopRequested:
+        emit(Interrupted(step=0, signal=stop.signal, checkpoint=None,
+                         resume_command="nothing was trained yet: run the same command again"))
+        run_info["status"] = "interrupted"
+        _write_json_atomic(run_dir / "run.json", run_info)
+        return RunResult("interrupted", stop.exit_code, run_dir)
+    except LocaltuneError as exc:
+        emit(Failed(exc.render()))
+        run_info["status"] = "failed"
+        run_info["error"] = exc.render()
+        _write_json_atomic(run_dir / "run.json", run_info)
+        raise
+    finally:
+        stop.restore()
+
+
+def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_info, started) -> RunResult:
+    import torch
+
+    from localtune.planner import Shape, recommend
+
+    cfg.save(run_dir / "config.yaml")
+    emit(RunStarted(str(run_dir), cfg.to_dict(), resumed_from=None))
+    loaded = load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
+    stop.check()
+    base = resolve_base(cfg.model.name_or_path)
+    tokenizer = base.tokenizer()
+    prepared = prepare_data(cfg.data, tokenizer, seed=cfg.train.seed, loaded=loaded,
+                            chat_template=cfg.model.chat_template)
+    ts = prepared.train_stats
+    emit(DataPrepared(len(prepared.train), len(prepared.val), ts.total_tokens, ts.trainable_tokens,
+                      len(ts.dropped_no_trainable), ts.truncated, prepared.template.origin))
+    (run_dir / "chat_template.jinja").write_text(prepared.template.text, encoding="utf-8")
+    stop.check()
+
+    from transformers import AutoConfig
+
+    shape = Shape.from_config(AutoConfig.from_pretrained(base.folder))
+    lora_params = shape.lora_params(cfg.lora.r, cfg.lora.target_modules)
+    opt_bytes = 2 if "8bit" in cfg.train.optimizer and torch.cuda.is_available() else 8
+    check_disk(run_dir, lora_params * (4 + opt_bytes) * (cfg.train.keep_checkpoints + 1) + lora_params * 4 + 10**7)
+
+    identity = {"base": base.identity, "data": data_fingerprint(prepared.train),
+                "max_seq_len": cfg.data.max_seq_len,
+                "lora_shape": [cfg.lora.r, sorted(cfg.lora.target_modules), cfg.lora.use_dora]}
+    snapshot, source = None, None
+    store.remove_stale()
+    if resume:
+        latest = store.latest_valid()
+        if latest is None:
+            raise UsageError(f"{run_dir / 'checkpoints'} holds no complete checkpoint to resume from",
+                             hint="start the run without --resume", title="nothing to resume")
+        source, manifest = latest
+        check_resume_identity(manifest["identity"], identity, force_resume, lambda m: emit(Warning(m)))
+        store.protected.add(source.name)
+
+    lm = load_for_training(cfg, base)
+    stop.check()
+    model = lm.model
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    emit(ModelLoaded(base.spec, base.architecture, lm.device, lm.dtype, lm.quantized, total, trainable,
+                     memory_in_use(model, lm.device), round(lm.seconds, 2)))
+
+    micro, accum, auto = cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.train.micro_batch_size == 0
+    if auto:  # the planner picks the micro-batch; rows per step stay grad_accum
+        in_use = memory_in_use(model, lm.device)  # the loaded weights count in the plan too
+        if lm.device == "cuda":
+            free = torch.cuda.mem_get_info()[0]
+        else:
+            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 2
+        longest = max(len(r.input_ids) for r in prepared.train)
+        rec = recommend(shape, int((free + in_use) * 0.9), seq_len=longest, rank=cfg.lora.r,
+                        max_micro_batch=accum, quantized=cfg.train.load_in_4bit,
+                        checkpointing=cfg.train.gradient_checkpointing, weight_bytes=2 if lm.device == "cuda" else 4)
+        micro = rec.plan.micro_batch
+        accum = -(-accum // micro)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    trainer = Trainer(cfg, model, prepared.train, prepared.val, device=lm.device, dtype=lm.dtype, pad_id=pad_id,
+                      store=store, identity=identity, emit=emit, stop=stop, micro_batch=micro, grad_accum=accum,
+                      auto_micro_batch=auto, hooks=hooks)
+    if source is not None:
+        trainer.restore(store.load(source, manifest, trainer._read_adapter))
+        trainer.last_checkpoint = str(source)
+        emit(Warning(f"resumed from {source} at step {trainer.state.step}"))
+
+    run_info.update(status="running", base=base.identity, data={"fingerprint": identity["data"],
+                    "train_rows": len(prepared.train), "val_rows": len(prepared.val)},
+                    device=lm.device, dtype=lm.dtype, quantized=lm.quantized, micro_batch=micro, grad_accum=accum)
+    _write_json_atomic(run_dir / "run.json", run_info)
+    try:
+        status = trainer.run()
+    except TrainingError:
+        run_info.update(steps=trainer.state.step, losses=trainer.state.losses)
+        raise
+    if hooks and hooks.trained:
+        hooks.trained(model)
+    st = trainer.state
+    run_info.update(steps=st.step, tokens_seen=st.tokens_seen, peak_memory_bytes=trainer.peak_memory(),
+                    final_loss=st.losses[-1] if st.losses else None, losses=st.losses, eval_losses=st.eval_losses,
+                    seconds=round(time.monotonic() - started, 2))
+    if status == "interrupted":
+        cmd = f"localtune train --resume --out {run_dir} --model {cfg.model.name_or_path} --data {cfg.data.path}"
+        emit(Interrupted(st.step, stop.signal, trainer.last_checkpoint, cmd))
+        run_info["status"] = "interrupted"
+        _write_json_atomic(run_dir / "run.json", run_info)
+        return RunResult("interrupted", stop.exit_code, run_dir, final_loss=run_info["final_loss"])
+    adapter_dir = run_dir / "adapter"
+    tmp = run_dir / ".adapter.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    os.replace(tmp, adapter_dir)
+    eval_loss = st.eval_losses[-1][1] if st.eval_losses else None
+    run_info.update(status=status, adapter=str(adapter_dir), eval_loss=eval_loss)
+    _write_json_atomic(run_dir / "run.json", run_info)
+    emit(Finished(st.step, run_info["final_loss"], eval_loss, str(adapter_dir), run_info["seconds"],
+                  stopped_early=status == "stopped_early"))
+    return RunResult(status, 0, run_dir, adapter_dir, run_info["final_loss"])
