@@ -100,6 +100,11 @@ def import_gguf(path: Path) -> Path:
     except Exception as exc:
         raise ModelSourceError(f"cannot import {path} through transformers' GGUF loader: {str(exc).splitlines()[0]}",
                                hint="use a Hugging Face folder or hub id for this model instead") from None
+    # The GGUF loader leaves its (non-serializable) dequantizing quantizer attached; the weights it
+    # produced are plain tensors, so detach it and save them as an ordinary checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)

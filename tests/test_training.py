@@ -325,3 +325,30 @@ def test_step_events_carry_the_figures(tmp_path, data, tiny_model_dir):
     assert all(s.tokens_per_s > 0 and s.peak_memory_bytes > 0 and math.isfinite(s.grad_norm) for s in steps)
     assert steps[-1].eta_s == 0 and steps[0].tokens_seen < steps[-1].tokens_seen
     assert steps[0].lr == pytest.approx(5e-3) and steps[0].lr > steps[1].lr > steps[2].lr  # cosine decay
+
+
+@pytest.mark.slow
+def test_smollm2_qlora_on_cpu_learns(tmp_path, data, monkeypatch):
+    """The real model: SmolLM2-135M-Instruct, imported from its GGUF, trained in 4-bit on the CPU."""
+    monkeypatch.setenv("LOCALTUNE_CACHE", str(tmp_path / "cache"))
+    sink = ListSink()
+    result = train_run(make_cfg("smollm2", data, **{"train.max_steps": 6, "train.lr": 1e-3}), tmp_path / "run",
+                       sinks=[sink])
+    got = losses(sink)
+    assert result.status == "finished" and got[-1] < got[0] / 2, got
+    loaded = [e for e in sink.events if e.kind == "model_loaded"][0]
+    assert loaded.quantized and loaded.architecture == "llama"
+    imported = next((tmp_path / "cache" / "gguf-imports").iterdir())
+    assert (imported / "config.json").is_file() and (imported / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_dora_and_rslora_options_reach_peft(tmp_path, data, tiny_model_dir):
+    run = tmp_path / "run"
+    result = train_run(make_cfg(tiny_model_dir("qwen2"), data, **{
+        "train.max_steps": 2, "train.load_in_4bit": False, "lora.use_dora": True, "lora.use_rslora": True,
+        "lora.target_modules": "q_proj,v_proj", "lora.r": 4}), run)
+    assert result.status == "finished"
+    saved = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert saved["use_dora"] and saved["use_rslora"] and saved["r"] == 4
+    assert sorted(saved["target_modules"]) == ["q_proj", "v_proj"]
