@@ -24,17 +24,17 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         d = {"kind": self.kind}
         for k, v in asdict(self).items():
-            d[k] = round(v, 3) if k == "time" else _json_safe(v)
+            d[k] = round(v, 3) if k == "time" else json_safe(v)
         return d
 
 
-def _json_safe(v: Any) -> Any:
+def json_safe(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)  # "nan" / "inf" stay visible in the log instead of breaking JSON
     if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
+        return {k: json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
+        return [json_safe(x) for x in v]
     return v
 
 
@@ -43,7 +43,7 @@ class RunStarted(Event):
     kind = "run_started"
     run_dir: str
     config: dict
-    resumed_from: str | None = None
+    resume: bool = False
 
 
 @dataclass(frozen=True)

@@ -279,6 +279,8 @@ class Trainer:
 
     def _accumulate(self, step_rows) -> tuple[float, int]:
         """Forward and backward over the step's micro-batches; returns (step loss, real tokens)."""
+        import torch
+
         st = self.state
         targets = sum(n_targets(r.labels) for r in step_rows)
         loss_sum, real = 0.0, 0
@@ -287,8 +289,6 @@ class Trainer:
             if self.hooks.before_micro:
                 self.hooks.before_micro(st.step, st.micro_batch)
             batch = collate(micro, self.pad_id, self.model.device)
-            import torch
-
             out = self.model(**batch, num_items_in_batch=torch.tensor(max(1, targets), device=self.model.device))
             loss = out.loss
             if self.hooks.loss:

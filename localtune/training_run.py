@@ -24,7 +24,7 @@ from localtune.config import Config
 from localtune.data.dataset import load_examples, prepare_data
 from localtune.errors import LocaltuneError, UsageError
 from localtune.events import (DataPrepared, Emitter, Failed, Finished, Interrupted, JsonlSink, ModelLoaded,
-                              RunStarted, Warning)
+                              RunStarted, Warning, json_safe)
 from localtune.model_loading import load_for_training, memory_in_use, resolve_base
 from localtune.trainer import Hooks, StopFlag, StopRequested, Trainer, TrainingError
 
@@ -51,7 +51,7 @@ def data_fingerprint(rows) -> str:
 
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.write_text(json.dumps(json_safe(data), indent=1, default=str))  # "nan" as text: strict JSON
     os.replace(tmp, path)
 
 
@@ -125,7 +125,7 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
     from localtune.planner import Shape, recommend
 
     cfg.save(run_dir / "config.yaml")
-    emit(RunStarted(str(run_dir), cfg.to_dict(), resumed_from=None))
+    emit(RunStarted(str(run_dir), cfg.to_dict(), resume=resume))
     loaded = load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
     stop.check()
     base = resolve_base(cfg.model.name_or_path)

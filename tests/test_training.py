@@ -180,7 +180,8 @@ def test_nan_loss_stops_after_three_with_the_documented_error(tmp_path, data, ti
 
     for ckpt in (run / "checkpoints").iterdir():
         assert all(torch.isfinite(t).all() for t in load_file(ckpt / "adapter_model.safetensors").values())
-    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    info = json.loads((run / "run.json").read_text(), parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert info["status"] == "failed" and info["losses"][3] == "nan"
 
 
 def test_simulated_oom_halves_the_micro_batch_and_continues(tmp_path, data, tiny_model_dir):
