@@ -1,17 +1,48 @@
-"""The Hugging Face architectures localtune trains and exports, and their llama.cpp names.
+"""The architectures localtune trains and exports: one table of what each needs in GGUF.
 
-Keys are `config.model_type`; values are the GGUF `general.architecture` llama.cpp loads them as
-(Mistral's dense models load as llama). One table, read by training (to refuse early) and export.
+Keys are Hugging Face `config.model_type`. Each entry says which llama.cpp architecture loads it and
+which transforms its tensors and metadata need; `converters.hf_to_gguf` applies them. To add an
+architecture, add a row here (and a tiny model in `localtune.tiny_models` to test it).
+
+Facts behind the rows (see shared/reference/gguf-conversion.md §1.3):
+- llama runs rope in llama.cpp's "normal" (adjacent pairs) layout, so q/k rows are permuted from
+  HF's rotate-half layout; qwen2/qwen3/gemma/phi3 use NEOX rope and need no permute.
+- Gemma's RMSNorm computes x*(1+w): every norm weight is stored +1. llama.cpp's gemma and gemma2
+  always tie the output to the embedding; gemma3 may have an output tensor but the embedding serves.
+- Gemma's SentencePiece has no dummy prefix: add_space_prefix=False.
 """
 
-SUPPORTED_ARCHITECTURES: dict[str, str] = {
-    "llama": "llama",
-    "mistral": "llama",
-    "qwen2": "qwen2",
-    "qwen3": "qwen3",
-    "gemma": "gemma",
-    "gemma2": "gemma2",
-    "gemma3": "gemma3",
-    "gemma3_text": "gemma3",
-    "phi3": "phi3",
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    gguf_arch: str  # llama.cpp's general.architecture
+    permute_qk: bool = False
+    norm_plus_one: bool = False
+    drop_lm_head: bool = False
+    add_space_prefix: bool | None = None
+    softcapping: bool = False  # gemma2/3: attention and final logit softcapping keys
+    sliding_window: bool = False
+    aliases: tuple[str, ...] = field(default=())
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "llama": ArchSpec("llama", permute_qk=True),
+    "mistral": ArchSpec("llama", permute_qk=True),
+    "qwen2": ArchSpec("qwen2"),
+    "qwen3": ArchSpec("qwen3"),
+    "gemma": ArchSpec("gemma", norm_plus_one=True, drop_lm_head=True, add_space_prefix=False),
+    "gemma2": ArchSpec("gemma2", norm_plus_one=True, drop_lm_head=True, add_space_prefix=False, softcapping=True,
+                       sliding_window=True),
+    "gemma3_text": ArchSpec("gemma3", norm_plus_one=True, drop_lm_head=True, add_space_prefix=False,
+                            softcapping=True, sliding_window=True),
+    "gemma3": ArchSpec("gemma3", norm_plus_one=True, drop_lm_head=True, add_space_prefix=False, softcapping=True,
+                       sliding_window=True),
+    "phi3": ArchSpec("phi3"),
 }
+
+# model_type -> llama.cpp architecture name (read by training to refuse early).
+SUPPORTED_ARCHITECTURES: dict[str, str] = {k: v.gguf_arch for k, v in ARCHITECTURES.items()}

@@ -1,0 +1,279 @@
+"""Hugging Face folder -> GGUF, on the PyPI `gguf` package: metadata, tokenizer, streamed tensors.
+
+Writes f32, f16, bf16 or q8_0 directly. Tensors are read one at a time from the safetensors files
+and written as they are converted, so peak memory stays about one tensor. The file is written under
+a temporary name and only renamed once it validates (see `converters.gguf_file`).
+
+Run as:  localtune export HF_DIR --quant f16
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localtune.converters.architectures import ARCHITECTURES, ArchSpec
+from localtune.converters.gguf_file import ConversionError, safe_output
+from localtune.converters.vocab import write_vocab
+
+DIRECT_TYPES = ("f32", "f16", "bf16", "q8_0")
+
+
+@dataclass
+class ConvertReport:
+    path: Path
+    out_type: str
+    tensors: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    fallbacks: list[str] = field(default_factory=list)  # tensors stored in another type, and why
+    vocab: str = ""
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_written / 1e6 / max(self.seconds, 1e-9)
+
+
+def read_config(folder: Path) -> dict:
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"{folder / 'config.json'} cannot be read ({exc})",
+                              hint="point at a Hugging Face model folder") from None
+    return {**cfg, **cfg.get("text_config", {})}
+
+
+def arch_spec(cfg: dict) -> ArchSpec:
+    model_type = cfg.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ConversionError(f"cannot export a {model_type!r} model to GGUF",
+                              hint="supported architectures: " + ", ".join(sorted(ARCHITECTURES)),
+                              title="unsupported architecture")
+    return ARCHITECTURES[model_type]
+
+
+def _rope(cfg: dict) -> dict:
+    """Rope settings from transformers 5's rope_parameters (maybe per layer type) or legacy keys."""
+    params = cfg.get("rope_parameters") or {}
+    if "full_attention" in params:
+        return {"full": params["full_attention"], "sliding": params.get("sliding_attention", {})}
+    legacy = dict(cfg.get("rope_scaling") or {})
+    legacy.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
+    return {"full": {**legacy, **params}, "sliding": {}}
+
+
+def write_hparams(w, cfg: dict, spec: ArchSpec) -> list[tuple[str, "object"]]:
+    """Write the architecture's keys; returns generated tensors (name, array), e.g. rope_freqs."""
+    import numpy as np
+
+    heads = cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    w.add_context_length(cfg.get("max_position_embeddings", 4096))
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(cfg.get("num_key_value_heads") or heads)
+    w.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-6))
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    rope = _rope(cfg)
+    full = rope["full"]
+    w.add_rope_freq_base(float(full.get("rope_theta", 10000.0)))
+    rotary = int(head_dim * full.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)))
+    w.add_rope_dimension_count(rotary)
+    generated = []
+    kind = full.get("rope_type", full.get("type", "default"))
+    if kind == "linear":
+        w.add_rope_scaling_type(gguf_rope("LINEAR"))
+        w.add_rope_scaling_factor(float(full["factor"]))
+    elif kind == "yarn":
+        w.add_rope_scaling_type(gguf_rope("YARN"))
+        w.add_rope_scaling_factor(float(full["factor"]))
+        w.add_rope_scaling_orig_ctx_len(int(full.get("original_max_position_embeddings",
+                                                     cfg.get("max_position_embeddings", 4096))))
+    elif kind == "llama3":  # per-dimension divisors as a tensor (what llama.cpp's llama expects)
+        base, factor = float(full.get("rope_theta", 10000.0)), float(full["factor"])
+        low, high = float(full.get("low_freq_factor", 1.0)), float(full.get("high_freq_factor", 4.0))
+        old_ctx = float(full.get("original_max_position_embeddings", 8192))
+        freqs = 1.0 / (base ** (np.arange(0, rotary, 2, dtype=np.float64) / rotary))
+        low_wl, high_wl = old_ctx / low, old_ctx / high
+        out = []
+        for f in freqs:
+            wavelen = 2 * math.pi / f
+            if wavelen < high_wl:
+                out.append(1.0)
+            elif wavelen > low_wl:
+                out.append(factor)
+            else:
+                smooth = (old_ctx / wavelen - low) / (high - low)
+                out.append(1 / ((1 - smooth) / factor + smooth))
+        generated.append(("rope_freqs.weight", np.array(out, dtype=np.float32)))
+    if spec.gguf_arch == "llama":
+        w.add_vocab_size(cfg["vocab_size"])
+    if spec.softcapping:
+        if cfg.get("attn_logit_softcapping") is not None:
+            w.add_attn_logit_softcapping(float(cfg["attn_logit_softcapping"]))
+        if cfg.get("final_logit_softcapping") is not None:
+            w.add_final_logit_softcapping(float(cfg["final_logit_softcapping"]))
+    if spec.sliding_window and cfg.get("sliding_window"):
+        w.add_sliding_window(int(cfg["sliding_window"]))
+        if rope["sliding"].get("rope_theta"):
+            w.add_rope_freq_base_swa(float(rope["sliding"]["rope_theta"]))
+    if spec.gguf_arch == "phi3":
+        w.add_rope_scaling_orig_ctx_len(int(cfg.get("original_max_position_embeddings",
+                                                    cfg.get("max_position_embeddings", 4096))))
+        if cfg.get("sliding_window"):
+            w.add_sliding_window(int(cfg["sliding_window"]))
+    return generated
+
+
+def gguf_rope(name: str):
+    import gguf
+
+    return getattr(gguf.RopeScalingType, name)
+
+
+def _safetensors(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ConversionError(f"{folder} holds no .safetensors weights",
+                              hint="save the model with save_pretrained (safetensors is the default)")
+    return files
+
+
+def iter_hf_tensors(folder: Path) -> Iterator[tuple[str, Callable]]:
+    """(name, loader) for every tensor, loading lazily one at a time."""
+    from safetensors import safe_open
+
+    for f in _safetensors(folder):
+        with safe_open(f, framework="pt") as st:
+            for name in st.keys():
+                yield name, (lambda f=f, name=name: _load(f, name)), st.get_slice(name).get_shape()
+
+
+def _load(path: Path, name: str):
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as st:
+        return st.get_tensor(name).float().numpy()
+
+
+def _permute_rows(w, n_head: int):
+    """HF rotate-half rows -> llama.cpp adjacent-pair rows, per head."""
+    shape = w.shape
+    return w.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+def tensor_plan(folder: Path, cfg: dict, spec: ArchSpec):
+    """[(gguf name, hf name or None, shape, loader, transform)] in file order, skipping what llama.cpp
+    does not use. Raises ConversionError for a tensor that has no GGUF name."""
+    import gguf
+
+    arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == spec.gguf_arch)
+    names = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
+    heads, kv_heads = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    plan = []
+    for hf_name, loader, shape in iter_hf_tensors(folder):
+        name = hf_name.removeprefix("language_model.").replace("model.language_model.", "model.")
+        if name.endswith(("rotary_emb.inv_freq", "attention.masked_bias")):
+            continue
+        if spec.drop_lm_head and name.startswith("lm_head."):
+            continue
+        gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if gname is None:
+            raise ConversionError(f"tensor {hf_name!r} has no GGUF name for {spec.gguf_arch}",
+                                  hint="this checkpoint has parts the exporter does not know")
+        transforms = []
+        if spec.permute_qk and (name.endswith("q_proj.weight") or name.endswith("q_proj.bias")):
+            transforms.append(lambda w: _permute_rows(w, heads))
+        if spec.permute_qk and (name.endswith("k_proj.weight") or name.endswith("k_proj.bias")):
+            transforms.append(lambda w: _permute_rows(w, kv_heads))
+        if spec.norm_plus_one and name.endswith("norm.weight"):
+            transforms.append(lambda w: w + 1.0)
+        plan.append((gname, list(shape), loader, transforms))
+    return plan
+
+
+def storage_type(gname: str, shape: list[int], out_type: str):
+    """The GGML type a tensor is stored in, and a fallback note when it cannot take out_type."""
+    import gguf
+
+    T = gguf.GGMLQuantizationType
+    if len(shape) <= 1 or gname.endswith("_norm.weight") or gname == "rope_freqs.weight":
+        return T.F32, None
+    wanted = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0}[out_type]
+    if wanted == T.Q8_0:
+        block = gguf.GGML_QUANT_SIZES[T.Q8_0][0]
+        if shape[-1] % block:
+            return T.F16, f"{gname}: {shape[-1]} columns are not a multiple of {block}; stored as F16"
+    return wanted, None
+
+
+def convert(folder: str | Path, out_path: str | Path, *, out_type: str = "f16", chat_template: str | None = None,
+            name: str | None = None, progress: Callable[[int, int], None] | None = None) -> ConvertReport:
+    """Convert a Hugging Face folder to one GGUF file of a direct type (f32, f16, bf16, q8_0)."""
+    import gguf
+    import numpy as np
+
+    folder, out_path = Path(folder), Path(out_path)
+    if out_type not in DIRECT_TYPES:
+        raise ValueError(f"convert() writes {DIRECT_TYPES}; use converters.quantize for {out_type}")
+    cfg = read_config(folder)
+    spec = arch_spec(cfg)
+    start = time.monotonic()
+    report = ConvertReport(out_path, out_type)
+    plan = tensor_plan(folder, cfg, spec)
+    with safe_output(out_path) as tmp:
+        w = gguf.GGUFWriter(tmp, arch=spec.gguf_arch)
+        w.add_type(gguf.GGUFType.MODEL)
+        # A neutral name: llama.cpp special-cases names containing e.g. "phi3" (token attributes).
+        w.add_name(name or "localtune-model")
+        ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[out_type]
+        w.add_file_type(ftype)
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        generated = write_hparams(w, cfg, spec)
+        report.vocab = write_vocab(w, folder, cfg["vocab_size"], chat_template, spec.add_space_prefix)
+        entries = [(g, shape, loader, tf) for g, shape, loader, tf in plan]
+        entries += [(g, list(arr.shape), (lambda arr=arr: arr), []) for g, arr in generated]
+        types = []
+        for gname, shape, _loader, _tf in entries:
+            qtype, note = storage_type(gname, shape, out_type)
+            if note:
+                report.fallbacks.append(note)
+            types.append(qtype)
+            byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype) if qtype not in (
+                gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) else shape
+            itemsize = {gguf.GGMLQuantizationType.F32: 4, gguf.GGMLQuantizationType.F16: 2}.get(qtype, 1)
+            nbytes = int(np.prod(byte_shape)) * itemsize
+            dtype = {gguf.GGMLQuantizationType.F32: np.float32,
+                     gguf.GGMLQuantizationType.F16: np.float16}.get(qtype, np.uint8)
+            quantized = dtype is np.uint8  # the writer takes quantized shapes in bytes per row
+            w.add_tensor_info(gname, byte_shape if quantized else shape, np.dtype(dtype), nbytes,
+                              raw_dtype=qtype if quantized else None)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for i, ((gname, shape, loader, tf), qtype) in enumerate(zip(entries, types)):
+            data = loader()
+            for t in tf:
+                data = t(data)
+            if qtype == gguf.GGMLQuantizationType.F32:
+                out = data.astype(np.float32)
+            elif qtype == gguf.GGMLQuantizationType.F16:
+                out = data.astype(np.float16)
+            else:
+                out = gguf.quants.quantize(data.astype(np.float32), qtype)
+            w.write_tensor_data(out)
+            report.bytes_written += out.nbytes
+            report.tensors += 1
+            if progress:
+                progress(i + 1, len(entries))
+        w.close()
+    report.seconds = time.monotonic() - start
+    return report
