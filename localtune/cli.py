@@ -311,5 +311,71 @@ def plan_cmd(model, data, vram, max_seq_len, rank, no_quant, config_file):
     click.echo(render_plan(rec, shape, where=where, alternatives=alternatives))
 
 
+@main.command("export")
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.option("--quant", "-q", default=None, help="GGUF types, comma-separated (default q4_k_m), e.g. q4_k_m,q8_0,f16.")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: SOURCE/gguf).")
+@click.option("--adapter", is_flag=True, help="Write a run's LoRA adapter alone as a llama.cpp LoRA GGUF.")
+@click.option("--no-verify", is_flag=True, help="Skip the check against the source model.")
+@friendly_errors
+def export_cmd(source, quant, out_dir, adapter, no_verify):
+    """Convert SOURCE (a Hugging Face folder, or a RUN_DIR with --adapter) to GGUF, and verify each file.
+
+    Nothing is compiled: f32/f16/bf16/q8_0 are written directly, K-quants by llama.cpp's quantizer
+    inside llama-cpp-python. Exits 1 when a verification fails.
+    """
+    from pathlib import Path
+
+    from localtune.errors import UsageError
+    from localtune.export import export_adapter, export_model, is_run_dir, require_hf_folder
+
+    src = Path(source)
+    out = Path(out_dir) if out_dir else src / "gguf"
+    if adapter:
+        if not is_run_dir(src):
+            raise UsageError(f"--adapter exports a training run's adapter; {src} is not a run folder",
+                             hint="localtune export RUN_DIR --adapter")
+        export_adapter(src, out, say=click.echo)
+        return
+    if is_run_dir(src):
+        raise UsageError(f"{src} is a training run: its full export needs the adapter merged into a 16-bit base",
+                         hint="export the adapter alone with --adapter; the merge step (localtune merge) "
+                              "is not available in this version yet")
+    require_hf_folder(src)
+    quants = [q.strip().lower() for q in (quant or "q4_k_m").split(",") if q.strip()]
+    bar = ExportProgress()
+    files = export_model(src, quants, out, verify=not no_verify, say=click.echo, progress=bar)
+    failed = [f for f in files if f.verify is not None and not f.verify.passed]
+    if failed:
+        click.echo(f"error: verification failed for {', '.join(str(f.path) for f in failed)}", err=True)
+        sys.exit(1)
+
+
+class ExportProgress:
+    """Tensor-by-tensor progress on a terminal."""
+
+    def __call__(self, out_type: str, done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            click.echo(f"\rconverting to {out_type}: {done}/{total} tensors", err=True, nl=done == total)
+
+
+@main.command("verify")
+@click.argument("gguf_file", type=click.Path(dir_okay=False))
+@click.option("--against", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The Hugging Face folder the GGUF came from.")
+@friendly_errors
+def verify_cmd(gguf_file, against):
+    """Check GGUF_FILE against the Hugging Face model: tokenizer, special tokens, chat template,
+    logits (16/32-bit files) or perplexity (quantized files). Exits 1 on a failure."""
+    from pathlib import Path
+
+    from localtune.verify import verify
+
+    report = verify(gguf_file, against)
+    report.save(Path(gguf_file).with_name(Path(gguf_file).name + ".verify.json"))
+    click.echo(report.render())
+    sys.exit(0 if report.passed else 1)
+
+
 if __name__ == "__main__":
     main()
