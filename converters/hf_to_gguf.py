@@ -146,8 +146,8 @@ def _safetensors(folder: Path) -> list[Path]:
     return files
 
 
-def iter_hf_tensors(folder: Path) -> Iterator[tuple[str, Callable]]:
-    """(name, loader) for every tensor, loading lazily one at a time."""
+def iter_hf_tensors(folder: Path) -> Iterator[tuple[str, Callable, list[int]]]:
+    """(name, loader, shape) for every tensor; the loader reads that one tensor when called."""
     from safetensors import safe_open
 
     for f in _safetensors(folder):
@@ -170,8 +170,8 @@ def _permute_rows(w, n_head: int):
 
 
 def tensor_plan(folder: Path, cfg: dict, spec: ArchSpec):
-    """[(gguf name, hf name or None, shape, loader, transform)] in file order, skipping what llama.cpp
-    does not use. Raises ConversionError for a tensor that has no GGUF name."""
+    """[(gguf name, shape, loader, transforms)] in file order, skipping what llama.cpp does not use.
+    Raises ConversionError for a tensor that has no GGUF name."""
     import gguf
 
     arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == spec.gguf_arch)
@@ -239,8 +239,7 @@ def convert(folder: str | Path, out_path: str | Path, *, out_type: str = "f16", 
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         generated = write_hparams(w, cfg, spec)
         report.vocab = write_vocab(w, folder, cfg["vocab_size"], chat_template, spec.add_space_prefix)
-        entries = [(g, shape, loader, tf) for g, shape, loader, tf in plan]
-        entries += [(g, list(arr.shape), (lambda arr=arr: arr), []) for g, arr in generated]
+        entries = plan + [(g, list(arr.shape), (lambda arr=arr: arr), []) for g, arr in generated]
         types = []
         for gname, shape, _loader, _tf in entries:
             qtype, note = storage_type(gname, shape, out_type)

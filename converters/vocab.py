@@ -148,12 +148,9 @@ def _sentencepiece(folder: Path, n_vocab: int):
         else:
             types.append(gguf.TokenType.NORMAL)
     added = _added_tokens(folder)
-    by_piece = {t: i for i, t in enumerate(tokens)}
-    for tid, (content, special) in added.items():
-        if tid < len(tokens):  # chat-control symbols already in the model: mark them special
-            if special and by_piece.get(content.encode("utf-8")) == tid:
-                types[tid] = gguf.TokenType.CONTROL
-            continue
+    for tid, (content, special) in added.items():  # chat-control symbols inside the model: special
+        if tid < len(tokens) and special and tokens[tid] == content.encode("utf-8"):
+            types[tid] = gguf.TokenType.CONTROL
     for i in range(len(tokens), n_vocab):  # transformers-added tokens beyond the model, then padding
         content, special = added.get(i, (f"[PAD{i}]", False))
         tokens.append(content.encode("utf-8"))
