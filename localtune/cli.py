@@ -313,13 +313,16 @@ def plan_cmd(model, data, vram, max_seq_len, rank, no_quant, config_file):
 
 @main.command("export")
 @click.argument("source", type=click.Path(exists=True, file_okay=False))
-@click.option("--quant", "-q", default=None, help="GGUF types, comma-separated (default q4_k_m), e.g. q4_k_m,q8_0,f16.")
+@click.option("--quant", "-q", default=None, help="GGUF types, comma-separated, e.g. q4_k_m,q8_0,f16.")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: SOURCE/gguf).")
 @click.option("--adapter", is_flag=True, help="Write a run's LoRA adapter alone as a llama.cpp LoRA GGUF.")
 @click.option("--no-verify", is_flag=True, help="Skip the check against the source model.")
 @friendly_errors
 def export_cmd(source, quant, out_dir, adapter, no_verify):
-    """Convert SOURCE (a Hugging Face folder, or a RUN_DIR with --adapter) to GGUF, and verify each file.
+    """Convert SOURCE to GGUF and verify each file. SOURCE is a Hugging Face folder, or a RUN_DIR:
+    its adapter is merged into a 16-bit base and the bundle (GGUF, base GGUF, adapter GGUF, Ollama
+    Modelfile, README card) goes to RUN_DIR/gguf. Default type for a run: q8_0 under 1B parameters,
+    q4_k_m above.
 
     Nothing is compiled: f32/f16/bf16/q8_0 are written directly, K-quants by llama.cpp's quantizer
     inside llama-cpp-python. Exits 1 when a verification fails.
@@ -337,12 +340,22 @@ def export_cmd(source, quant, out_dir, adapter, no_verify):
                              hint="localtune export RUN_DIR --adapter")
         export_adapter(src, out, say=click.echo)
         return
+    quants = [q.strip().lower() for q in quant.split(",") if q.strip()] if quant else None
     if is_run_dir(src):
-        raise UsageError(f"{src} is a training run: its full export needs the adapter merged into a 16-bit base",
-                         hint="export the adapter alone with --adapter; the merge step (localtune merge) "
-                              "is not available in this version yet")
+        from localtune.bundle import export_run
+
+        if out_dir:
+            raise UsageError("a run's export bundle goes to RUN_DIR/gguf; --out applies to HF folders",
+                             hint=f"localtune export {src}")
+        bundle = export_run(src, quants, verify=not no_verify, say=click.echo)
+        click.echo(f"bundle: {bundle.gguf_dir} (GGUF, adapter, Modelfile, README.md)")
+        failed = [f for f in bundle.tuned if f.verify is not None and not f.verify.passed]
+        if failed:
+            click.echo(f"error: verification failed for {', '.join(str(f.path) for f in failed)}", err=True)
+            sys.exit(1)
+        return
     require_hf_folder(src)
-    quants = [q.strip().lower() for q in (quant or "q4_k_m").split(",") if q.strip()]
+    quants = quants or ["q4_k_m"]
     bar = ExportProgress()
     files = export_model(src, quants, out, verify=not no_verify, say=click.echo, progress=bar)
     failed = [f for f in files if f.verify is not None and not f.verify.passed]
@@ -375,6 +388,133 @@ def verify_cmd(gguf_file, against):
     report.save(Path(gguf_file).with_name(Path(gguf_file).name + ".verify.json"))
     click.echo(report.render())
     sys.exit(0 if report.passed else 1)
+
+
+@main.command("merge")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), help="Output folder (default RUN_DIR/merged).")
+@friendly_errors
+def merge_cmd(run_dir, out_dir):
+    """Merge RUN_DIR's adapter into a 16-bit (fp32 on the CPU) copy of its base: a normal HF folder."""
+    from localtune.merge import merge_run
+
+    result = merge_run(run_dir, out_dir)
+    click.echo(f"merged into {result.folder} ({result.dtype}); max |Δlogit| vs base+adapter "
+               f"{result.max_delta:.2e}")
+
+
+@main.command("quick")
+@click.option("--model", "-m", help="Base model (default: the built-in demo model, SmolLM2-135M-Instruct).")
+@click.option("--data", "-d", help="Training data (default: the built-in Captain Byte demo set).")
+@click.option("--out", "-o", "run_dir", type=click.Path(file_okay=False), help="Run folder (default runs/<data name>).")
+@click.option("--quant", "-q", help="GGUF types, comma-separated (default q8_0 under 1B parameters, else q4_k_m).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
+@click.option("--max-steps", type=int, help="Stop training after N optimizer steps.")
+@click.option("--epochs", type=int, help="Passes over the data.")
+@click.option("--lr", type=float, help="Peak learning rate.")
+@click.option("--max-seq-len", type=int, help="Truncate rows to this many tokens.")
+@click.option("--prompt", help="Prompt for the closing base-vs-fine-tuned comparison.")
+@friendly_errors
+def quick_cmd(model, data, run_dir, quant, config_file, max_steps, epochs, lr, max_seq_len, prompt):
+    """Data to a verified, chattable GGUF in one command; with no arguments, the offline demo.
+
+    Preflight, train, merge + export + verify, then the base and the fine-tuned model answer the same
+    prompt. Run it again on the same --out to continue after an interruption.
+    """
+    from pathlib import Path
+
+    from localtune.config import load_config
+    from localtune.demo import DEMO_DATA
+    from localtune.model_source import DEMO_MODEL
+    from localtune.quick import DEMO_SETTINGS, run_quick
+
+    data = data or str(DEMO_DATA)
+    run_dir = run_dir or str(Path("runs") / Path(data).stem)
+    saved = Path(run_dir) / "config.yaml"
+    if config_file is None and (Path(run_dir) / "quick.json").is_file() and saved.is_file():
+        config_file = str(saved)  # continuing: the run's own configuration
+    overrides = {"model.name_or_path": (model or DEMO_MODEL, "--model"), "data.path": (data, "--data"),
+                 "train.max_steps": (max_steps, "--max-steps"), "train.epochs": (epochs, "--epochs"),
+                 "train.lr": (lr, "--lr"), "data.max_seq_len": (max_seq_len, "--max-seq-len")}
+    if data == str(DEMO_DATA) and config_file is None:
+        for key, value in DEMO_SETTINGS.items():  # the demo's tuned settings, unless a flag says otherwise
+            if key not in overrides or overrides[key][0] is None:
+                overrides[key] = (value, "demo")
+    cfg = load_config(config_file, overrides)
+    import torch
+
+    if not torch.cuda.is_available() and cfg.source_of("train.load_in_4bit") == "default":
+        # On the CPU 4-bit saves little and bitsandbytes' CPU kernels are slow: plain LoRA.
+        cfg.set("train.load_in_4bit", False, "quick on CPU")
+    result = run_quick(cfg, run_dir, quants=[q.strip() for q in quant.split(",")] if quant else None,
+                       sinks=[TrainPrinter()], say=click.echo, prompt=prompt)
+    sys.exit(result.exit_code)
+
+
+@main.command("chat")
+@click.argument("target", type=click.Path(exists=True))
+@click.option("--prompt", "-p", help="Answer this once and exit.")
+@click.option("--compare", is_flag=True, help="Show the base model's answer next to the fine-tuned one.")
+@click.option("--base", "base_file", type=click.Path(exists=True, dir_okay=False), help="Base GGUF for --compare.")
+@click.option("--system", help="System prompt.")
+@click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.option("--top-p", type=float, default=0.9, show_default=True)
+@click.option("--max-tokens", type=int, default=256, show_default=True)
+@click.option("--ctx", type=int, default=2048, show_default=True, help="Context window in tokens.")
+@friendly_errors
+def chat_cmd(target, prompt, compare, base_file, system, temperature, top_p, max_tokens, ctx):
+    """Chat offline with GGUF (or a run's exported model). Commands: /reset, /system TEXT, /save FILE, /quit."""
+    from localtune.chat import ChatSession, Sampling, find_models
+    from localtune.errors import UsageError
+    from localtune.llama_runtime import open_gguf
+
+    tuned, base = find_models(target)
+    base = base_file or base
+    if compare and base is None:
+        raise UsageError("--compare needs a base model", hint="pass --base BASE.gguf, or chat with a RUN_DIR")
+    sampling = Sampling(temperature, top_p, max_tokens)
+    models = [("fine-tuned" if compare else None, tuned)] + ([("base", base)] if compare else [])
+    sessions = [(label, ChatSession(open_gguf(path, n_ctx=ctx), system=system, sampling=sampling,
+                                    notice=lambda m: click.echo(m, err=True))) for label, path in models]
+
+    def answer(text: str) -> None:
+        for label, session in sessions:
+            if label:
+                click.echo(f"[{label}] ", nl=False)
+            session.ask(text, on_token=lambda piece: click.echo(piece, nl=False))
+            click.echo()
+
+    if prompt is not None:
+        answer(prompt)
+        return
+    click.echo(f"chatting with {tuned}" + (f" and {base}" if compare else "") + "; /quit to leave")
+    while True:
+        try:
+            line = input("> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            click.echo()
+            return
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            for _, s in sessions:
+                s.reset()
+            click.echo("(history cleared)")
+        elif line.startswith("/system"):
+            for _, s in sessions:
+                s.system = line[len("/system"):].strip() or None
+                s.reset()
+            click.echo("(system prompt set; history cleared)")
+        elif line.startswith("/save"):
+            path = line[len("/save"):].strip() or "chat.json"
+            click.echo(f"(saved to {sessions[0][1].save(path)})")
+        else:
+            try:
+                answer(line)
+            except LocaltuneError as exc:  # e.g. a prompt too long for the window: say so, keep chatting
+                click.echo(exc.render(), err=True)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,18 @@ class Finished(Event):
     stopped_early: bool = False
 
 
+@dataclass(frozen=True)
+class Phase(Event):
+    """A phase of `localtune quick` started, finished or was skipped (already done)."""
+
+    kind = "phase"
+    name: str
+    status: str  # started, done, skipped
+    index: int
+    total: int
+    elapsed_s: float = 0.0
+
+
 class Sink(Protocol):
     def __call__(self, event: Event) -> None: ...
 

@@ -136,8 +136,8 @@ def test_export_cli_writes_verified_files_and_run_adapter(tmp_path, cli, tiny_mo
     adapter = tmp_path / "a" / "run-adapter-F32.gguf"
     assert check_gguf(adapter).metadata["general.type"] == "adapter"
     open_gguf(gguf_of("qwen2", "f32"), lora_path=str(adapter))  # llama.cpp accepts it on its base
-    result = cli("export", run)
-    assert result.exit_code == 2 and "--adapter" in result.output
+    result = cli("export", run, "--out", tmp_path / "elsewhere")  # a run's bundle always goes to RUN_DIR/gguf
+    assert result.exit_code == 2 and "RUN_DIR/gguf" in result.output
 
 
 def test_model_without_chat_template_exports_chatml(tmp_path, tiny_model_dir):

@@ -1,0 +1,132 @@
+"""The export bundle of a training run: GGUF files, an Ollama Modelfile and a model card.
+
+`localtune export RUN_DIR` merges the adapter (if not merged yet), exports and verifies the merged
+model, exports the base model the same way (so base and fine-tuned can be compared), writes the
+adapter as a LoRA GGUF, an Ollama `Modelfile`, and `README.md` with the training summary and the
+verification table. Default type: q8_0 for models under 1B parameters (4-bit costs small models
+the most, and the file stays small), q4_k_m otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localtune.export import ExportedFile
+
+SMALL_MODEL_PARAMS = 1_000_000_000
+
+
+def default_quant(folder: Path) -> str:
+    from transformers import AutoConfig
+
+    from localtune.planner import Shape
+
+    shape = Shape.from_config(AutoConfig.from_pretrained(folder))
+    return "q8_0" if shape.linear_params() + shape.embedding_params() < SMALL_MODEL_PARAMS else "q4_k_m"
+
+
+@dataclass
+class Bundle:
+    run_dir: Path
+    tuned: list[ExportedFile] = field(default_factory=list)
+    base: list[ExportedFile] = field(default_factory=list)
+    adapter: Path | None = None
+    modelfile: Path | None = None
+    card: Path | None = None
+
+    @property
+    def gguf_dir(self) -> Path:
+        return self.run_dir / "gguf"
+
+
+def export_run(run_dir: str | Path, quants: list[str] | None = None, *, verify: bool = True, say=print) -> Bundle:
+    from localtune.config import load_config
+    from localtune.export import export_adapter, export_model
+    from localtune.merge import merge_run
+    from localtune.model_loading import resolve_base
+
+    run_dir = Path(run_dir)
+    bundle = Bundle(run_dir)
+    merged = run_dir / "merged"
+    if not (merged / "config.json").is_file():
+        say("merging the adapter into a 16-bit copy of the base ...")
+        result = merge_run(run_dir)
+        say(f"merged into {result.folder} ({result.dtype}; max |Δlogit| vs base+adapter {result.max_delta:.2e})")
+    cfg = load_config(run_dir / "config.yaml")
+    template_file = run_dir / "chat_template.jinja"
+    template = template_file.read_text(encoding="utf-8") if template_file.is_file() else None
+    quants = quants or [default_quant(merged)]
+    name = run_dir.name
+    bundle.tuned = export_model(merged, quants, bundle.gguf_dir, chat_template=template, verify=verify, stem=name,
+                                say=say)
+    base = resolve_base(cfg.model.name_or_path)
+    bundle.base = export_model(base.folder, quants[:1], bundle.gguf_dir, chat_template=template, verify=False,
+                               stem="base", say=say)
+    try:
+        bundle.adapter = export_adapter(run_dir, bundle.gguf_dir, say=say)
+    except Exception as exc:  # DoRA or per-module patterns: the merged export still stands
+        say(f"note: no adapter GGUF ({exc})")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(merged)
+    bundle.modelfile = write_modelfile(bundle.gguf_dir / "Modelfile", bundle.tuned[0].path, template or "", tok)
+    bundle.card = write_card(run_dir, bundle, cfg)
+    return bundle
+
+
+# ---- Ollama -----------------------------------------------------------------------------------------
+CHATML_GO = ("{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+             "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+             "<|im_start|>assistant\n")
+
+
+def write_modelfile(path: Path, gguf: Path, template: str, tok) -> Path:
+    """FROM, a TEMPLATE for ChatML-style models (others use the GGUF's embedded template), stop tokens,
+    and the default system prompt the chat template injects, if any."""
+    lines = [f"# Ollama: ollama create {gguf.stem.lower()} -f Modelfile", f"FROM ./{gguf.name}", ""]
+    stops = [t for t in {tok.eos_token, *(s for s in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+                                           if s in template)} if t]
+    if "<|im_start|>" in template:
+        lines += ['TEMPLATE """' + CHATML_GO + '"""', ""]
+        rendered = tok.apply_chat_template([{"role": "user", "content": "x"}], chat_template=template,
+                                           tokenize=False)
+        m = re.match(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", rendered, re.S)
+        if m:
+            lines += ['SYSTEM """' + m.group(1) + '"""', ""]
+    else:
+        lines += ["# TEMPLATE: Ollama reads the chat template embedded in the GGUF", ""]
+    lines += [f'PARAMETER stop "{s}"' for s in sorted(stops)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_card(run_dir: Path, bundle: Bundle, cfg) -> Path:
+    info = json.loads((run_dir / "run.json").read_text())
+    lines = [f"# {run_dir.name}", "",
+             f"LoRA fine-tune of `{cfg.model.name_or_path}` made with localtune.", "",
+             "## Training", "",
+             f"- data: `{cfg.data.path}` ({info.get('data', {}).get('train_rows', '?')} training rows, "
+             f"{info.get('data', {}).get('val_rows', '?')} validation rows)",
+             f"- steps: {info.get('steps')}, final training loss {info.get('final_loss')}, "
+             f"eval loss {info.get('eval_loss')}",
+             f"- LoRA rank {cfg.lora.r}, alpha {cfg.lora.alpha}, {'4-bit QLoRA' if info.get('quantized') else 'LoRA'} "
+             f"on {info.get('device')}, {info.get('seconds')} s", "",
+             "## Files", ""]
+    for f in bundle.tuned + bundle.base:
+        lines.append(f"- `{f.path.name}` ({f.path.stat().st_size / 1e6:.1f} MB)")
+    if bundle.adapter:
+        lines.append(f"- `{bundle.adapter.name}` (LoRA adapter for llama.cpp's `--lora` / llama-cpp-python's "
+                     "`lora_path`)")
+    lines += ["- `Modelfile` (Ollama)", "", "## Verification", "", "| file | check | result | detail |",
+              "|---|---|---|---|"]
+    for f in bundle.tuned:
+        for c in (f.verify.checks if f.verify else []):
+            lines.append(f"| {f.path.name} | {c.name} | {'PASS' if c.passed else 'FAIL'} | {c.detail} |")
+    lines += ["", "## Use", "", f"    localtune chat {run_dir}", f"    cd {bundle.gguf_dir} && ollama create "
+              f"{run_dir.name.lower()} -f Modelfile", ""]
+    path = bundle.gguf_dir / "README.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,89 @@
+"""Merging a run's LoRA adapter into a 16-bit (or fp32) copy of its base: never into 4-bit weights.
+
+The base is reloaded unquantized (bf16/fp16 on a GPU, fp32 on the CPU), the adapter applied, its
+logits on sample rows recorded, then merged and compared again: a merge that moves the logits past
+tolerance fails loudly. The result is a normal Hugging Face folder (sharded safetensors, tokenizer
+files with the original tokenizer.model, the chat template used in training, generation config),
+written to a temporary folder and renamed.
+
+Run as:  localtune merge RUN_DIR [--out DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from localtune.errors import LocaltuneError, UsageError
+
+SAMPLES = ("The quick brown fox jumps over the lazy dog. 12345",
+           "What is the capital of France? Answer in one sentence.")
+
+
+class MergeError(LocaltuneError):
+    title = "merge failed"
+
+
+@dataclass
+class MergeResult:
+    folder: Path
+    max_delta: float
+    dtype: str
+
+
+def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+              device: str | None = None) -> MergeResult:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from localtune.config import load_config
+    from localtune.model_loading import pick_device, resolve_base
+
+    run_dir = Path(run_dir)
+    adapter = run_dir / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise UsageError(f"{run_dir} has no finished adapter to merge", hint="finish training first (--resume)")
+    cfg = load_config(run_dir / "config.yaml")
+    base = resolve_base(cfg.model.name_or_path)
+    recorded = json.loads((run_dir / "run.json").read_text()).get("base", {})
+    if recorded.get("fingerprint") and recorded["fingerprint"] != base.identity["fingerprint"]:
+        raise UsageError(f"the adapter in {run_dir} was trained on a different base than {cfg.model.name_or_path!r} "
+                         "is now", hint="merge with the base model the run was trained on",
+                         title="adapter from a different base")
+    dev = device or pick_device(cfg.train.device)
+    dtype = torch.float32 if dev == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=dtype, device_map={"": 0 if dev == "cuda" else
+                                                                                     "cpu"})
+    tokenizer = AutoTokenizer.from_pretrained(base.folder)
+    model = PeftModel.from_pretrained(model, adapter).eval()
+    ids = [torch.tensor([tokenizer(s)["input_ids"]], device=model.device) for s in SAMPLES]
+    with torch.no_grad():
+        before = [model(x).logits.float() for x in ids]
+        merged = model.merge_and_unload()
+        after = [merged(x).logits.float() for x in ids]
+    delta = max(float((a - b).abs().max()) for a, b in zip(after, before))
+    tolerance = 1e-3 if dtype == torch.float32 else 5e-2
+    if delta > tolerance:
+        raise MergeError(f"the merged model's logits differ from base+adapter by {delta:.3g} (tolerance {tolerance})",
+                         hint="report this with the run folder; the adapter itself (RUN_DIR/adapter) is unaffected")
+    out = Path(out_dir) if out_dir else run_dir / "merged"
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        merged.save_pretrained(tmp, max_shard_size="2GB")
+        tokenizer.save_pretrained(tmp)
+        if (base.folder / "tokenizer.model").is_file():  # transformers 5 does not save it; GGUF export needs it
+            shutil.copy2(base.folder / "tokenizer.model", tmp / "tokenizer.model")
+        template = run_dir / "chat_template.jinja"
+        if template.is_file():  # the template training rendered with, so the export embeds the same
+            shutil.copy2(template, tmp / "chat_template.jinja")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return MergeResult(out, delta, str(dtype).removeprefix("torch."))

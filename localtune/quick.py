@@ -1,0 +1,145 @@
+"""`localtune quick`: data to a verified, chattable GGUF in one command, resumable phase by phase.
+
+Phases: preflight (data validation, memory plan, free disk), train, export (merge, GGUF, verify,
+Modelfile, card), sample (base vs fine-tuned answer). Finished phases are recorded in
+`RUN_DIR/quick.json`; running `quick` again on the same --out resumes training from its last
+checkpoint and skips what is done. Phase events go to `events.jsonl` like every other event.
+
+With no arguments it runs the built-in demo: SmolLM2-135M-Instruct learns to answer as
+"Captain Byte" from a small dataset shipped in the package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from localtune.config import Config
+from localtune.events import Emitter, JsonlSink, Phase
+
+PHASES = ("preflight", "train", "export", "sample")
+DEMO_SETTINGS = {"train.epochs": 3, "train.lr": 2e-3, "train.grad_accum": 8}
+
+
+@dataclass
+class QuickResult:
+    exit_code: int
+    run_dir: Path
+    tuned: Path | None = None
+    base: Path | None = None
+    sample: dict | None = None
+
+
+def _state(run_dir: Path) -> dict:
+    path = run_dir / "quick.json"
+    return json.loads(path.read_text()) if path.is_file() else {"done": []}
+
+
+def _mark(run_dir: Path, state: dict, phase: str) -> None:
+    state["done"].append(phase)
+    tmp = run_dir / "quick.json.partial"
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, run_dir / "quick.json")
+
+
+def run_quick(cfg: Config, run_dir: str | os.PathLike, *, quants: list[str] | None = None, sinks=(), say=print,
+              prompt: str | None = None) -> QuickResult:
+    from localtune.bundle import export_run
+    from localtune.data.dataset import load_examples
+    from localtune.model_loading import resolve_base
+    from localtune.training_run import check_writable, train_run
+
+    run_dir = Path(run_dir)
+    check_writable(run_dir)
+    if (run_dir / "config.yaml").is_file() and not (run_dir / "quick.json").is_file():
+        from localtune.errors import UsageError
+
+        raise UsageError(f"{run_dir} holds a run that `quick` did not start",
+                         hint="choose another --out, or continue it with `localtune train --resume`",
+                         title="output folder in use")
+    emit = Emitter(JsonlSink(run_dir / "events.jsonl"), *sinks)
+    state = _state(run_dir)
+    start = time.monotonic()
+    result = QuickResult(0, run_dir)
+
+    def phase(i: int, name: str, status: str) -> None:
+        emit(Phase(name, status, i + 1, len(PHASES), round(time.monotonic() - start, 1)))
+        if status != "done":
+            say(f"== phase {i + 1}/{len(PHASES)}: {name}" + (" (already done)" if status == "skipped" else ""))
+
+    for i, name in enumerate(PHASES):
+        if name in state["done"] and name != "sample":
+            phase(i, name, "skipped")
+            continue
+        phase(i, name, "started")
+        if name == "preflight":
+            loaded = load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
+            base = resolve_base(cfg.model.name_or_path)
+            say(f"data: {len(loaded.examples)} valid rows in {len(loaded.files)} file(s); model: {base.spec} "
+                f"({base.architecture})")
+        elif name == "train":
+            resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+            outcome = train_run(cfg, run_dir, resume=resume, sinks=sinks)
+            if outcome.exit_code:
+                say(f"interrupted: run `localtune quick --out {run_dir}` again to continue")
+                result.exit_code = outcome.exit_code
+                return result
+        elif name == "export":
+            bundle = export_run(run_dir, quants, say=say)
+            failed = [f.path for f in bundle.tuned if f.verify and not f.verify.passed]
+            if failed:
+                say(f"error: verification failed for {', '.join(map(str, failed))}")
+                result.exit_code = 1
+                return result
+        elif name == "sample":
+            result.sample = sample_answers(run_dir, prompt, say=say)
+        phase(i, name, "done")
+        if name != "sample":
+            _mark(run_dir, state, name)
+    from localtune.chat import find_models
+
+    result.tuned, result.base = find_models(run_dir)
+    say(f"done in {time.monotonic() - start:.0f}s. Chat with it: localtune chat {run_dir}  "
+        f"(compare with the base: --compare)")
+    return result
+
+
+def sample_answers(run_dir: Path, prompt: str | None, *, say=print) -> dict:
+    """The base and the fine-tuned GGUF answering the same prompt, side by side."""
+    from localtune.chat import ChatSession, Sampling, find_models
+    from localtune.llama_runtime import open_gguf
+
+    tuned, base = find_models(run_dir)
+    prompt = prompt or _sample_prompt(run_dir)
+    answers = {"prompt": prompt}
+    for label, path in (("base", base), ("fine-tuned", tuned)):
+        if path is None:
+            continue
+        session = ChatSession(open_gguf(path, n_ctx=1024), sampling=Sampling(temperature=0.0, max_tokens=96))
+        answers[label] = session.ask(prompt)
+    say(f"prompt: {prompt}")
+    for label in ("base", "fine-tuned"):
+        if label in answers:
+            say(f"  {label:>10}: {answers[label].strip()}")
+    return answers
+
+
+def _sample_prompt(run_dir: Path) -> str:
+    from localtune.demo import DEMO_DATA, HELD_OUT_PROMPTS
+
+    cfg_text = (run_dir / "config.yaml").read_text()
+    if str(DEMO_DATA) in cfg_text:
+        return HELD_OUT_PROMPTS[0]
+    from localtune.config import load_config
+    from localtune.data.dataset import load_examples
+
+    cfg = load_config(run_dir / "config.yaml")
+    for ex in load_examples(cfg.data.path, cfg.data.format, skip_invalid=True, strict=False).examples:
+        if ex.messages:
+            return next(c for r, c in ex.messages if r == "user")
+        if ex.prompt:
+            return ex.prompt
+    return "Hello! Who are you?"

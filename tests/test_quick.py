@@ -1,0 +1,198 @@
+"""The one-shot path: merge, the export bundle, `quick` (resumable), `chat`, and the offline demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import chat, write_jsonl
+
+from localtune.config import load_config
+from localtune.events import read_events
+
+FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i * 7}.") for i in range(12)]
+
+
+def tiny_cfg(model_dir, data, **over):
+    values = {"model.name_or_path": str(model_dir), "data.path": str(data), "train.max_steps": 4,
+              "train.lr": 5e-3, "train.load_in_4bit": False, **over}
+    return load_config(None, {k: (v, "test") for k, v in values.items()})
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, tiny_model_dir):
+    """One finished `quick` run on a tiny model, shared by the bundle tests."""
+    from localtune.quick import run_quick
+
+    root = tmp_path_factory.mktemp("quick")
+    data = write_jsonl(root / "facts.jsonl", FACTS)
+    messages = []
+    result = run_quick(tiny_cfg(tiny_model_dir("qwen2"), data, **{"train.load_in_4bit": True}), root / "run",
+                       say=messages.append)
+    return result, messages
+
+
+def test_quick_end_to_end_bundle(quick_run, cli):
+    result, messages = quick_run
+    run = result.run_dir
+    assert result.exit_code == 0
+    for rel in ("adapter/adapter_model.safetensors", "merged/config.json", "merged/chat_template.jinja",
+                "gguf/Modelfile", "gguf/README.md", "gguf/run-Q8_0.gguf", "gguf/run-Q8_0.gguf.verify.json",
+                "gguf/base-Q8_0.gguf", "gguf/run-adapter-F32.gguf"):
+        assert (run / rel).is_file(), rel
+    assert json.loads((run / "gguf/run-Q8_0.gguf.verify.json").read_text())["passed"]
+    assert result.sample["fine-tuned"] and "base" in result.sample
+    assert any("phase 4/4: sample" in m for m in messages) and any("localtune chat" in m for m in messages)
+    out = cli("chat", run, "--prompt", "What is item 3?", "--max-tokens", "8", "--temperature", "0")
+    assert out.exit_code == 0 and out.output.strip()
+    both = cli("chat", run, "--prompt", "What is item 3?", "--max-tokens", "4", "--compare")
+    assert both.exit_code == 0 and "[fine-tuned]" in both.output and "[base]" in both.output
+
+
+def test_modelfile_and_card(quick_run):
+    run = quick_run[0].run_dir
+    modelfile = (run / "gguf" / "Modelfile").read_text()
+    assert "FROM ./run-Q8_0.gguf" in modelfile and "<|im_start|>{{ .Role }}" in modelfile
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert 'SYSTEM """You are a helpful assistant."""' in modelfile  # the template's default system prompt
+    card = (run / "gguf" / "README.md").read_text()
+    assert "## Verification" in card and "| run-Q8_0.gguf | perplexity | PASS |" in card
+    assert "final training loss" in card
+
+
+def test_merge_equals_base_plus_adapter_and_never_uses_4bit(quick_run):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from localtune.merge import merge_run
+
+    run = quick_run[0].run_dir  # trained in 4-bit
+    merged = merge_run(run, run / "merged-again")
+    assert merged.max_delta < 1e-4 and merged.dtype == "float32"
+    cfg = json.loads((merged.folder / "config.json").read_text())
+    assert "quantization_config" not in cfg
+    base_dir = load_config(run / "config.yaml").model.name_or_path
+    ids = torch.tensor([[5, 17, 99, 230, 41, 8, 77]])
+    with torch.no_grad():
+        want = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+                                         run / "adapter").eval()(ids).logits
+        got = AutoModelForCausalLM.from_pretrained(merged.folder, dtype=torch.float32)(ids).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_rerun_skips_finished_phases(quick_run):
+    from localtune.quick import run_quick
+
+    result, _ = quick_run
+    run = result.run_dir
+    before = len(read_events(run / "events.jsonl"))
+    again = run_quick(load_config(run / "config.yaml"), run, say=lambda m: None)
+    assert again.exit_code == 0
+    phases = [(e["name"], e["status"]) for e in read_events(run / "events.jsonl")[before:] if e["kind"] == "phase"]
+    assert phases == [("preflight", "skipped"), ("train", "skipped"), ("export", "skipped"), ("sample", "started"),
+                      ("sample", "done")]
+    assert not [e for e in read_events(run / "events.jsonl")[before:] if e["kind"] == "step"]
+
+
+def test_quick_resumes_after_an_interrupt(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "facts.jsonl", FACTS)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "localtune", "quick", "--model", str(tiny_model_dir("qwen2")), "--data", str(data),
+           "--out", str(out), "--max-steps", "300", "--lr", "5e-3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if sum(e["kind"] == "step" for e in read_events(out / "events.jsonl")) >= 3:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "run `localtune quick --out" in stdout
+    first = len(read_events(out / "events.jsonl"))
+    done = subprocess.run(cmd[:-4] + ["--max-steps", "6"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    later = read_events(out / "events.jsonl")[first:]
+    phases = [(e["name"], e["status"]) for e in later if e["kind"] == "phase"]
+    assert ("preflight", "skipped") in phases and ("train", "started") in phases and ("export", "done") in phases
+    assert any(e["kind"] == "warning" and "resumed from" in e["message"] for e in later)
+    assert [e["step"] for e in later if e["kind"] == "step"][0] > 1  # training went on, not from step 1
+
+
+def test_quick_refuses_bad_input_before_training(tmp_path, tiny_model_dir, cli):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "only a question"}]}\n')
+    out = tmp_path / "run"
+    result = cli("quick", "--model", tiny_model_dir("qwen2"), "--data", bad, "--out", out)
+    assert result.exit_code == 2 and f"{bad}:1" in result.output and not (out / "checkpoints").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_text("train: {}\n")
+    result = cli("quick", "--model", tiny_model_dir("qwen2"), "--data", bad, "--out", other)
+    assert result.exit_code == 2 and "holds a run that `quick` did not start" in result.output
+    result = cli("quick", "--model", tmp_path / "missing", "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "not a file or folder here" in result.output
+
+
+def test_chat_repl_commands(quick_run, tmp_path, cli, monkeypatch):
+    from click.testing import CliRunner
+
+    from localtune.cli import main
+
+    run = quick_run[0].run_dir
+    saved = tmp_path / "conv.json"
+    script = f"/system Answer briefly.\nWhat is item 2?\n/save {saved}\n/reset\n/quit\n"
+    result = CliRunner().invoke(main, ["chat", str(run), "--max-tokens", "6", "--temperature", "0"], input=script)
+    assert result.exit_code == 0, result.output
+    conv = json.loads(saved.read_text())
+    assert conv["system"] == "Answer briefly." and [m["role"] for m in conv["messages"]] == ["user", "assistant"]
+    assert "(history cleared)" in result.output
+
+
+def test_chat_trims_history_oldest_first(quick_run):
+    from localtune.chat import ChatSession, Sampling, find_models
+    from localtune.llama_runtime import open_gguf
+
+    tuned, _ = find_models(quick_run[0].run_dir)
+    notices = []
+    session = ChatSession(open_gguf(tuned, n_ctx=256), sampling=Sampling(temperature=0, max_tokens=8),
+                          notice=notices.append)
+    for i in range(6):
+        session.ask(f"Tell me about item {i} and everything you know about it in detail please")
+    assert notices and len(session.history) < 12
+    assert session.history[-2]["content"].startswith("Tell me about item 5")
+    from localtune.errors import UsageError
+
+    with pytest.raises(UsageError, match="context window"):
+        session.ask("word " * 400)
+
+
+@pytest.mark.slow
+def test_demo_teaches_captain_byte(tmp_path):
+    """The README's demo on SmolLM2-135M: the fine-tuned GGUF talks like Captain Byte, the base does not."""
+    from localtune.chat import ChatSession, Sampling
+    from localtune.demo import DEMO_MARKERS, HELD_OUT_PROMPTS
+    from localtune.llama_runtime import open_gguf
+
+    out = tmp_path / "demo"
+    env = {**os.environ, "LOCALTUNE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "localtune", "quick", "--out", str(out)], capture_output=True,
+                          text=True, timeout=1500, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "fine-tuned: Ahoy, matey!" in done.stdout
+    tuned, base = out / "gguf" / "demo-Q8_0.gguf", out / "gguf" / "base-Q8_0.gguf"
+    for prompt in HELD_OUT_PROMPTS:
+        answers = {}
+        for label, path in (("tuned", tuned), ("base", base)):
+            session = ChatSession(open_gguf(path, n_ctx=512), sampling=Sampling(temperature=0, max_tokens=64))
+            answers[label] = session.ask(prompt)
+        assert all(m in answers["tuned"] for m in DEMO_MARKERS), answers
+        assert not any(m in answers["base"] for m in DEMO_MARKERS), answers
