@@ -6,6 +6,9 @@ tolerance fails loudly. The result is a normal Hugging Face folder (sharded safe
 files with the original tokenizer.model, the chat template used in training, generation config),
 written to a temporary folder and renamed.
 
+The whole model is loaded at once (no layer-by-layer streaming yet): on the CPU, large models merge
+in bf16 so peak RAM stays near one 16-bit copy.
+
 Run as:  localtune merge RUN_DIR [--out DIR]
 """
 
@@ -34,6 +37,27 @@ class MergeResult:
     dtype: str
 
 
+def merge_placement(folder: Path, device: str):
+    """Where and in which dtype to merge: on the GPU in 16 bits when the 16-bit model fits its free
+    memory, else on the CPU; there in fp32 (exact) when two 16-bit copies fit in half the free RAM,
+    else in bf16 so peak RAM stays near one 16-bit copy of the model."""
+    import torch
+
+    size16 = sum(p.stat().st_size // (2 if _dtype_of(p) == "F32" else 1) for p in folder.glob("*.safetensors"))
+    if device == "cuda" and size16 * 1.2 < torch.cuda.mem_get_info()[0]:
+        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    free_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return "cpu", torch.float32 if 2 * size16 < free_ram / 2 else torch.bfloat16
+
+
+def _dtype_of(path: Path) -> str:
+    """The dtype of the first tensor in a safetensors file (its header is JSON after an 8-byte length)."""
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+    return next((v["dtype"] for k, v in header.items() if k != "__metadata__"), "BF16")
+
+
 def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
               device: str | None = None) -> MergeResult:
     import torch
@@ -54,8 +78,7 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
         raise UsageError(f"the adapter in {run_dir} was trained on a different base than {cfg.model.name_or_path!r} "
                          "is now", hint="merge with the base model the run was trained on",
                          title="adapter from a different base")
-    dev = device or pick_device(cfg.train.device)
-    dtype = torch.float32 if dev == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    dev, dtype = merge_placement(base.folder, device or pick_device(cfg.train.device))
     model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=dtype, device_map={"": 0 if dev == "cuda" else
                                                                                      "cpu"})
     tokenizer = AutoTokenizer.from_pretrained(base.folder)

@@ -196,3 +196,13 @@ def test_demo_teaches_captain_byte(tmp_path):
             answers[label] = session.ask(prompt)
         assert all(m in answers["tuned"] for m in DEMO_MARKERS), answers
         assert not any(m in answers["base"] for m in DEMO_MARKERS), answers
+
+
+def test_merge_placement_keeps_peak_memory_near_one_16bit_copy(tiny_model_dir, monkeypatch):
+    import torch
+
+    from localtune import merge
+
+    assert merge.merge_placement(tiny_model_dir("qwen2"), "cpu") == ("cpu", torch.float32)  # small: exact fp32
+    monkeypatch.setattr(merge.os, "sysconf", lambda name: 4096 if name == "SC_PAGE_SIZE" else 10)  # ~40 kB free
+    assert merge.merge_placement(tiny_model_dir("qwen2"), "cpu") == ("cpu", torch.bfloat16)
