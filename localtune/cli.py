@@ -54,9 +54,11 @@ class ProgressLine:
         click.echo(f"\r{self.label}: {done}/{total} ({done / total:.0%}{eta})   {end}", err=True, nl=False)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             invoke_without_command=True)
 @click.version_option(__version__, "--version", "-V", prog_name="localtune")
-def main():
+@click.pass_context
+def main(ctx):
     """Fine-tune an LLM on your own machine: from a data file to a verified, chattable GGUF.
 
     \b
@@ -64,7 +66,14 @@ def main():
     files: .jsonl .json .csv .tsv .parquet .txt or a folder of them.
     Models (--model): a hub id, a local Hugging Face folder, a .gguf file,
     or 'smollm2' for the built-in demo model.
+
+    With no command, in a terminal: the terminal app (localtune tui).
     """
+    if ctx.invoked_subcommand is None:
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            ctx.invoke(tui_cmd)
+        else:
+            click.echo(ctx.get_help())
 
 
 @main.command("config")
@@ -515,6 +524,16 @@ def chat_cmd(target, prompt, compare, base_file, system, temperature, top_p, max
                 answer(line)
             except LocaltuneError as exc:  # e.g. a prompt too long for the window: say so, keep chatting
                 click.echo(exc.render(), err=True)
+
+
+@main.command("tui")
+@click.option("--workspace", "-w", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Folder holding the run folders.")
+def tui_cmd(workspace="runs"):
+    """The terminal app: runs, new run, live training dashboard, export and chat (works over SSH)."""
+    from localtune.tui.app import LocaltuneApp
+
+    LocaltuneApp(workspace).run()
 
 
 if __name__ == "__main__":

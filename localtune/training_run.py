@@ -100,7 +100,7 @@ def train_run(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, 
     stop = StopFlag()
     stop.install()
     started = time.monotonic()
-    run_info: dict = {"status": "starting", "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    run_info: dict = {"status": "starting", "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid()}
     try:
         return _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_info, started)
     except StopRequested:
@@ -125,6 +125,7 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
     from localtune.planner import Shape, recommend
 
     cfg.save(run_dir / "config.yaml")
+    _write_json_atomic(run_dir / "run.json", run_info)  # status "starting" and our pid, for watchers
     emit(RunStarted(str(run_dir), cfg.to_dict(), resume=resume))
     loaded = load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
     stop.check()

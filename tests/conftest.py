@@ -68,3 +68,45 @@ def chat(*turns: str, system: str | None = None) -> dict:
     msgs = [{"role": "system", "content": system}] if system else []
     msgs += [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
     return {"messages": msgs}
+
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+
+
+@pytest.fixture
+def snap_compare(request):
+    """snap_compare(app, terminal_size, run_before) -> True when the screen matches its stored SVG.
+
+    The first run (or UPDATE_SNAPSHOTS=1) writes tests/snapshots/<test id>.svg; review it before committing.
+    """
+    import asyncio
+    import re
+
+    def normalise(svg: str) -> str:  # ids Textual derives per render
+        return re.sub(r"terminal-\d+", "terminal", svg)
+
+    def compare(app, terminal_size=(80, 24), run_before=None) -> bool:
+        from textual.widgets import Input
+
+        async def shoot():
+            async with app.run_test(size=terminal_size) as pilot:
+                if run_before:
+                    await run_before(pilot)
+                for inp in app.screen.query(Input):  # a blinking cursor would make screenshots flaky
+                    inp.cursor_blink = False
+                await pilot.pause(0.1)
+                return app.export_screenshot()
+
+        svg = normalise(asyncio.run(shoot()))
+        name = re.sub(r"[^\w.-]+", "_", request.node.name) + ".svg"
+        stored = SNAPSHOTS / name
+        if os.environ.get("UPDATE_SNAPSHOTS") or not stored.exists():
+            SNAPSHOTS.mkdir(exist_ok=True)
+            stored.write_text(svg, encoding="utf-8")
+            return True
+        if stored.read_text(encoding="utf-8") == svg:
+            return True
+        stored.with_suffix(".actual.svg").write_text(svg, encoding="utf-8")  # for a side-by-side look
+        return False
+
+    return compare

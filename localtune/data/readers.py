@@ -52,7 +52,12 @@ class FileRead:
 
 
 def resolve_data_files(spec: str) -> list[Path]:
-    """The data files named by `spec`: a file, a folder of files, or a hub dataset id."""
+    """The data files named by `spec`: a file, a folder of files, `demo` (the built-in demo set), or a
+    hub dataset id."""
+    if spec == "demo" and not Path(spec).exists():
+        from localtune.demo import DEMO_DATA
+
+        return [DEMO_DATA]
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:

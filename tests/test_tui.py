@@ -1,0 +1,269 @@
+"""The terminal app, driven headless with Textual's Pilot against recorded and real runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import chat, write_jsonl
+
+from localtune.tui.app import ChatScreen, DashboardScreen, ExportScreen, LocaltuneApp, NewRunScreen, RunsScreen
+
+FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i * 7}.") for i in range(12)]
+
+
+def step_event(step, total, loss):
+    return {"kind": "step", "time": 0, "step": step, "total_steps": total, "epoch": 0, "loss": loss, "lr": 1e-3,
+            "grad_norm": 1.5, "tokens_per_s": 1000.0, "tokens_seen": step * 100, "peak_memory_bytes": 2 ** 30,
+            "eta_s": float(total - step)}
+
+
+def recorded_run(root: Path, name: str, status: str, steps: int, total: int, pid=None) -> Path:
+    """A run folder as the trainer leaves it, with a fixed (recorded) event stream."""
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("model:\n  name_or_path: smollm2\ndata:\n  path: data/facts.jsonl\n")
+    (run / "run.json").write_text(json.dumps({"status": status, "pid": pid}))
+    events = [{"kind": "run_started", "time": 0}, {"kind": "data_prepared", "time": 0, "train_rows": 10,
+                                                    "val_rows": 1}]
+    events += [step_event(s, total, 5.0 / s) for s in range(1, steps + 1)]
+    if status == "finished":
+        events.append({"kind": "finished", "time": 0, "steps": steps})
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return run
+
+
+def drive(app, body, size=(100, 32)):
+    async def main():
+        async with app.run_test(size=size) as pilot:
+            await body(pilot)
+
+    asyncio.run(main())
+
+
+def test_runs_screen_lists_runs_with_status(tmp_path):
+    recorded_run(tmp_path, "alpha", "finished", 5, 5)
+    recorded_run(tmp_path, "beta", "interrupted", 2, 8)
+    recorded_run(tmp_path, "gamma", "running", 1, 4, pid=999_999)  # no such process: it crashed
+
+    async def body(pilot):
+        table = pilot.app.screen.query_one("DataTable")
+        rows = [table.get_row_at(i) for i in range(table.row_count)]
+        assert [(r[0], r[1], r[4]) for r in rows] == [("alpha", "finished", "5/5"), ("beta", "interrupted", "2/8"),
+                                                     ("gamma", "crashed", "1/4")]
+        assert rows[0][5] == "1.0000"
+
+    drive(LocaltuneApp(tmp_path), body)
+
+
+def test_dashboard_follows_a_growing_event_stream(tmp_path):
+    run = recorded_run(tmp_path, "live", "running", 2, 10, pid=os.getpid())
+
+    async def body(pilot):
+        await pilot.press("enter")
+        await pilot.pause(0.7)
+        screen = pilot.app.screen
+        assert isinstance(screen, DashboardScreen)
+        assert "step 2/10" in str(screen.query_one("#status").render())
+        with open(run / "events.jsonl", "a") as fh:  # the trainer appends more steps and an eval
+            for s in range(3, 8):
+                fh.write(json.dumps(step_event(s, 10, 5.0 / s)) + "\n")
+            fh.write(json.dumps({"kind": "eval", "time": 0, "step": 7, "loss": 0.9, "rows": 1}) + "\n")
+            fh.write('{"kind": "step", "ste')  # a line still being written is not read yet
+        await pilot.pause(1.2)
+        assert "step 7/10" in str(screen.query_one("#status").render())
+        assert screen.query_one("Sparkline").data == pytest.approx([5.0 / s for s in range(1, 8)])
+        assert screen.query_one("ProgressBar").progress == 7
+        assert "eval at step 7: loss 0.9000" in "\n".join(str(line.text) for line in screen.query_one("RichLog").lines)
+
+    drive(LocaltuneApp(tmp_path), body)
+
+
+def test_stop_sends_the_graceful_interrupt(tmp_path):
+    flag = tmp_path / "got-sigint"
+    proc = subprocess.Popen([sys.executable, "-c", f"import signal, time\n"
+                             f"signal.signal(signal.SIGINT, lambda *a: open({str(flag)!r}, 'w').write('x'))\n"
+                             "time.sleep(30)"])
+    time.sleep(0.5)
+    recorded_run(tmp_path, "busy", "running", 3, 10, pid=proc.pid)
+    try:
+        async def body(pilot):
+            await pilot.press("enter")
+            await pilot.pause(0.3)
+            await pilot.press("s")
+            await pilot.pause(0.5)
+
+        drive(LocaltuneApp(tmp_path), body)
+        assert flag.read_text() == "x"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_resume_from_runs_screen_starts_the_trainer(tmp_path, monkeypatch):
+    run = recorded_run(tmp_path, "paused", "interrupted", 2, 8)
+    started = []
+    monkeypatch.setattr("localtune.tui.app.start_training", lambda args, run_dir: started.append((args, run_dir)))
+
+    async def body(pilot):
+        await pilot.press("r")
+        await pilot.pause(0.3)
+        assert isinstance(pilot.app.screen, DashboardScreen)
+
+    drive(LocaltuneApp(tmp_path), body)
+    assert started == [(["--resume", "--out", str(run)], run)]
+
+
+def test_new_run_checks_data_and_starts(tmp_path, monkeypatch, tiny_model_dir):
+    data = write_jsonl(tmp_path / "facts.jsonl", FACTS + [{"messages": []}])
+    model = tiny_model_dir("qwen2")
+    started = []
+    monkeypatch.setattr("localtune.tui.app.start_training", lambda args, run_dir: started.append((args, run_dir)))
+    ws = tmp_path / "runs"
+
+    async def body(pilot):
+        await pilot.press("n")
+        screen = pilot.app.screen
+        assert isinstance(screen, NewRunScreen)
+        screen.query_one("#model").value = str(model)
+        screen.query_one("#data").value = str(data)
+        screen.query_one("#name").value = "mine"
+        await pilot.press("ctrl+k")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.2)
+        report = str(screen.query_one("#report").render())
+        assert "format: chat" in report and f"{data}:13" in report and "token lengths:" in report
+        assert "memory:" in str(screen.query_one("#fit").render())
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.3)
+        assert isinstance(pilot.app.screen, DashboardScreen)
+
+    drive(LocaltuneApp(ws), body)
+    ((args, run_dir),) = started
+    assert run_dir == ws / "mine" and args[args.index("--data") + 1] == str(data) and "--config" in args
+    assert "r: 8" in (ws / ".mine.tui.yaml").read_text()
+
+
+@pytest.fixture(scope="module")
+def exported_run(tmp_path_factory, tiny_model_dir):
+    from localtune.config import load_config
+    from localtune.training_run import train_run
+
+    ws = tmp_path_factory.mktemp("ws")
+    data = write_jsonl(ws / "facts.jsonl", FACTS)
+    train_run(load_config(None, {"model.name_or_path": (str(tiny_model_dir("qwen2")), "t"),
+                                 "data.path": (str(data), "t"), "train.max_steps": (3, "t"),
+                                 "train.load_in_4bit": (False, "t")}), ws / "runs" / "done")
+    return ws / "runs" / "done"
+
+
+def test_export_and_chat_flows(exported_run):
+    async def body(pilot):
+        await pilot.press("e")
+        screen = pilot.app.screen
+        assert isinstance(screen, ExportScreen)
+        await pilot.press("x")
+        await pilot.pause(0.2)
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.2)
+        table = screen.query_one("DataTable")
+        results = [table.get_row_at(i)[2] for i in range(table.row_count)]
+        assert results and set(results) == {"PASS"}
+        assert "ollama create done -f Modelfile" in str(screen.query_one("#ollama").render())
+        await pilot.press("escape")
+        await pilot.press("c")
+        chat_screen = pilot.app.screen
+        assert isinstance(chat_screen, ChatScreen)
+        await pilot.press("ctrl+o")  # compare mode: base and fine-tuned side by side
+        chat_screen.query_one("#prompt").value = "What is item 3?"
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.2)
+        tuned = "\n".join(str(line.text) for line in chat_screen.query_one("#tuned").lines)
+        base = "\n".join(str(line.text) for line in chat_screen.query_one("#base").lines)
+        assert "you: What is item 3?" in tuned and "tuned:" in tuned and "base:" in base
+
+    drive(LocaltuneApp(exported_run.parent), body)
+    assert (exported_run / "gguf" / "done-Q8_0.gguf").is_file()
+
+
+def test_real_run_started_from_the_tui_outlives_the_app(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "facts.jsonl", FACTS)
+    ws = tmp_path / "runs"
+    model = tiny_model_dir("qwen2")
+
+    async def start(pilot):
+        await pilot.press("n")
+        screen = pilot.app.screen
+        screen.query_one("#model").value = str(model)
+        screen.query_one("#data").value = str(data)
+        screen.query_one("#name").value = "real"
+        screen.query_one("#steps").value = "4"
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.2)
+
+    drive(LocaltuneApp(ws), start)  # the app closes right after starting the run
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        info = json.loads((ws / "real" / "run.json").read_text()) if (ws / "real" / "run.json").exists() else {}
+        if info.get("status") in ("finished", "failed"):
+            break
+        time.sleep(0.5)
+    assert info.get("status") == "finished", (ws / "real" / "train.log").read_text()[-2000:]
+
+    async def reopen(pilot):
+        table = pilot.app.screen.query_one("DataTable")
+        assert table.get_row_at(0)[:2] == ["real", "finished"] and table.get_row_at(0)[4] == "4/4"
+
+    drive(LocaltuneApp(ws), reopen)
+
+
+def test_every_screen_fits_80x24(tmp_path, exported_run):
+    """Nothing essential is cut off at 80x24: each screen's key widgets are inside the terminal."""
+    async def body(pilot):
+        for key, screen_type in (("n", NewRunScreen), ("enter", DashboardScreen), ("e", ExportScreen),
+                                 ("c", ChatScreen)):
+            await pilot.press(key)
+            await pilot.pause(0.3)
+            screen = pilot.app.screen
+            assert isinstance(screen, screen_type)
+            footer = screen.query_one("Footer")
+            assert footer.region.bottom <= 24 and footer.region.width == 80
+            await pilot.press("escape")
+            await pilot.pause(0.1)
+            assert isinstance(pilot.app.screen, RunsScreen)
+
+    drive(LocaltuneApp(exported_run.parent), body, size=(80, 24))
+
+
+@pytest.fixture
+def snapshot_workspace(tmp_path, monkeypatch):
+    """Fixed content for snapshots: relative paths, recorded runs, no machine-specific model cache."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    recorded_run(tmp_path / "runs", "alpha", "finished", 6, 6)
+    recorded_run(tmp_path / "runs", "beta", "interrupted", 2, 8)
+    return Path("runs")
+
+
+SCREENS = {"runs": [], "new-run": ["n"], "dashboard": ["enter"], "export": ["e"], "chat": ["c"]}
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+@pytest.mark.parametrize("screen", list(SCREENS))
+def test_screen_snapshots(screen, size, snapshot_workspace, snap_compare):
+    async def settle(pilot):
+        for key in SCREENS[screen]:
+            await pilot.press(key)
+        await pilot.pause(0.6)
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.2)
+
+    assert snap_compare(LocaltuneApp(snapshot_workspace), terminal_size=size, run_before=settle)
