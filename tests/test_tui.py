@@ -78,9 +78,10 @@ def test_dashboard_follows_a_growing_event_stream(tmp_path):
             fh.write('{"kind": "step", "ste')  # a line still being written is not read yet
         await pilot.pause(1.2)
         assert "step 7/10" in str(screen.query_one("#status").render())
-        assert screen.query_one("Sparkline").data == pytest.approx([5.0 / s for s in range(1, 8)])
+        assert screen.query_one("#loss").data == pytest.approx([5.0 / s for s in range(1, 8)])
         assert screen.query_one("ProgressBar").progress == 7
         assert "eval at step 7: loss 0.9000" in "\n".join(str(line.text) for line in screen.query_one("RichLog").lines)
+        assert screen.query_one("#eval").data == [0.9]
 
     drive(LocaltuneApp(tmp_path), body)
 

@@ -315,6 +315,7 @@ class DashboardScreen(Screen):
         self.run_dir = Path(run_dir)
         self.event_offset = 0
         self.losses: list[float] = []
+        self.eval_losses: list[float] = []
         self.evals: list[str] = []
 
     def compose(self) -> ComposeResult:
@@ -324,6 +325,8 @@ class DashboardScreen(Screen):
         yield ProgressBar(total=None, show_eta=True, id="progress")
         yield Label("loss")
         yield Sparkline([], id="loss")
+        yield Label("eval loss")
+        yield Sparkline([], id="eval")
         yield Static("", id="stats")
         yield RichLog(id="log", max_lines=500, wrap=True, markup=True)
         yield Footer()
@@ -344,6 +347,8 @@ class DashboardScreen(Screen):
                     self.losses.append(e["loss"])
             elif kind == "eval":
                 self.evals.append(f"step {e['step']}: {e['loss']:.4f}")
+                self.eval_losses.append(e["loss"])
+                self.query_one("#eval", Sparkline).data = self.eval_losses[-200:]
                 log.write(f"eval at step {e['step']}: loss {e['loss']:.4f}")
             elif kind == "checkpoint":
                 log.write(f"checkpoint saved: {Path(e['path']).name}")
@@ -363,7 +368,7 @@ class DashboardScreen(Screen):
             from localtune.planner import format_bytes
 
             self.query_one(ProgressBar).update(total=last_step["total_steps"], progress=last_step["step"])
-            self.query_one(Sparkline).data = self.losses[-200:]
+            self.query_one("#loss", Sparkline).data = self.losses[-200:]
             self.query_one("#status", Static).update(
                 f"step {last_step['step']}/{last_step['total_steps']}  loss {_fmt_loss(last_step['loss'])}  "
                 f"lr {last_step['lr']:.2e}  {last_step['tokens_per_s']:,.0f} tok/s  ETA {last_step['eta_s']:.0f}s")
@@ -460,18 +465,22 @@ class ChatScreen(Screen):
         yield Header()
         yield Label(f"Chat with {self.target.name} (ctrl+o compares with the base)", id="title")
         with Horizontal(id="chats"):
-            yield RichLog(id="tuned", wrap=True, markup=False)
-            yield RichLog(id="base", wrap=True, markup=False)
+            with Vertical(id="tuned-side"):
+                yield RichLog(id="tuned", wrap=True, markup=False)
+                yield Static("", id="tuned-live")
+            with Vertical(id="base-side"):
+                yield RichLog(id="base", wrap=True, markup=False)
+                yield Static("", id="base-live")
         yield Input(placeholder="Type a message, enter to send", id="prompt")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#base").display = False
+        self.query_one("#base-side").display = False
         self.query_one(Input).focus()
 
     def action_toggle_compare(self) -> None:
         self.compare = not self.compare
-        self.query_one("#base").display = self.compare
+        self.query_one("#base-side").display = self.compare
 
     def action_reset(self) -> None:
         for s in self.sessions.values():
@@ -503,12 +512,19 @@ class ChatScreen(Screen):
         for which in ("tuned", "base") if self.compare else ("tuned",):
             log = self.query_one(f"#{which}", RichLog)
             self.app.call_from_thread(log.write, f"you: {text}")
+            live = self.query_one(f"#{which}-live", Static)
             parts: list[str] = []
+
+            def streamed(piece: str) -> None:  # tokens appear as they come
+                parts.append(piece)
+                self.app.call_from_thread(live.update, f"{which}: {''.join(parts)}")
+
             try:
-                reply = self.session(which).ask(text, on_token=parts.append)
+                reply = self.session(which).ask(text, on_token=streamed)
             except LocaltuneError as exc:
                 self.app.call_from_thread(self.notify, exc.render(), title=exc.title, severity="error")
                 return
+            self.app.call_from_thread(live.update, "")
             self.app.call_from_thread(log.write, f"{which}: {reply.strip()}")
 
 
@@ -519,7 +535,8 @@ class LocaltuneApp(App):
     #dialog { width: 70; height: auto; max-height: 90%; border: thick $accent; padding: 1 2; background: $panel; }
     Confirm, PickFile { align: center middle; }
     #knobs Input { width: 1fr; }
-    #chats RichLog { width: 1fr; border: round $accent; }
+    #chats Vertical { width: 1fr; }
+    #chats RichLog { border: round $accent; }
     #log { height: 1fr; min-height: 4; }
     #verify { height: auto; max-height: 12; }
     """
