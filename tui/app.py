@@ -573,14 +573,11 @@ class LocaltuneApp(App):
             cfg = json.loads((run_dir / "merged" / "config.json").read_text())
         except (OSError, ValueError):
             return 0
+        from types import SimpleNamespace
+
         from localtune.planner import Shape
 
-        class C:  # the planner reads attributes
-            pass
-
-        c = C()
-        c.__dict__.update(cfg)
-        shape = Shape.from_config(c)
+        shape = Shape.from_config(SimpleNamespace(**cfg))  # the planner reads config attributes
         return shape.linear_params() + shape.embedding_params()
 
     def resume_run(self, run_dir: Path) -> None:
