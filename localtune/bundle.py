@@ -43,12 +43,20 @@ class Bundle:
 
 
 def export_run(run_dir: str | Path, quants: list[str] | None = None, *, verify: bool = True, say=print) -> Bundle:
+    """Merge if needed, export, verify and write the bundle, holding the run folder's lock."""
+    from localtune.run_lock import run_lock
+
+    run_dir = Path(run_dir)
+    with run_lock(run_dir, "export"):
+        return _export_run(run_dir, quants, verify, say)
+
+
+def _export_run(run_dir: Path, quants, verify: bool, say) -> Bundle:
     from localtune.config import load_config
     from localtune.export import export_adapter, export_model
     from localtune.merge import merge_run
     from localtune.model_loading import resolve_base
 
-    run_dir = Path(run_dir)
     bundle = Bundle(run_dir)
     merged = run_dir / "merged"
     if not (merged / "config.json").is_file():

@@ -536,5 +536,20 @@ def tui_cmd(workspace="runs"):
     LocaltuneApp(workspace).run()
 
 
+@main.command("doctor")
+@click.option("--workspace", "-w", default="runs", show_default=True, type=click.Path(file_okay=False))
+def doctor_cmd(workspace):
+    """Check this machine: Python, packages, torch and CUDA, GPU, bitsandbytes, llama-cpp-python and
+    the AMX workaround, free disk, the Hugging Face cache and hub. Exits 1 if a check fails."""
+    from pathlib import Path
+
+    from localtune.doctor import FAIL, run_checks
+
+    checks = run_checks(Path(workspace))
+    for c in checks:
+        click.echo(c.render())
+    sys.exit(1 if any(c.status == FAIL for c in checks) else 0)
+
+
 if __name__ == "__main__":
     main()

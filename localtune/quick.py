@@ -76,6 +76,14 @@ def run_quick(cfg: Config, run_dir: str | os.PathLike, *, quants: list[str] | No
             continue
         phase(i, name, "started")
         if name == "preflight":
+            from localtune.doctor import FAIL, run_checks
+
+            failed = [c for c in run_checks(run_dir.parent) if c.status == FAIL]  # silent unless something fails
+            if failed:
+                from localtune.errors import UsageError
+
+                raise UsageError("\n".join(c.render() for c in failed), title="this machine is not ready",
+                                 hint="fix the lines above (localtune doctor shows every check)")
             loaded = load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
             base = resolve_base(cfg.model.name_or_path)
             say(f"data: {len(loaded.examples)} valid rows in {len(loaded.files)} file(s); model: {base.spec} "

@@ -26,6 +26,7 @@ from localtune.errors import LocaltuneError, UsageError
 from localtune.events import (DataPrepared, Emitter, Failed, Finished, Interrupted, JsonlSink, ModelLoaded,
                               RunStarted, Warning, json_safe)
 from localtune.model_loading import load_for_training, memory_in_use, resolve_base
+from localtune.run_lock import run_lock
 from localtune.trainer import Hooks, StopFlag, StopRequested, Trainer, TrainingError
 
 # What a checkpoint must share with the run that resumes it; anything else may change.
@@ -92,6 +93,11 @@ def train_run(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, 
     """Train cfg's model on cfg's data into run_dir. Raises LocaltuneError for user-fixable problems."""
     run_dir = Path(run_dir)
     check_writable(run_dir)
+    with run_lock(run_dir, "training"):
+        return _locked_train_run(cfg, run_dir, resume, force_resume, sinks, hooks)
+
+
+def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks) -> RunResult:
     store = CheckpointStore(run_dir / "checkpoints", cfg.train.keep_checkpoints, warn=lambda m: emit(Warning(m)))
     if not resume and (store.complete() or (run_dir / "adapter").exists()):
         raise UsageError(f"{run_dir} already holds a training run",

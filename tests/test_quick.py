@@ -206,3 +206,23 @@ def test_merge_placement_keeps_peak_memory_near_one_16bit_copy(tiny_model_dir, m
     assert merge.merge_placement(tiny_model_dir("qwen2"), "cpu") == ("cpu", torch.float32)  # small: exact fp32
     monkeypatch.setattr(merge.os, "sysconf", lambda name: 4096 if name == "SC_PAGE_SIZE" else 10)  # ~40 kB free
     assert merge.merge_placement(tiny_model_dir("qwen2"), "cpu") == ("cpu", torch.bfloat16)
+
+
+def test_doctor_reports_every_check_with_fixes(cli, monkeypatch, tmp_path):
+    result = cli("doctor", "--workspace", tmp_path)
+    out = result.output
+    assert result.exit_code == 0, out
+    for name in ("python", "packages", "torch", "gpu", "bitsandbytes", "llama-cpp-python", "disk", "hf cache", "hub"):
+        assert f"  {name}" in out, name
+    assert "has no AMX" in out or "AMX workaround is" in out
+    assert "offline mode" in out and "fix: unset HF_HUB_OFFLINE" in out
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 10**8))
+    result = cli("doctor", "--workspace", tmp_path)
+    assert result.exit_code == 1 and "FAIL  disk" in result.output and "fix: free some space" in result.output
+    bad = write_jsonl(tmp_path / "d.jsonl", FACTS)
+    result = cli("quick", "--data", bad, "--out", tmp_path / "runs" / "x")
+    assert result.exit_code == 2 and "this machine is not ready" in result.output and "FAIL  disk" in result.output

@@ -115,3 +115,27 @@ def test_second_signal_exits_at_once_and_keeps_the_last_checkpoint(tmp_path, tin
     assert proc.returncode == 130
     folder, manifest = CheckpointStore(out / "checkpoints", keep=2, warn=print).latest_valid()
     assert manifest["step"] >= 4 and folder.name == f"step-{manifest['step']:06d}"
+
+
+def test_second_writer_is_refused_naming_the_holder_and_stale_locks_are_taken_over(tmp_path, tiny_model_dir):
+    from localtune.run_lock import LOCK_NAME
+
+    data = write_jsonl(tmp_path / "d.jsonl", FACTS)
+    out = tmp_path / "run"
+    first = subprocess.Popen(train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "400", "--save-every", "1"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while steps_done(out) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = run([sys.executable, "-m", "localtune", "train", "--resume", "--out", str(out)])
+    assert second.returncode == 2 and "is in use: training by process" in second.stderr
+    assert str(first.pid) in second.stderr
+    export = run([sys.executable, "-m", "localtune", "export", str(out)])
+    assert export.returncode == 2 and "is in use" in export.stderr
+    first.send_signal(signal.SIGKILL)  # dies holding the lock
+    first.communicate(timeout=60)
+    assert (out / LOCK_NAME).is_file()
+    resumed = run([sys.executable, "-m", "localtune", "train", "--resume", "--out", str(out), "--max-steps",
+                   str(steps_done(out) + 2)])
+    assert resumed.returncode == 0, resumed.stderr  # the stale lock was taken over
+    assert not (out / LOCK_NAME).exists()
