@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localtune.errors import LocaltuneError
+from localtune.faults import disk_full, fault_point
 
 MAGIC = b"GGUF"
 MAX_COUNT = 1 << 20  # tensors or metadata entries; real models have a few thousand
@@ -44,11 +45,15 @@ def safe_output(final: Path):
     tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
     try:
         yield tmp
+        fault_point("gguf.validate")
         check_gguf(tmp)
+        fault_point("gguf.rename")
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and (full := disk_full(exc, final.name, final.parent)):
+            raise full from None
         raise
 
 

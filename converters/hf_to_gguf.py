@@ -19,6 +19,7 @@ from pathlib import Path
 from localtune.converters.architectures import ARCHITECTURES, ArchSpec
 from localtune.converters.gguf_file import ConversionError, safe_output
 from localtune.converters.vocab import write_vocab
+from localtune.faults import fault_point
 
 DIRECT_TYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -269,6 +270,8 @@ def convert(folder: str | Path, out_path: str | Path, *, out_type: str = "f16", 
             else:
                 out = gguf.quants.quantize(data.astype(np.float32), qtype)
             w.write_tensor_data(out)
+            if i == len(entries) // 2:
+                fault_point("gguf.tensors")  # half the tensor data written
             report.bytes_written += out.nbytes
             report.tensors += 1
             if progress:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from localtune.converters.gguf_file import ConversionError, check_gguf, safe_output
 from localtune.converters.quants import QUANT_TYPES
+from localtune.faults import fault_point
 
 
 @dataclass
@@ -57,6 +58,7 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, out_type: str, *, t
         params.ftype = QUANT_TYPES[out_type]
         with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
             rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        fault_point("quantize.done")
         if rc != 0 or not tmp.is_file():
             raise ConversionError(f"llama.cpp's quantizer failed on {src} (code {rc})",
                                   hint="the source must be an f32, f16 or bf16 GGUF")

@@ -14,17 +14,16 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from localtune.faults import disk_full, fault_point
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
 FORMAT_VERSION = 1
-# Fault injection for the test suite: SIGKILL this process inside the Nth save, after its first file.
-_KILL_IN_SAVE = "LOCALTUNE_FAULT_KILL_IN_SAVE"
 
 
 class CheckpointError(Exception):
@@ -105,8 +104,9 @@ class CheckpointStore:
         tmp.mkdir()
         try:
             write_adapter(tmp)
-            self._fault_point()
+            fault_point("checkpoint.adapter")
             torch.save(snap.optimizer, tmp / "optimizer.pt")
+            fault_point("checkpoint.optimizer")
             torch.save(snap.scheduler, tmp / "scheduler.pt")
             torch.save(snap.rng, tmp / "rng.pt")
             (tmp / "loop_state.json").write_text(json.dumps(snap.loop, indent=1))
@@ -115,9 +115,11 @@ class CheckpointStore:
                 _fsync_file(f)
                 files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
             manifest = {"format": FORMAT_VERSION, "step": snap.step, "files": files, "identity": snap.identity}
+            fault_point("checkpoint.manifest")
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
             _fsync_file(tmp / MANIFEST)
             _fsync_dir(tmp)
+            fault_point("checkpoint.rename")
             if final.exists():  # the same step saved again (after an OOM restart): swap atomically
                 old = self.root / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
                 os.replace(final, old)
@@ -126,15 +128,13 @@ class CheckpointStore:
             else:
                 os.replace(tmp, final)
             _fsync_dir(self.root)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and (full := disk_full(exc, f"checkpoint {final.name}", self.root)):
+                raise full from None
             raise
         self._rotate()
         return final
-
-    def _fault_point(self) -> None:
-        if os.environ.get(_KILL_IN_SAVE) == str(self.saves):
-            os.kill(os.getpid(), signal.SIGKILL)
 
     def _rotate(self) -> None:
         done = self.complete()

@@ -28,6 +28,14 @@ def friendly_errors(fn):
         except LocaltuneError as exc:
             click.echo(exc.render(), err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # a full disk anywhere is the user's to fix, not a traceback
+            from localtune.faults import disk_full
+
+            full = disk_full(exc, exc.filename or "a file", ".")
+            if full is None:
+                raise
+            click.echo(full.render(), err=True)
+            sys.exit(full.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -406,8 +414,10 @@ def verify_cmd(gguf_file, against):
 def merge_cmd(run_dir, out_dir):
     """Merge RUN_DIR's adapter into a 16-bit (fp32 on the CPU) copy of its base: a normal HF folder."""
     from localtune.merge import merge_run
+    from localtune.run_lock import run_lock
 
-    result = merge_run(run_dir, out_dir)
+    with run_lock(run_dir, "merge"):
+        result = merge_run(run_dir, out_dir)
     click.echo(f"merged into {result.folder} ({result.dtype}); max |Δlogit| vs base+adapter "
                f"{result.max_delta:.2e}")
 

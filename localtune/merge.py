@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localtune.errors import LocaltuneError, UsageError
+from localtune.faults import disk_full, fault_point
 
 SAMPLES = ("The quick brown fox jumps over the lazy dog. 12345",
            "What is the capital of France? Answer in one sentence.")
@@ -104,9 +105,12 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
         template = run_dir / "chat_template.jinja"
         if template.is_file():  # the template training rendered with, so the export embeds the same
             shutil.copy2(template, tmp / "chat_template.jinja")
+        fault_point("merge.rename")
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and (full := disk_full(exc, "the merged model", out.parent)):
+            raise full from None
         raise
     return MergeResult(out, delta, str(dtype).removeprefix("torch."))

@@ -26,6 +26,7 @@ from localtune.errors import LocaltuneError, UsageError
 from localtune.events import (DataPrepared, Emitter, Failed, Finished, Interrupted, JsonlSink, ModelLoaded,
                               RunStarted, Warning, json_safe)
 from localtune.model_loading import load_for_training, memory_in_use, resolve_base
+from localtune.faults import disk_full, fault_point
 from localtune.run_lock import run_lock
 from localtune.trainer import Hooks, StopFlag, StopRequested, Trainer, TrainingError
 
@@ -220,7 +221,12 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
     adapter_dir = run_dir / "adapter"
     tmp = run_dir / ".adapter.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+        fault_point("adapter.rename")
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise disk_full(exc, "the final adapter", run_dir) or exc from None
     shutil.rmtree(adapter_dir, ignore_errors=True)
     os.replace(tmp, adapter_dir)
     eval_loss = st.eval_losses[-1][1] if st.eval_losses else None

@@ -68,8 +68,15 @@ class VerifyReport:
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
+        from localtune.faults import disk_full, fault_point
+
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1))
+            fault_point("verify.save")
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise disk_full(exc, path.name, path.parent) or exc from None
         return path
 
     def render(self) -> str:

@@ -63,7 +63,7 @@ def test_signal_saves_a_complete_checkpoint_and_resume_finishes(sig, code, tmp_p
 def test_kill_9_during_a_save_resumes_from_the_last_complete_checkpoint(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
     out = tmp_path / "run"
-    env = {**os.environ, "LOCALTUNE_FAULT_KILL_IN_SAVE": "2"}  # SIGKILL inside the second save
+    env = {**os.environ, "LOCALTUNE_FAULT": "checkpoint.adapter@2:kill"}  # SIGKILL inside the second save
     killed = run(train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "8", "--save-every", "2"), env=env)
     assert killed.returncode == -signal.SIGKILL
     leftovers = sorted(p.name for p in (out / "checkpoints").iterdir())
@@ -79,7 +79,7 @@ def test_kill_9_during_a_save_resumes_from_the_last_complete_checkpoint(tmp_path
 def test_resume_with_changed_data_is_refused_by_the_cli(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
     out = tmp_path / "run"
-    env = {**os.environ, "LOCALTUNE_FAULT_KILL_IN_SAVE": "2"}
+    env = {**os.environ, "LOCALTUNE_FAULT": "checkpoint.adapter@2:kill"}
     run(train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "6", "--save-every", "2"), env=env)
     write_jsonl(data, FACTS[:-2])
     refused = run([sys.executable, "-m", "localtune", "train", "--resume", "--out", str(out)])

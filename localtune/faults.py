@@ -1,0 +1,56 @@
+"""Named fault points in every place that writes, for the fault-injection tests.
+
+Set LOCALTUNE_FAULT="<point>[@N]:<action>" to make the Nth time (default: first) execution reaches
+`fault_point("<point>")` either kill the process outright (`kill`, like kill -9 or a power cut) or
+fail as a full disk would (`enospc`). Unset, a fault point costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections import Counter
+
+from localtune.errors import LocaltuneError
+
+ENV = "LOCALTUNE_FAULT"
+_hits: Counter = Counter()
+
+
+class DiskFullError(LocaltuneError):
+    exit_code = 2
+    title = "disk full"
+
+
+def fault_point(name: str) -> None:
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    target, _, action = spec.rpartition(":")
+    point, _, nth = target.partition("@")
+    if point != name:
+        return
+    _hits[name] += 1
+    if _hits[name] != int(nth or 1):
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "enospc":
+        raise OSError(errno.ENOSPC, f"No space left on device (injected at {name})")
+
+
+def disk_full(exc: OSError, what: str, where, needed_bytes: int | None = None) -> DiskFullError | None:
+    """A clear error for ENOSPC while writing `what`; None for other OS errors."""
+    if exc.errno != errno.ENOSPC:
+        return None
+    import shutil
+
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = 0
+    need = f"; it needs about {needed_bytes / 1e9:.2f} GB" if needed_bytes else ""
+    return DiskFullError(f"no space left on the disk while writing {what} in {where} ({free / 1e9:.2f} GB free"
+                         f"{need}); the partial file was removed and the previous good one kept",
+                         hint="free some space (or choose another --out) and run the same command again")

@@ -1,0 +1,126 @@
+"""Kill (-9) and a full disk (ENOSPC) at every fault point of every writer, then check the invariants:
+nothing incomplete under a final name, the previous good artifact untouched, re-running finishes.
+
+The list of points is read from the source, so a new writer with a fault point is covered here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import chat, write_jsonl
+
+from localtune.checkpoint import CheckpointStore
+from localtune.converters.gguf_file import check_gguf
+
+REPO = Path(__file__).resolve().parent.parent
+POINTS = sorted({m for f in list((REPO / "localtune").rglob("*.py")) + list((REPO / "converters").rglob("*.py"))
+                 for m in re.findall(r'fault_point\("([\w.]+)"\)', f.read_text())})
+TRAIN_POINTS = [p for p in POINTS if p.startswith(("checkpoint.", "adapter."))]
+EXPORT_POINTS = [p for p in POINTS if p not in TRAIN_POINTS]
+FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i * 7}.") for i in range(8)]
+
+
+def test_every_point_is_exercised():
+    assert len(POINTS) >= 10 and set(TRAIN_POINTS) | set(EXPORT_POINTS) == set(POINTS)
+    assert {"checkpoint.rename", "merge.rename", "gguf.tensors", "quantize.done", "verify.save"} <= set(POINTS)
+
+
+def localtune(*args, fault: str | None = None):
+    env = {**os.environ}
+    env.pop("LOCALTUNE_FAULT", None)
+    if fault:
+        env["LOCALTUNE_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "localtune", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def check_run_invariants(run: Path) -> None:
+    store = CheckpointStore(run / "checkpoints", keep=2, warn=lambda m: None)
+    for folder in store.complete():  # anything under a final step name is complete and verifies
+        store.verify(folder)
+    adapter = run / "adapter"
+    if adapter.exists():
+        assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+
+
+def fault_outcome(result, action: str) -> None:
+    if action == "kill":
+        assert result.returncode == -signal.SIGKILL, result.stderr[-1500:]
+    else:
+        assert result.returncode == 2, result.stderr[-1500:]
+        assert "error: disk full" in result.stderr and "no space left" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("action", ["kill", "enospc"])
+@pytest.mark.parametrize("point", TRAIN_POINTS)
+def test_training_survives_a_fault_at(point, action, tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "d.jsonl", FACTS)
+    run = tmp_path / "run"
+    cmd = ["train", "--model", tiny_model_dir("qwen2"), "--data", data, "--out", run, "--max-steps", "4",
+           "--save-every", "2", "--no-quant"]
+    fault_outcome(localtune(*cmd, fault=f"{point}:{action}"), action)
+    check_run_invariants(run)
+    has_checkpoint = bool(CheckpointStore(run / "checkpoints", 2, lambda m: None).complete())
+    again = localtune(*(cmd + ["--resume"] if has_checkpoint else cmd))
+    assert again.returncode == 0, again.stderr[-1500:]
+    check_run_invariants(run)
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    from localtune.config import load_config
+    from localtune.training_run import train_run
+
+    root = tmp_path_factory.mktemp("finished")
+    data = write_jsonl(root / "d.jsonl", FACTS)
+    train_run(load_config(None, {"model.name_or_path": (str(tiny_model_dir("llama")), "t"),
+                                 "data.path": (str(data), "t"), "train.max_steps": (2, "t"),
+                                 "train.load_in_4bit": (False, "t")}), root / "run")
+    return root / "run"
+
+
+def check_export_invariants(run: Path, before: dict[str, bytes]) -> None:
+    for gguf in (run / "gguf").glob("*.gguf") if (run / "gguf").is_dir() else []:
+        check_gguf(gguf)  # every file under a final name is complete and valid
+    for name, content in before.items():  # the previous good files are untouched
+        assert (run / "gguf" / name).read_bytes() == content
+    merged = run / "merged"
+    if merged.exists():
+        assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("action", ["kill", "enospc"])
+@pytest.mark.parametrize("point", EXPORT_POINTS)
+def test_export_survives_a_fault_at(point, action, tmp_path, finished_run):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "gguf").mkdir()
+    previous = run / "gguf" / "run-F32.gguf"  # an earlier good export that must survive
+    previous.write_bytes((finished_run.parent / "prev.gguf").read_bytes() if (finished_run.parent / "prev.gguf")
+                         .exists() else b"")
+    if not previous.stat().st_size:
+        from localtune.converters.hf_to_gguf import convert
+        from localtune.model_loading import resolve_base
+        from localtune.config import load_config
+
+        convert(resolve_base(load_config(run / "config.yaml").model.name_or_path).folder, previous, out_type="f32")
+        shutil.copy2(previous, finished_run.parent / "prev.gguf")
+    before = {previous.name: previous.read_bytes()}
+    fault_outcome(localtune("export", run, "--quant", "q8_0,q4_k_m", fault=f"{point}:{action}"), action)
+    check_export_invariants(run, before)
+    again = localtune("export", run, "--quant", "q8_0,q4_k_m")
+    assert again.returncode == 0, again.stderr[-1500:]
+    check_export_invariants(run, before)
+    for name in ("run-Q8_0.gguf", "run-Q4_K_M.gguf"):
+        assert json.loads((run / "gguf" / f"{name}.verify.json").read_text())["passed"]
