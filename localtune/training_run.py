@@ -156,7 +156,7 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
     identity = {"base": base.identity, "data": data_fingerprint(prepared.train),
                 "max_seq_len": cfg.data.max_seq_len,
                 "lora_shape": [cfg.lora.r, sorted(cfg.lora.target_modules), cfg.lora.use_dora]}
-    snapshot, source = None, None
+    source = None
     store.remove_stale()
     if resume:
         latest = store.latest_valid()

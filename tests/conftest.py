@@ -110,3 +110,13 @@ def snap_compare(request):
         return False
 
     return compare
+
+
+def train_tiny_run(model_dir, data, run_dir, *, steps: int = 2):
+    """A finished plain-LoRA training run of `steps` steps on a tiny model (no 4-bit: faster on CPU)."""
+    from localtune.config import load_config
+    from localtune.training_run import train_run
+
+    cfg = load_config(None, {"model.name_or_path": (str(model_dir), "test"), "data.path": (str(data), "test"),
+                             "train.max_steps": (steps, "test"), "train.load_in_4bit": (False, "test")})
+    return train_run(cfg, run_dir)

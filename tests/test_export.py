@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
-from conftest import chat, write_jsonl
+from conftest import chat, train_tiny_run, write_jsonl
 
 from localtune.converters.gguf_file import ConversionError, GGUFError, check_gguf
 from localtune.converters.hf_to_gguf import convert
@@ -117,9 +116,6 @@ def test_lora_adapter_gguf_matches_peft(arch, rslora, tiny_model_dir, gguf_of, t
 
 
 def test_export_cli_writes_verified_files_and_run_adapter(tmp_path, cli, tiny_model_dir, gguf_of):
-    from localtune.config import load_config
-    from localtune.training_run import train_run
-
     folder = tiny_model_dir("qwen2")
     out = tmp_path / "out"
     result = cli("export", folder, "--quant", "f16,q8_0", "--out", out)
@@ -129,8 +125,7 @@ def test_export_cli_writes_verified_files_and_run_adapter(tmp_path, cli, tiny_mo
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partial or intermediate files left
     data = write_jsonl(tmp_path / "d.jsonl", [chat(f"q{i}", f"a{i}") for i in range(4)])
     run = tmp_path / "run"
-    train_run(load_config(None, {"model.name_or_path": (str(folder), "t"), "data.path": (str(data), "t"),
-                                 "train.max_steps": (2, "t")}), run)
+    train_tiny_run(folder, data, run)
     result = cli("export", run, "--adapter", "--out", tmp_path / "a")
     assert result.exit_code == 0, result.output
     adapter = tmp_path / "a" / "run-adapter-F32.gguf"

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import chat, write_jsonl
+from conftest import chat, train_tiny_run, write_jsonl
 
 from localtune.checkpoint import CheckpointStore
 from localtune.converters.gguf_file import check_gguf
@@ -79,14 +79,13 @@ def test_training_survives_a_fault_at(point, action, tmp_path, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir):
-    from localtune.config import load_config
-    from localtune.training_run import train_run
+    """A finished run, plus an earlier good export (f32 of the base) that every fault must leave intact."""
+    from localtune.converters.hf_to_gguf import convert
 
     root = tmp_path_factory.mktemp("finished")
-    data = write_jsonl(root / "d.jsonl", FACTS)
-    train_run(load_config(None, {"model.name_or_path": (str(tiny_model_dir("llama")), "t"),
-                                 "data.path": (str(data), "t"), "train.max_steps": (2, "t"),
-                                 "train.load_in_4bit": (False, "t")}), root / "run")
+    train_tiny_run(tiny_model_dir("llama"), write_jsonl(root / "d.jsonl", FACTS), root / "run")
+    (root / "run" / "gguf").mkdir()
+    convert(tiny_model_dir("llama"), root / "run" / "gguf" / "run-F32.gguf", out_type="f32")
     return root / "run"
 
 
@@ -105,18 +104,7 @@ def check_export_invariants(run: Path, before: dict[str, bytes]) -> None:
 def test_export_survives_a_fault_at(point, action, tmp_path, finished_run):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    (run / "gguf").mkdir()
-    previous = run / "gguf" / "run-F32.gguf"  # an earlier good export that must survive
-    previous.write_bytes((finished_run.parent / "prev.gguf").read_bytes() if (finished_run.parent / "prev.gguf")
-                         .exists() else b"")
-    if not previous.stat().st_size:
-        from localtune.converters.hf_to_gguf import convert
-        from localtune.model_loading import resolve_base
-        from localtune.config import load_config
-
-        convert(resolve_base(load_config(run / "config.yaml").model.name_or_path).folder, previous, out_type="f32")
-        shutil.copy2(previous, finished_run.parent / "prev.gguf")
-    before = {previous.name: previous.read_bytes()}
+    before = {"run-F32.gguf": (run / "gguf" / "run-F32.gguf").read_bytes()}
     fault_outcome(localtune("export", run, "--quant", "q8_0,q4_k_m", fault=f"{point}:{action}"), action)
     check_export_invariants(run, before)
     again = localtune("export", run, "--quant", "q8_0,q4_k_m")

@@ -27,6 +27,15 @@ def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
 
 
+def start_and_wait(cmd, run_dir, steps: int) -> subprocess.Popen:
+    """Start `cmd` in the background and return once it has logged `steps` optimizer steps."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while steps_done(run_dir) < steps and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    return proc
+
+
 def steps_done(run_dir) -> int:
     try:
         return max((e["step"] for e in read_events(run_dir / "events.jsonl") if e["kind"] == "step"), default=0)
@@ -38,11 +47,8 @@ def steps_done(run_dir) -> int:
 def test_signal_saves_a_complete_checkpoint_and_resume_finishes(sig, code, tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
     out = tmp_path / "run"
-    proc = subprocess.Popen(train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "400", "--save-every",
-                                      "1000"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while steps_done(out) < 3 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    proc = start_and_wait(train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "400", "--save-every",
+                                    "1000"), out, 3)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
@@ -103,11 +109,8 @@ def test_cli_train_prints_progress_and_config_overrides(tmp_path, tiny_model_dir
 def test_second_signal_exits_at_once_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
     out = tmp_path / "run"
-    proc = subprocess.Popen(train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "400", "--save-every", "2"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while steps_done(out) < 5 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    proc = start_and_wait(train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "400", "--save-every", "2"),
+                          out, 5)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
@@ -122,11 +125,8 @@ def test_second_writer_is_refused_naming_the_holder_and_stale_locks_are_taken_ov
 
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
     out = tmp_path / "run"
-    first = subprocess.Popen(train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "400", "--save-every", "1"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while steps_done(out) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    first = start_and_wait(train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "400", "--save-every", "1"),
+                           out, 2)
     second = run([sys.executable, "-m", "localtune", "train", "--resume", "--out", str(out)])
     assert second.returncode == 2 and "is in use: training by process" in second.stderr
     assert str(first.pid) in second.stderr

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import chat, write_jsonl
+from conftest import chat, train_tiny_run, write_jsonl
 
 from localtune.tui.app import ChatScreen, DashboardScreen, ExportScreen, LocaltuneApp, NewRunScreen, RunsScreen
 
@@ -153,14 +153,8 @@ def test_new_run_checks_data_and_starts(tmp_path, monkeypatch, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def exported_run(tmp_path_factory, tiny_model_dir):
-    from localtune.config import load_config
-    from localtune.training_run import train_run
-
     ws = tmp_path_factory.mktemp("ws")
-    data = write_jsonl(ws / "facts.jsonl", FACTS)
-    train_run(load_config(None, {"model.name_or_path": (str(tiny_model_dir("qwen2")), "t"),
-                                 "data.path": (str(data), "t"), "train.max_steps": (3, "t"),
-                                 "train.load_in_4bit": (False, "t")}), ws / "runs" / "done")
+    train_tiny_run(tiny_model_dir("qwen2"), write_jsonl(ws / "facts.jsonl", FACTS), ws / "runs" / "done", steps=3)
     return ws / "runs" / "done"
 
 
