@@ -9,7 +9,6 @@ Run as:  localtune export HF_DIR --quant f16
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from localtune.converters.architectures import ARCHITECTURES, ArchSpec
 from localtune.converters.gguf_file import ConversionError, safe_output
 from localtune.converters.vocab import write_vocab
 from localtune.faults import fault_point
+from localtune.model_files import check_model_folder
 
 DIRECT_TYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -40,12 +40,8 @@ class ConvertReport:
 
 
 def read_config(folder: Path) -> dict:
-    try:
-        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"{folder / 'config.json'} cannot be read ({exc})",
-                              hint="point at a Hugging Face model folder") from None
-    return {**cfg, **cfg.get("text_config", {})}
+    """config.json (text_config merged), checked against the weights; conversion runs no model code."""
+    return check_model_folder(folder, trust_remote_code=True)
 
 
 def arch_spec(cfg: dict) -> ArchSpec:

@@ -10,13 +10,13 @@ Run as:  localtune export RUN_DIR --adapter
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
 from localtune.converters.gguf_file import ConversionError, safe_output
 from localtune.converters.hf_to_gguf import _permute_rows, arch_spec, read_config
+from localtune.model_files import check_adapter, weight_shapes
 
 
 def convert_adapter(adapter_dir: str | Path, base_dir: str | Path, out_path: str | Path, *,
@@ -26,11 +26,7 @@ def convert_adapter(adapter_dir: str | Path, base_dir: str | Path, out_path: str
     from safetensors import safe_open
 
     adapter_dir, base_dir, out_path = Path(adapter_dir), Path(base_dir), Path(out_path)
-    try:
-        acfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"{adapter_dir} is not a peft adapter folder ({exc})",
-                              hint="point at RUN_DIR/adapter or a folder with adapter_config.json") from None
+    acfg = check_adapter(adapter_dir, weight_shapes(base_dir))
     if acfg.get("use_dora"):
         raise ConversionError("DoRA adapters cannot be written as llama.cpp LoRA GGUF",
                               hint="export the merged model instead (without --adapter)")

@@ -70,7 +70,7 @@ def _export_run(run_dir: Path, quants, verify: bool, say) -> Bundle:
     name = run_dir.name
     bundle.tuned = export_model(merged, quants, bundle.gguf_dir, chat_template=template, verify=verify, stem=name,
                                 say=say)
-    base = resolve_base(cfg.model.name_or_path)
+    base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     bundle.base = export_model(base.folder, quants[:1], bundle.gguf_dir, chat_template=template, verify=False,
                                stem="base", say=say)
     try:

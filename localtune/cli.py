@@ -225,9 +225,12 @@ def _micro_batch(value: str | None):
 @click.option("--skip-invalid", is_flag=True, default=None, help="Drop invalid rows instead of stopping.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete checkpoint.")
 @click.option("--force-resume", is_flag=True, help="Resume even if data, base model or LoRA shape changed.")
+@click.option("--trust-remote-code", is_flag=True, default=None,
+              help="Run Python code shipped with the model (only for authors you trust).")
 @friendly_errors
 def train_cmd(model, data, run_dir, config_file, max_steps, epochs, lr, micro_batch, max_seq_len, fmt, val_file,
-              eval_every, save_every, device, no_quant, packing, train_on_prompt, skip_invalid, resume, force_resume):
+              eval_every, save_every, device, no_quant, packing, train_on_prompt, skip_invalid, resume, force_resume,
+              trust_remote_code):
     """Train a LoRA adapter (QLoRA on a 4-bit base by default) into the run folder --out.
 
     Ctrl-C once: finish the step, save a checkpoint, print the resume command (exit 130).
@@ -251,6 +254,7 @@ def train_cmd(model, data, run_dir, config_file, max_steps, epochs, lr, micro_ba
         "train.load_in_4bit": (False if no_quant else None, "--no-quant"), "data.packing": (packing, "--packing"),
         "data.train_on_prompt": (train_on_prompt, "--train-on-prompt"),
         "data.skip_invalid": (skip_invalid, "--skip-invalid"),
+        "model.trust_remote_code": (trust_remote_code, "--trust-remote-code"),
     })
     missing = [flag for flag, value in (("--model", cfg.model.name_or_path), ("--data", cfg.data.path)) if not value]
     if missing:
@@ -433,8 +437,10 @@ def merge_cmd(run_dir, out_dir):
 @click.option("--lr", type=float, help="Peak learning rate.")
 @click.option("--max-seq-len", type=int, help="Truncate rows to this many tokens.")
 @click.option("--prompt", help="Prompt for the closing base-vs-fine-tuned comparison.")
+@click.option("--trust-remote-code", is_flag=True, default=None,
+              help="Run Python code shipped with the model (only for authors you trust).")
 @friendly_errors
-def quick_cmd(model, data, run_dir, quant, config_file, max_steps, epochs, lr, max_seq_len, prompt):
+def quick_cmd(model, data, run_dir, quant, config_file, max_steps, epochs, lr, max_seq_len, prompt, trust_remote_code):
     """Data to a verified, chattable GGUF in one command; with no arguments, the offline demo.
 
     Preflight, train, merge + export + verify, then the base and the fine-tuned model answer the same
@@ -454,7 +460,8 @@ def quick_cmd(model, data, run_dir, quant, config_file, max_steps, epochs, lr, m
         config_file = str(saved)  # continuing: the run's own configuration
     overrides = {"model.name_or_path": (model or DEMO_MODEL, "--model"), "data.path": (data, "--data"),
                  "train.max_steps": (max_steps, "--max-steps"), "train.epochs": (epochs, "--epochs"),
-                 "train.lr": (lr, "--lr"), "data.max_seq_len": (max_seq_len, "--max-seq-len")}
+                 "train.lr": (lr, "--lr"), "data.max_seq_len": (max_seq_len, "--max-seq-len"),
+                 "model.trust_remote_code": (trust_remote_code, "--trust-remote-code")}
     if data == str(DEMO_DATA) and config_file is None:
         for key, value in DEMO_SETTINGS.items():  # the demo's tuned settings, unless a flag says otherwise
             if key not in overrides or overrides[key][0] is None:

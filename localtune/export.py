@@ -18,6 +18,7 @@ from pathlib import Path
 from localtune.converters.gguf_file import ConversionError
 from localtune.converters.quants import QUANT_TYPES
 from localtune.errors import UsageError
+from localtune.model_files import check_model_folder, load_tokenizer
 
 
 @dataclass
@@ -50,17 +51,16 @@ def export_model(folder: str | Path, out_types: list[str], out_dir: str | Path, 
     bad = [t for t in out_types if t not in QUANT_TYPES]
     if bad:
         raise UsageError(f"unknown GGUF type(s): {', '.join(bad)}", hint=f"use some of: {', '.join(QUANT_TYPES)}")
+    model_cfg = check_model_folder(folder, trust_remote_code=True)  # conversion runs no model code
     out_dir.mkdir(parents=True, exist_ok=True)
     need, free = estimate_bytes(folder, out_types), shutil.disk_usage(out_dir).free
     if need > free:
         raise UsageError(f"{out_dir} has {free / 1e9:.2f} GB free; the export needs about {need / 1e9:.2f} GB",
                          hint="free some space or choose another --out", title="not enough disk space")
     if chat_template is None:  # the model's own, or the ChatML default training would have used
-        from transformers import AutoTokenizer
-
         from localtune.data.template import resolve_chat_template
 
-        chat_template = resolve_chat_template(AutoTokenizer.from_pretrained(folder)).text
+        chat_template = resolve_chat_template(load_tokenizer(folder, model_cfg["vocab_size"])).text
     stem = stem or folder.name
     results: list[ExportedFile] = []
     intermediate: Path | None = None
@@ -105,7 +105,7 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path, *, out_type: str = 
         raise UsageError(f"{run_dir} has no trained adapter (adapter/adapter_config.json)",
                          hint="finish the training run first (localtune train ... --resume)")
     cfg = load_config(run_dir / "config.yaml")
-    base = resolve_base(cfg.model.name_or_path)
+    base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     target = Path(out_dir) / f"{run_dir.name}-adapter-{out_type.upper()}.gguf"
     info = convert_adapter(run_dir / "adapter", base.folder, target, out_type=out_type)
     say(f"wrote {target}: LoRA adapter, {info['tensors']} tensors, rank {info['rank']}, alpha {info['alpha']:g}; "

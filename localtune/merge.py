@@ -22,6 +22,7 @@ from pathlib import Path
 
 from localtune.errors import LocaltuneError, UsageError
 from localtune.faults import disk_full, fault_point
+from localtune.model_files import check_adapter, read_safetensors_header, weight_shapes
 
 SAMPLES = ("The quick brown fox jumps over the lazy dog. 12345",
            "What is the capital of France? Answer in one sentence.")
@@ -52,18 +53,15 @@ def merge_placement(folder: Path, device: str):
 
 
 def _dtype_of(path: Path) -> str:
-    """The dtype of the first tensor in a safetensors file (its header is JSON after an 8-byte length)."""
-    with open(path, "rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(n))
-    return next((v["dtype"] for k, v in header.items() if k != "__metadata__"), "BF16")
+    """The dtype of the first tensor in a safetensors file."""
+    return next((t.dtype for t in read_safetensors_header(path).values()), "BF16")
 
 
 def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
               device: str | None = None) -> MergeResult:
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from localtune.config import load_config
     from localtune.model_loading import pick_device, resolve_base
@@ -73,16 +71,18 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
     if not (adapter / "adapter_config.json").is_file():
         raise UsageError(f"{run_dir} has no finished adapter to merge", hint="finish training first (--resume)")
     cfg = load_config(run_dir / "config.yaml")
-    base = resolve_base(cfg.model.name_or_path)
+    base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     recorded = json.loads((run_dir / "run.json").read_text()).get("base", {})
     if recorded.get("fingerprint") and recorded["fingerprint"] != base.identity["fingerprint"]:
         raise UsageError(f"the adapter in {run_dir} was trained on a different base than {cfg.model.name_or_path!r} "
                          "is now", hint="merge with the base model the run was trained on",
                          title="adapter from a different base")
+    check_adapter(adapter, weight_shapes(base.folder))
+    tokenizer = base.tokenizer()
     dev, dtype = merge_placement(base.folder, device or pick_device(cfg.train.device))
     model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=dtype, device_map={"": 0 if dev == "cuda" else
-                                                                                     "cpu"})
-    tokenizer = AutoTokenizer.from_pretrained(base.folder)
+                                                                                     "cpu"},
+                                                 trust_remote_code=cfg.model.trust_remote_code)
     model = PeftModel.from_pretrained(model, adapter).eval()
     ids = [torch.tensor([tokenizer(s)["input_ids"]], device=model.device) for s in SAMPLES]
     with torch.no_grad():

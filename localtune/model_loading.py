@@ -22,6 +22,7 @@ from pathlib import Path
 from localtune.config import Config
 from localtune.converters.architectures import SUPPORTED_ARCHITECTURES
 from localtune.errors import ModelSourceError
+from localtune.model_files import check_model_folder, load_tokenizer
 from localtune.model_source import ModelSource, resolve_model
 
 
@@ -33,11 +34,12 @@ class Base:
     folder: Path
     architecture: str
     identity: dict  # what a checkpoint must match to resume
+    vocab_size: int = 0
+    trust_remote_code: bool = False
 
     def tokenizer(self):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(self.folder)
+        """The base's tokenizer, refused if damaged or with ids the embedding lacks."""
+        return load_tokenizer(self.folder, self.vocab_size, trust_remote_code=self.trust_remote_code)
 
 
 @dataclass
@@ -67,16 +69,18 @@ def fingerprint(paths: list[Path], chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:16]
 
 
-def model_folder(source: ModelSource) -> Path:
-    """A local Hugging Face folder for `source` (downloading or importing as needed)."""
+def model_folder(source: ModelSource, *, trust_remote_code: bool = False) -> Path:
+    """A local Hugging Face folder for `source` (downloading or importing as needed). Only safetensors
+    weights are fetched, and Python files only when the user trusts the model's code."""
     if source.kind == "folder":
         return Path(source.location)
     if source.kind == "hub":
         try:
             from huggingface_hub import snapshot_download
 
-            return Path(snapshot_download(source.location, allow_patterns=[
-                "*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]))
+            patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
+            return Path(snapshot_download(source.location,
+                                          allow_patterns=patterns + (["*.py"] if trust_remote_code else [])))
         except Exception as exc:
             raise ModelSourceError(f"cannot fetch {source.spec!r} from the hub: {str(exc).splitlines()[0]}",
                                    hint="check the id and your network, or download the model and pass its folder"
@@ -112,15 +116,9 @@ def import_gguf(path: Path) -> Path:
     return target
 
 
-def check_architecture(folder: Path, spec: str) -> str:
+def check_architecture(cfg: dict, spec: str) -> str:
     """The model_type, if transformers can load it and our converters can export it."""
-    import json
-
-    try:
-        model_type = json.loads((folder / "config.json").read_text())["model_type"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelSourceError(f"{folder / 'config.json'} cannot be read ({exc})",
-                               hint="point --model at a complete Hugging Face model folder") from None
+    model_type = cfg["model_type"]
     if model_type not in SUPPORTED_ARCHITECTURES:
         from transformers import CONFIG_MAPPING
 
@@ -160,14 +158,16 @@ def compute_dtype(device: str, precision: str):
     return torch.bfloat16
 
 
-def resolve_base(spec: str) -> Base:
-    """Find (download or import) the base model and check its architecture; loads no weights."""
+def resolve_base(spec: str, *, trust_remote_code: bool = False) -> Base:
+    """Find (download or import) the base model and check its files and architecture; loads no weights."""
     source = resolve_model(spec)
-    folder = model_folder(source)
-    arch = check_architecture(folder, source.spec)
+    folder = model_folder(source, trust_remote_code=trust_remote_code)
+    cfg = check_model_folder(folder, trust_remote_code=trust_remote_code)
+    arch = check_architecture(cfg, source.spec)
     weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
     return Base(source.spec, folder, arch, {"model": source.spec, "model_type": arch,
-                                            "fingerprint": fingerprint(weights)})
+                                            "fingerprint": fingerprint(weights)},
+                vocab_size=cfg["vocab_size"], trust_remote_code=trust_remote_code)
 
 
 def load_for_training(cfg: Config, base: Base) -> LoadedModel:

@@ -85,7 +85,7 @@ def run_quick(cfg: Config, run_dir: str | os.PathLike, *, quants: list[str] | No
                 raise UsageError("\n".join(c.render() for c in failed), title="this machine is not ready",
                                  hint="fix the lines above (localtune doctor shows every check)")
             loaded = load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
-            base = resolve_base(cfg.model.name_or_path)
+            base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
             say(f"data: {len(loaded.examples)} valid rows in {len(loaded.files)} file(s); model: {base.spec} "
                 f"({base.architecture})")
         elif name == "train":

@@ -25,8 +25,8 @@ from localtune.data.dataset import load_examples, prepare_data
 from localtune.errors import LocaltuneError, UsageError
 from localtune.events import (DataPrepared, Emitter, Failed, Finished, Interrupted, JsonlSink, ModelLoaded,
                               RunStarted, Warning, json_safe)
-from localtune.model_loading import load_for_training, memory_in_use, resolve_base
 from localtune.faults import disk_full, fault_point
+from localtune.model_loading import load_for_training, memory_in_use, resolve_base
 from localtune.run_lock import run_lock
 from localtune.trainer import Hooks, StopFlag, StopRequested, Trainer, TrainingError
 
@@ -102,7 +102,7 @@ def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks) ->
     store = CheckpointStore(run_dir / "checkpoints", cfg.train.keep_checkpoints, warn=lambda m: emit(Warning(m)))
     if not resume and (store.complete() or (run_dir / "adapter").exists()):
         raise UsageError(f"{run_dir} already holds a training run",
-                         hint=f"continue it with --resume, or choose a new --out", title="run folder in use")
+                         hint="continue it with --resume, or choose a new --out", title="run folder in use")
     emit = Emitter(JsonlSink(run_dir / "events.jsonl"), *sinks)
     stop = StopFlag()
     stop.install()
@@ -136,7 +136,7 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
     emit(RunStarted(str(run_dir), cfg.to_dict(), resume=resume))
     loaded = load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
     stop.check()
-    base = resolve_base(cfg.model.name_or_path)
+    base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = base.tokenizer()
     prepared = prepare_data(cfg.data, tokenizer, seed=cfg.train.seed, loaded=loaded,
                             chat_template=cfg.model.chat_template)
