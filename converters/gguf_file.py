@@ -35,10 +35,11 @@ class GGUFError(LocaltuneError):
 
 
 @contextlib.contextmanager
-def safe_output(final: Path):
+def safe_output(final: Path, expected_bytes: int | None = None):
     """Yield a temporary path next to `final`; on success validate and rename, else delete it.
 
-    The previous good file under the final name is untouched until the rename.
+    The previous good file under the final name is untouched until the rename. `expected_bytes`, when
+    known, is what a full disk's message says the file needs.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +53,7 @@ def safe_output(final: Path):
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(exc, OSError) and (full := disk_full(exc, final.name, final.parent)):
+        if isinstance(exc, OSError) and (full := disk_full(exc, final.name, final.parent, expected_bytes)):
             raise full from None
         raise
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from localtune.converters.architectures import ARCHITECTURES, ArchSpec
 from localtune.converters.gguf_file import ConversionError, safe_output
+from localtune.converters.quants import expected_bytes
 from localtune.converters.vocab import write_vocab
 from localtune.faults import fault_point
 from localtune.model_files import check_model_folder
@@ -225,7 +226,8 @@ def convert(folder: str | Path, out_path: str | Path, *, out_type: str = "f16", 
     start = time.monotonic()
     report = ConvertReport(out_path, out_type)
     plan = tensor_plan(folder, cfg, spec)
-    with safe_output(out_path) as tmp:
+    n_weights = sum(math.prod(shape) for _name, shape, _loader, _transforms in plan)
+    with safe_output(out_path, expected_bytes(n_weights, out_type)) as tmp:
         w = gguf.GGUFWriter(tmp, arch=spec.gguf_arch)
         w.add_type(gguf.GGUFType.MODEL)
         # A neutral name: llama.cpp special-cases names containing e.g. "phi3" (token attributes).

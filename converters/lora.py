@@ -61,7 +61,8 @@ def convert_adapter(adapter_dir: str | Path, base_dir: str | Path, out_path: str
             pairs.setdefault(gname, {})[side] = data
     start = time.monotonic()
     dtype = {"f32": np.float32, "f16": np.float16}[out_type]
-    with safe_output(out_path) as tmp:
+    n_weights = sum(m.size for ab in pairs.values() for m in ab.values())
+    with safe_output(out_path, n_weights * np.dtype(dtype).itemsize) as tmp:
         w = gguf.GGUFWriter(tmp, arch=spec.gguf_arch)
         w.add_type(gguf.GGUFType.ADAPTER)
         w.add_string(gguf.Keys.Adapter.TYPE, "lora")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from localtune.converters.gguf_file import ConversionError, check_gguf, safe_output
-from localtune.converters.quants import QUANT_TYPES
+from localtune.converters.quants import QUANT_TYPES, expected_bytes
 from localtune.faults import fault_point
 
 
@@ -52,7 +53,8 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, out_type: str, *, t
         raise ConversionError(f"unknown GGUF type {out_type!r}", hint=f"use one of: {', '.join(QUANT_TYPES)}")
     start = time.monotonic()
     report = QuantizeReport(dst, out_type)
-    with safe_output(dst) as tmp:
+    n_weights = sum(math.prod(dims) for dims, _type, _offset in check_gguf(src).tensors.values())
+    with safe_output(dst, expected_bytes(n_weights, out_type)) as tmp:
         params = llama_cpp.llama_model_quantize_default_params()
         params.nthread = threads or max(1, os.cpu_count() or 1)
         params.ftype = QUANT_TYPES[out_type]

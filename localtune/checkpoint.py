@@ -130,11 +130,32 @@ class CheckpointStore:
             _fsync_dir(self.root)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, OSError) and (full := disk_full(exc, f"checkpoint {final.name}", self.root)):
+            if isinstance(exc, OSError) and (full := disk_full(exc, f"checkpoint {final.name}", self.root,
+                                                               self._expected_bytes(snap))):
                 raise full from None
             raise
         self._rotate()
         return final
+
+    def _expected_bytes(self, snap: Snapshot) -> int:
+        """About how large a checkpoint is: the newest complete one, else the optimizer state plus the
+        fp32 adapter (half the size of Adam's two fp32 moments)."""
+        done = self.complete()
+        if done:
+            return sum(f.stat().st_size for f in done[-1].iterdir())
+        import torch
+
+        def tensor_bytes(obj) -> int:
+            if isinstance(obj, torch.Tensor):
+                return obj.numel() * obj.element_size()
+            if isinstance(obj, dict):
+                return sum(tensor_bytes(v) for v in obj.values())
+            if isinstance(obj, (list, tuple)):
+                return sum(tensor_bytes(v) for v in obj)
+            return 0
+
+        state = tensor_bytes(snap.optimizer.get("state", {}))
+        return state + state // 2
 
     def _rotate(self) -> None:
         done = self.complete()

@@ -10,15 +10,16 @@ Run as:  localtune export HF_DIR --quant q4_k_m,q8_0 --out DIR
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from localtune.converters.gguf_file import ConversionError
-from localtune.converters.quants import QUANT_TYPES
+from localtune.converters.quants import QUANT_TYPES, expected_bytes
 from localtune.errors import UsageError
-from localtune.model_files import check_model_folder, load_tokenizer
+from localtune.model_files import check_model_folder, load_tokenizer, weight_shapes
 
 
 @dataclass
@@ -35,10 +36,12 @@ def _file_name(stem: str, out_type: str) -> str:
 
 
 def estimate_bytes(folder: Path, out_types: list[str]) -> int:
-    weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-    ratio = {"f32": 2.0, "f16": 1.0, "bf16": 1.0, "q8_0": 0.55}
-    need = sum(int(weights * ratio.get(t, 0.4)) for t in out_types)
-    return need + (int(weights) if any(t not in ratio for t in out_types) else 0)  # f16 intermediate
+    """Disk the export needs: each file, plus the f16 intermediate the llama.cpp quantizer reads."""
+    from localtune.converters.hf_to_gguf import DIRECT_TYPES
+
+    n_weights = sum(math.prod(t.shape) for t in weight_shapes(folder).values())
+    need = sum(expected_bytes(n_weights, t) for t in out_types)
+    return need + (expected_bytes(n_weights, "f16") if any(t not in DIRECT_TYPES for t in out_types) else 0)
 
 
 def export_model(folder: str | Path, out_types: list[str], out_dir: str | Path, *, chat_template: str | None = None,

@@ -40,6 +40,13 @@ def fault_point(name: str) -> None:
         raise OSError(errno.ENOSPC, f"No space left on device (injected at {name})")
 
 
+def human_bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.{2 if unit == 'GB' else 1}f} {unit}"
+    return f"{int(n)} B"
+
+
 def disk_full(exc: OSError, what: str, where, needed_bytes: int | None = None) -> DiskFullError | None:
     """A clear error for ENOSPC while writing `what`; None for other OS errors."""
     if exc.errno != errno.ENOSPC:
@@ -50,7 +57,7 @@ def disk_full(exc: OSError, what: str, where, needed_bytes: int | None = None) -
         free = shutil.disk_usage(where).free
     except OSError:
         free = 0
-    need = f"; it needs about {needed_bytes / 1e9:.2f} GB" if needed_bytes else ""
-    return DiskFullError(f"no space left on the disk while writing {what} in {where} ({free / 1e9:.2f} GB free"
+    need = f"; it needs about {human_bytes(needed_bytes)}" if needed_bytes else ""
+    return DiskFullError(f"no space left on the disk while writing {what} in {where} ({human_bytes(free)} free"
                          f"{need}); the partial file was removed and the previous good one kept",
                          hint="free some space (or choose another --out) and run the same command again")

@@ -15,6 +15,7 @@ Run as:  localtune merge RUN_DIR [--out DIR]
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -110,7 +111,8 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
         os.replace(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and (full := disk_full(exc, "the merged model", out.parent)):
+        need = sum(math.prod(t.shape) for t in weight_shapes(base.folder).values()) * dtype.itemsize
+        if isinstance(exc, OSError) and (full := disk_full(exc, "the merged model", out.parent, need)):
             raise full from None
         raise
     return MergeResult(out, delta, str(dtype).removeprefix("torch."))

@@ -226,7 +226,7 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
         fault_point("adapter.rename")
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise disk_full(exc, "the final adapter", run_dir) or exc from None
+        raise disk_full(exc, "the final adapter", run_dir, trainable * 4) or exc from None
     shutil.rmtree(adapter_dir, ignore_errors=True)
     os.replace(tmp, adapter_dir)
     eval_loss = st.eval_losses[-1][1] if st.eval_losses else None

@@ -52,13 +52,16 @@ def check_run_invariants(run: Path) -> None:
         assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
 
 
-def fault_outcome(result, action: str) -> None:
+def fault_outcome(result, action: str, point: str) -> None:
     if action == "kill":
         assert result.returncode == -signal.SIGKILL, result.stderr[-1500:]
     else:
         assert result.returncode == 2, result.stderr[-1500:]
         assert "error: disk full" in result.stderr and "no space left" in result.stderr
         assert "Traceback" not in result.stderr
+        if point != "verify.save":  # every artifact but the few-KB report says how much space it needs
+            needed = re.search(r"it needs about (\d+(?:\.\d+)?) (B|KB|MB|GB)", result.stderr)
+            assert needed and float(needed.group(1)) > 0, result.stderr[-1500:]
 
 
 @pytest.mark.parametrize("action", ["kill", "enospc"])
@@ -68,7 +71,7 @@ def test_training_survives_a_fault_at(point, action, tmp_path, tiny_model_dir):
     run = tmp_path / "run"
     cmd = ["train", "--model", tiny_model_dir("qwen2"), "--data", data, "--out", run, "--max-steps", "4",
            "--save-every", "2", "--no-quant"]
-    fault_outcome(localtune(*cmd, fault=f"{point}:{action}"), action)
+    fault_outcome(localtune(*cmd, fault=f"{point}:{action}"), action, point)
     check_run_invariants(run)
     has_checkpoint = bool(CheckpointStore(run / "checkpoints", 2, lambda m: None).complete())
     again = localtune(*(cmd + ["--resume"] if has_checkpoint else cmd))
@@ -105,10 +108,16 @@ def test_export_survives_a_fault_at(point, action, tmp_path, finished_run):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     before = {"run-F32.gguf": (run / "gguf" / "run-F32.gguf").read_bytes()}
-    fault_outcome(localtune("export", run, "--quant", "q8_0,q4_k_m", fault=f"{point}:{action}"), action)
+    faulted = localtune("export", run, "--quant", "q8_0,q4_k_m", fault=f"{point}:{action}")
+    fault_outcome(faulted, action, point)
     check_export_invariants(run, before)
     again = localtune("export", run, "--quant", "q8_0,q4_k_m")
     assert again.returncode == 0, again.stderr[-1500:]
     check_export_invariants(run, before)
+    named = re.search(r"while writing (\S+\.gguf) in (\S+) .*it needs about ([\d.]+) (KB|MB|GB)", faulted.stderr)
+    if action == "enospc" and named:  # the space it asked for is about what the finished file takes
+        needed = float(named.group(3)) * {"KB": 1e3, "MB": 1e6, "GB": 1e9}[named.group(4)]
+        actual = (Path(named.group(2)) / named.group(1)).stat().st_size
+        assert 0.5 < needed / actual < 2, (needed, actual)
     for name in ("run-Q8_0.gguf", "run-Q4_K_M.gguf"):
         assert json.loads((run / "gguf" / f"{name}.verify.json").read_text())["passed"]
