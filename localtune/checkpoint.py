@@ -6,6 +6,10 @@ sha256, the step, and the identity of the config, data and base model). A folder
 manifest is incomplete and never resumed from; a stale temporary folder is removed with a warning.
 Rotation keeps the newest K complete checkpoints, deletes only after a new one is complete, and never
 deletes the checkpoint this process resumed from.
+
+The `.pt` files hold only tensors and plain values (numpy's RNG state is stored as a tensor), and are
+read back with torch's `weights_only` loader, which refuses anything that would run code: a planted
+pickle in a checkpoint folder is an error, never an execution.
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ class CheckpointStore:
             torch.save(snap.optimizer, tmp / "optimizer.pt")
             fault_point("checkpoint.optimizer")
             torch.save(snap.scheduler, tmp / "scheduler.pt")
-            torch.save(snap.rng, tmp / "rng.pt")
+            torch.save(_rng_to_tensors(snap.rng), tmp / "rng.pt")
             (tmp / "loop_state.json").write_text(json.dumps(snap.loop, indent=1))
             files = {}
             for f in sorted(tmp.iterdir()):
@@ -189,14 +193,42 @@ class CheckpointStore:
         return None
 
     def load(self, folder: Path, manifest: dict, read_adapter: Callable[[Path], dict]) -> Snapshot:
-        import torch
-
         return Snapshot(
             step=manifest["step"],
             adapter=read_adapter(folder),
-            optimizer=torch.load(folder / "optimizer.pt", weights_only=False),
-            scheduler=torch.load(folder / "scheduler.pt", weights_only=False),
-            rng=torch.load(folder / "rng.pt", weights_only=False),
+            optimizer=_load_data(folder / "optimizer.pt"),
+            scheduler=_load_data(folder / "scheduler.pt"),
+            rng=_rng_from_tensors(_load_data(folder / "rng.pt")),
             loop=json.loads((folder / "loop_state.json").read_text()),
             identity=manifest["identity"],
         )
+
+
+def _rng_to_tensors(rng: dict) -> dict:
+    """numpy's state tuple holds an array; store its key as a tensor so weights_only loading accepts it."""
+    import torch
+
+    if "numpy" not in rng:
+        return rng
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    return {**rng, "numpy": (name, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached)}
+
+
+def _rng_from_tensors(rng: dict) -> dict:
+    if "numpy" not in rng:
+        return rng
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    return {**rng, "numpy": (name, keys.numpy().astype("uint32"), pos, has_gauss, cached)}
+
+
+def _load_data(path: Path):
+    """A .pt file of tensors and plain values; anything that would need code to unpickle is refused."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{path.name} holds more than tensors and plain values, or is damaged "
+                              f"({str(exc).splitlines()[0][:200]})") from None

@@ -18,11 +18,23 @@ from localtune import __version__
 from localtune.errors import LocaltuneError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every writer's cleanup (temporary files) runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def friendly_errors(fn):
-    """Turn user mistakes into a message on stderr and an exit code; Ctrl-C exits 130."""
+    """Turn user mistakes into a message on stderr and an exit code; Ctrl-C exits 130, SIGTERM 143.
+    Training installs its own handlers (finish the step, save) over these while it runs."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import signal
+
+        signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return fn(*args, **kwargs)
         except LocaltuneError as exc:
@@ -36,9 +48,11 @@ def friendly_errors(fn):
                 raise
             click.echo(full.render(), err=True)
             sys.exit(full.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            click.echo(f"interrupted by {'SIGTERM' if terminated else 'SIGINT'}; no incomplete file was left under a "
+                       "final name: run the same command again", err=True)
+            sys.exit(143 if terminated else 130)
 
     return wrapper
 

@@ -1,8 +1,11 @@
 """Named fault points in every place that writes, for the fault-injection tests.
 
 Set LOCALTUNE_FAULT="<point>[@N]:<action>" to make the Nth time (default: first) execution reaches
-`fault_point("<point>")` either kill the process outright (`kill`, like kill -9 or a power cut) or
-fail as a full disk would (`enospc`). Unset, a fault point costs one dictionary lookup.
+`fault_point("<point>")` either kill the process outright (`kill`, like kill -9 or a power cut), fail
+as a full disk would (`enospc`), or deliver a signal to itself (`sigint`, `sigterm`: as if the user
+pressed Ctrl-C or the system asked the process to stop at exactly that moment). `signal_point` marks
+moments that write nothing (loading, data preparation, evaluation) where the signal tests aim.
+Unset, a fault point costs one dictionary lookup.
 """
 
 from __future__ import annotations
@@ -38,6 +41,13 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "enospc":
         raise OSError(errno.ENOSPC, f"No space left on device (injected at {name})")
+    elif action in ("sigint", "sigterm"):
+        os.kill(os.getpid(), signal.SIGINT if action == "sigint" else signal.SIGTERM)
+
+
+def signal_point(name: str) -> None:
+    """A moment that writes nothing but where a signal must be handled well (tests send one here)."""
+    fault_point(name)
 
 
 def human_bytes(n: float) -> str:

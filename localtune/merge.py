@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localtune.errors import LocaltuneError, UsageError
-from localtune.faults import disk_full, fault_point
+from localtune.faults import disk_full, fault_point, signal_point
 from localtune.model_files import check_adapter, read_safetensors_header, weight_shapes
 
 SAMPLES = ("The quick brown fox jumps over the lazy dog. 12345",
@@ -81,6 +81,7 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
     check_adapter(adapter, weight_shapes(base.folder))
     tokenizer = base.tokenizer()
     dev, dtype = merge_placement(base.folder, device or pick_device(cfg.train.device))
+    signal_point("merge.load")
     model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=dtype, device_map={"": 0 if dev == "cuda" else
                                                                                      "cpu"},
                                                  trust_remote_code=cfg.model.trust_remote_code)

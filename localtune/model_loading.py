@@ -22,6 +22,7 @@ from pathlib import Path
 from localtune.config import Config
 from localtune.converters.architectures import SUPPORTED_ARCHITECTURES
 from localtune.errors import ModelSourceError
+from localtune.faults import signal_point
 from localtune.model_files import check_model_folder, load_tokenizer
 from localtune.model_source import ModelSource, resolve_model
 
@@ -185,6 +186,7 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=torch.uint8)
+    signal_point("train.load")
     model = AutoModelForCausalLM.from_pretrained(base.folder, **kwargs)
     if cfg.train.load_in_4bit and device == "cpu":
         # bitsandbytes repacks 4-bit weights for its CPU inference kernel the first time a layer runs in

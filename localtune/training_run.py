@@ -19,13 +19,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from localtune.checkpoint import CheckpointStore
+from localtune.checkpoint import CheckpointError, CheckpointStore
 from localtune.config import Config
 from localtune.data.dataset import load_examples, prepare_data
 from localtune.errors import LocaltuneError, UsageError
 from localtune.events import (DataPrepared, Emitter, Failed, Finished, Interrupted, JsonlSink, ModelLoaded,
                               RunStarted, Warning, json_safe)
-from localtune.faults import disk_full, fault_point
+from localtune.faults import disk_full, fault_point, signal_point
 from localtune.model_loading import load_for_training, memory_in_use, resolve_base
 from localtune.run_lock import run_lock
 from localtune.trainer import Hooks, StopFlag, StopRequested, Trainer, TrainingError
@@ -89,6 +89,10 @@ def check_resume_identity(saved: dict, current: dict, force: bool, warn) -> None
                      "with another --out, or pass --force-resume to continue anyway", title="cannot resume")
 
 
+def resume_command(cfg: Config, run_dir: Path) -> str:
+    return f"localtune train --resume --out {run_dir} --model {cfg.model.name_or_path} --data {cfg.data.path}"
+
+
 def train_run(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, force_resume: bool = False,
               sinks=(), hooks: Hooks | None = None) -> RunResult:
     """Train cfg's model on cfg's data into run_dir. Raises LocaltuneError for user-fixable problems."""
@@ -110,9 +114,14 @@ def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks) ->
     run_info: dict = {"status": "starting", "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid()}
     try:
         return _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_info, started)
-    except StopRequested:
-        emit(Interrupted(step=0, signal=stop.signal, checkpoint=None,
-                         resume_command="nothing was trained yet: run the same command again"))
+    except StopRequested:  # before the loop started (data preparation, model loading)
+        latest = store.latest_valid()
+        if latest is None:
+            emit(Interrupted(step=0, signal=stop.signal, checkpoint=None,
+                             resume_command="nothing was trained yet: run the same command again"))
+        else:
+            emit(Interrupted(step=latest[1]["step"], signal=stop.signal, checkpoint=str(latest[0]),
+                             resume_command=resume_command(cfg, run_dir)))
         run_info["status"] = "interrupted"
         _write_json_atomic(run_dir / "run.json", run_info)
         return RunResult("interrupted", stop.exit_code, run_dir)
@@ -138,6 +147,7 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
     stop.check()
     base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = base.tokenizer()
+    signal_point("train.prepare")
     prepared = prepare_data(cfg.data, tokenizer, seed=cfg.train.seed, loaded=loaded,
                             chat_template=cfg.model.chat_template)
     ts = prepared.train_stats
@@ -193,7 +203,12 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
                       store=store, identity=identity, emit=emit, stop=stop, micro_batch=micro, grad_accum=accum,
                       auto_micro_batch=auto, hooks=hooks)
     if source is not None:
-        trainer.restore(store.load(source, manifest, trainer._read_adapter))
+        try:
+            trainer.restore(store.load(source, manifest, trainer._read_adapter))
+        except CheckpointError as exc:
+            raise UsageError(f"cannot resume from {source}: {exc}", title="checkpoint refused",
+                             hint="delete that checkpoint folder to resume from an earlier one, or start a new "
+                                  "run with another --out") from None
         trainer.last_checkpoint = str(source)
         emit(Warning(f"resumed from {source} at step {trainer.state.step}"))
 
@@ -213,8 +228,7 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
                     final_loss=st.losses[-1] if st.losses else None, losses=st.losses, eval_losses=st.eval_losses,
                     seconds=round(time.monotonic() - started, 2))
     if status == "interrupted":
-        cmd = f"localtune train --resume --out {run_dir} --model {cfg.model.name_or_path} --data {cfg.data.path}"
-        emit(Interrupted(st.step, stop.signal, trainer.last_checkpoint, cmd))
+        emit(Interrupted(st.step, stop.signal, trainer.last_checkpoint, resume_command(cfg, run_dir)))
         run_info["status"] = "interrupted"
         _write_json_atomic(run_dir / "run.json", run_info)
         return RunResult("interrupted", stop.exit_code, run_dir, final_loss=run_info["final_loss"])

@@ -254,3 +254,37 @@ def test_custom_model_code_runs_only_with_trust_remote_code(model_copy, tmp_path
                          "--trust-remote-code"], capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert marker.exists()  # the model's own code ran, because the user asked for it
+
+
+# ---- pickles in checkpoints -----------------------------------------------------------------------------
+class _Planted:
+    """Unpickling this would run a command: what a tampered checkpoint file could hold."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(tmp_path, tiny_model_dir):
+    import hashlib
+    import pickle
+
+    data = write_jsonl(tmp_path / "d.jsonl", FACTS)
+    run = tmp_path / "run"
+    cmd = ["train", "--model", tiny_model_dir("qwen2"), "--data", data, "--out", run, "--save-every", "1", "--no-quant"]
+    first = subprocess.run([sys.executable, "-m", "localtune", *map(str, cmd), "--max-steps", "2"],
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    checkpoint = sorted((run / "checkpoints").glob("step-*"))[-1]
+    marker = tmp_path / "pickle-ran"
+    planted = pickle.dumps({"numpy": _Planted(str(marker))})
+    (checkpoint / "rng.pt").write_bytes(planted)
+    manifest = json.loads((checkpoint / "manifest.json").read_text())  # forged to match, as an attacker would
+    manifest["files"]["rng.pt"] = {"bytes": len(planted), "sha256": hashlib.sha256(planted).hexdigest()}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    shutil.rmtree(run / "adapter")
+    refused(*cmd, "--max-steps", "3", "--resume", expect=r"error: checkpoint refused\ncannot resume from .*step-\d+: rng\.pt holds "
+            r"more than tensors and plain values")
+    assert not marker.exists()
