@@ -100,3 +100,21 @@ def test_smollm2_demo_model_loads_from_its_gguf(tmp_path, cli):
     assert math.isfinite(out.loss.item()) and out.loss.item() < 5.0
     result = cli("data", "inspect", data, "--model", DEMO_MODEL)
     assert result.exit_code == 0 and "«Paris.<|im_end|>" in result.output
+
+
+def test_bf16_on_a_gpu_without_it_falls_back_or_is_refused(monkeypatch):
+    """A GPU without bf16 (pre-Ampere): auto precision computes in fp16, an explicit bf16 is refused."""
+    import torch
+
+    from localtune.errors import LocaltuneError
+    from localtune.model_loading import compute_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert compute_dtype("cuda", "auto") == torch.float16
+    assert compute_dtype("cuda", "fp16") == torch.float16
+    with pytest.raises(LocaltuneError, match="does not support bf16") as info:
+        compute_dtype("cuda", "bf16")
+    assert "--precision fp16 or auto" in info.value.render()
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert compute_dtype("cuda", "auto") == torch.bfloat16 and compute_dtype("cuda", "bf16") == torch.bfloat16
+    assert compute_dtype("cpu", "auto") == torch.float32
