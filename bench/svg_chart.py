@@ -66,8 +66,8 @@ def _panel_svg(panel: Panel, x0: float, y0: float, w: float, h: float) -> list[s
     y_ticks = nice_ticks(max(y for _, y in pts))
     y_hi = y_ticks[-1] or 1.0
 
-    def px(x: float) -> float:
-        return x0 + (0.5 * w if len(xs) == 1 else (fx(x) - lo) / span * w)
+    def px(x: float) -> float:  # 5% inside the frame, so end points do not sit on it
+        return x0 + (0.5 * w if len(xs) == 1 else (0.05 + 0.9 * (fx(x) - lo) / span) * w)
 
     def py(y: float) -> float:
         return y0 + h - y / y_hi * h
