@@ -578,8 +578,8 @@ def _failure(r: dict) -> str:
 
 
 def plot(results: list[dict], title: str, memory_label: str) -> str | None:
-    """tokens/s and peak memory against sequence length: a colour per (model, mode), localtune solid,
-    the reference dashed."""
+    """tokens/s and peak memory against sequence length: localtune in blues, the reference in reds, one
+    shade and dash pattern per (model, mode)."""
     groups: dict[tuple, list[dict]] = {}
     for cr in results:
         c = cr["case"]
@@ -590,16 +590,16 @@ def plot(results: list[dict], title: str, memory_label: str) -> str | None:
         return None
     speed = Panel("real tokens/s", "sequence length", "tokens/s")
     memory = Panel("peak memory", "sequence length", memory_label)
-    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+    shades = {"localtune": ("#1f77b4", "#08519c", "#6baed6"), "reference": ("#d62728", "#a50f15", "#fc9272")}
+    dashes = ("", "6,4", "2,3", "8,3,2,3")
     for g, ((model, mode), crs) in enumerate(groups.items()):
         for stack in STACKS:
+            style = {"color": shades[stack][g % 3], "dash": dashes[g % len(dashes)]}
             name = f"{stack} - {model} {mode}"
-            style = {"color": palette[g % len(palette)], "dash": "" if stack == "localtune" else "6,4"}
             speed.series.append(Series(name, [(cr["case"]["seq_len"], cr["summary"][stack]["tokens_per_s"])
                                               for cr in crs], **style))
-            memory.series.append(Series(name, [(cr["case"]["seq_len"], None if cr["summary"][stack][
-                "peak_memory_bytes"] is None else cr["summary"][stack]["peak_memory_bytes"] / GIB) for cr in crs],
-                **style))
+            mem = [(cr["case"]["seq_len"], cr["summary"][stack]["peak_memory_bytes"]) for cr in crs]
+            memory.series.append(Series(name, [(x, None if y is None else y / GIB) for x, y in mem], **style))
     return line_chart([speed, memory], title)
 
 
@@ -774,6 +774,9 @@ def parse_args(argv=None):
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument("--work-dir", help="where model folders and run files go (default: a temporary folder)")
     ap.add_argument("--keep-work", action="store_true")
+    ap.add_argument("--report", metavar="RESULT_JSON", help="only write the .md and .svg again from a result .json")
+    if argv is None and "--report" in sys.argv:  # --preset is not needed then
+        argv = sys.argv[1:] + ["--preset", "cpu"]
     args = ap.parse_args(argv)
     gpu = args.preset == "gpu"
     dry = gpu and args.dry_run  # miniature GPU shapes on the CPU; a cpu dry run only prints the plan
@@ -793,8 +796,36 @@ def parse_args(argv=None):
     return args
 
 
+def write_report(report: dict, cases: list[Case], args, out_dir: Path, name: str) -> str:
+    """The .json, the .svg plot and the .md report; returns the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gpu = any(c.device == "cuda" for c in cases)
+    svg = plot(report["cases"], f"localtune vs reference ({report['preset']}"
+               + (", dry run" if report["dry_run"] else "") + ")",
+               "max_memory_allocated (GiB)" if gpu else "peak RSS (GiB)")
+    svg_name = None
+    if svg:
+        svg_name = f"{name}.svg"
+        (out_dir / svg_name).write_text(svg, encoding="utf-8")
+    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=1, default=str))
+    md = markdown(report, cases, args, svg_name)
+    (out_dir / f"{name}.md").write_text(md, encoding="utf-8")
+    return md
+
+
+def rewrite_report(path: Path) -> None:
+    report = json.loads(path.read_text())
+    args = argparse.Namespace(**report["settings"])
+    cases = [Case(**cr["case"]) for cr in report["cases"]]
+    write_report(report, cases, args, path.parent, path.stem)
+    print(f"written: {path.with_suffix('.md')}" + (", .svg" if (path.with_suffix(".svg")).is_file() else ""))
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.report:
+        rewrite_report(Path(args.report))
+        return
     if args.threads:
         CHILD_ENV.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S"), time.monotonic()
@@ -832,28 +863,15 @@ def main(argv=None) -> None:
         if not args.keep_work:
             shutil.rmtree(work, ignore_errors=True)
     env["load_avg_end"] = os.getloadavg()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = f"compare-{args.preset}{'-dryrun' if args.dry_run else ''}-{stamp}"
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"compare-{args.preset}{'-dryrun' if args.dry_run else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
     report = {"preset": args.preset, "dry_run": args.dry_run, "started": started,
-              "seconds": round(time.monotonic() - t0, 1), "command": " ".join(["python bench/compare_stacks.py",
-                                                                               *(argv or sys.argv[1:])]),
-              "environment": env, "settings": {k: v for k, v in vars(args).items()},
-              "cases": results, "longest": longest}
-    gpu = any(c.device == "cuda" for c in cases)
-    svg = plot(results, f"localtune vs reference ({args.preset}"
-               + (", dry run" if args.dry_run else "") + ")",
-               "max_memory_allocated (GiB)" if gpu else "peak RSS (GiB)")
-    svg_name = None
-    if svg:
-        svg_name = f"{name}.svg"
-        (out_dir / svg_name).write_text(svg, encoding="utf-8")
-    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=1, default=str))
-    md = markdown(report, cases, args, svg_name)
-    (out_dir / f"{name}.md").write_text(md, encoding="utf-8")
+              "seconds": round(time.monotonic() - t0, 1),
+              "command": " ".join(["python bench/compare_stacks.py", *(argv or sys.argv[1:])]),
+              "environment": env, "settings": vars(args), "cases": results, "longest": longest}
+    out_dir = Path(args.out_dir)
+    md = write_report(report, cases, args, out_dir, name)
     print("\n" + md)
-    print(f"written: {out_dir / name}.json, .md" + (", .svg" if svg_name else ""))
+    print(f"written: {out_dir / name}.json, .md, .svg")
 
 
 if __name__ == "__main__":

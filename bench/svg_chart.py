@@ -1,7 +1,7 @@
 """A small, dependency-free SVG line chart: panels side by side, one line per series, a shared legend.
 
 Enough for benchmark plots (tokens/s and peak memory against sequence length) without matplotlib.
-The x axis is logarithmic (base 2) when the values span more than a factor of 4, as sequence
+The x axis is logarithmic (base 2) when the values span a factor of 4 or more, as sequence
 lengths usually do; the y axis starts at zero so ratios between lines read honestly.
 
 Run as:  python bench/svg_chart.py OUT.svg      # writes a demonstration chart
@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from html import escape
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f")
-DASHES = ("", "6,4", "2,3", "8,3,2,3")
 
 
 @dataclass
@@ -59,7 +58,7 @@ def _panel_svg(panel: Panel, x0: float, y0: float, w: float, h: float) -> list[s
     if not pts:
         return out + [f'<text x="{x0 + w / 2:.1f}" y="{y0 + h / 2:.1f}" text-anchor="middle">no data</text>']
     xs = sorted({x for x, _ in pts})
-    log_x = xs[0] > 0 and xs[-1] / xs[0] > 4
+    log_x = xs[0] > 0 and xs[-1] / xs[0] >= 4
     fx = (lambda v: math.log2(v)) if log_x else (lambda v: v)
     lo, hi = fx(xs[0]), fx(xs[-1])
     span = hi - lo or 1.0
