@@ -29,9 +29,13 @@ Presets:
   batch 1 on the card. `--preset gpu --dry-run` checks the arithmetic and runs the whole GPU code path
   on miniature shapes on the CPU.
 
-Run as:  python bench/compare_stacks.py --preset cpu [--models tiny] [--repeats 2]
-         python bench/compare_stacks.py --preset gpu [--longest]
+The GPU preset has not run on a GPU yet; its dry run has (see BENCHMARKS.md).
+
+Run as:  python bench/compare_stacks.py --preset cpu [--models tiny] [--repeats 2] [--threads 1]
+         python bench/compare_stacks.py --preset gpu [--no-longest]
          python bench/compare_stacks.py --preset gpu --dry-run
+         python bench/compare_stacks.py --report bench/results/compare-....json   # redraw .md and .svg
+On a shared machine pass --threads 1: torch's threads otherwise wait on each other's time slices.
 Writes bench/results/compare-<preset>-<timestamp>.json, .md and .svg (the plot) and prints the table.
 """
 
