@@ -4,6 +4,8 @@ Data order is a pure function of (seed, epoch): a resumed run finds its place fr
 `row_offset` alone. An optimizer step takes `micro_batch * grad_accum` rows (fewer at the end of an
 epoch, never across it); its loss is the sum of the target tokens' losses divided by the number of
 target tokens in the whole step, so gradient accumulation gives exactly the full-batch gradient.
+A micro-batch's rows run concatenated, with no padding and no attention across rows (batching.py,
+row_attention.py), and its loss never materialises full-vocabulary logits (chunked_loss.py).
 
 Faults handled here (reliability.md): a first SIGINT/SIGTERM finishes the current step, saves and
 returns "interrupted"; non-finite loss or gradient skips the step and stops after 3 in a row;
@@ -21,7 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from localtune.batching import collate  # noqa: F401  (bench/ imports it from here)
 from localtune.checkpoint import CheckpointStore, Snapshot
+from localtune.chunked_loss import CausalLMLoss
 from localtune.config import Config
 from localtune.data.tokenize import IGNORE
 from localtune.errors import LocaltuneError
@@ -95,29 +99,6 @@ def epoch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def collate(rows, pad_id: int, device):
-    """Right-padded tensors. Packed rows carry position ids (and no attention mask)."""
-    import torch
-
-    width = max(len(r.input_ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    packed = hasattr(rows[0], "position_ids")
-    extra = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r.input_ids)
-        ids[i, :n] = torch.tensor(r.input_ids)
-        labels[i, :n] = torch.tensor(r.labels)
-        if packed:
-            extra[i, :n] = torch.tensor(r.position_ids)
-            extra[i, n:] = torch.arange(width - n)  # padding forms its own segment
-        else:
-            extra[i, :n] = 1
-    batch = {"input_ids": ids.to(device), "labels": labels.to(device)}
-    batch["position_ids" if packed else "attention_mask"] = extra.to(device)
-    return batch
-
-
 def lr_lambda(cfg: Config, total_steps: int) -> Callable[[int], float]:
     warmup = int(cfg.train.warmup_ratio * total_steps)
 
@@ -177,6 +158,7 @@ class Trainer:
         self.auto_micro_batch = auto_micro_batch
         self.hooks = hooks or Hooks()
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.micro_loss = CausalLMLoss(model, pad_id)  # padding-free rows, chunked cross-entropy
         self.rows_per_step = micro_batch * grad_accum
         self.steps_per_epoch = math.ceil(len(train_rows) / self.rows_per_step)
         t = cfg.train
@@ -279,8 +261,6 @@ class Trainer:
 
     def _accumulate(self, step_rows) -> tuple[float, int]:
         """Forward and backward over the step's micro-batches; returns (step loss, real tokens)."""
-        import torch
-
         st = self.state
         targets = sum(n_targets(r.labels) for r in step_rows)
         loss_sum, real = 0.0, 0
@@ -288,9 +268,7 @@ class Trainer:
             micro = step_rows[i: i + st.micro_batch]
             if self.hooks.before_micro:
                 self.hooks.before_micro(st.step, st.micro_batch)
-            batch = collate(micro, self.pad_id, self.model.device)
-            out = self.model(**batch, num_items_in_batch=torch.tensor(max(1, targets), device=self.model.device))
-            loss = out.loss
+            loss = self.micro_loss(micro, num_items=targets)
             if self.hooks.loss:
                 loss = self.hooks.loss(st.step, st.micro_step, loss)
             loss.backward()
@@ -364,9 +342,7 @@ class Trainer:
                 self.stop.check()
                 micro = self.val_rows[i: i + self.state.micro_batch]
                 n = sum(n_targets(r.labels) for r in micro)
-                out = self.model(**collate(micro, self.pad_id, self.model.device),
-                                 num_items_in_batch=torch.tensor(max(1, n), device=self.model.device))
-                total += float(out.loss) * n
+                total += float(self.micro_loss(micro, num_items=n)) * n
                 count += n
         self.model.train()
         return total / max(1, count)

@@ -1,0 +1,100 @@
+"""The causal-LM loss of a micro-batch, without full-vocabulary logits for the whole micro-batch.
+
+The decoder body runs on the padding-free micro-batch (`localtune.batching`) and gives the last hidden
+states; only the positions that predict a target are kept. They go through the LM head in chunks of
+tokens, each chunk: lm_head -> float32 -> final-logit soft-capping (Gemma 2/3) -> cross-entropy summed,
+under activation checkpointing, so a chunk's logits are freed after its forward and recomputed in the
+backward. Peak logits memory is one chunk's [chunk, vocab] fp32 (and its gradient), never [tokens, vocab].
+
+The result is the sum of the target tokens' losses divided by `num_items`, the target count of the whole
+optimizer step (as transformers' `num_items_in_batch`), so accumulated micro-batches give exactly the
+full-batch gradient. Soft-capping runs in fp32 here; transformers caps in the compute dtype and then
+upcasts, so in bf16/fp16 the two differ by rounding only (in fp32 they are the same computation).
+
+Model types whose padding-free path is verified against the padded one (tests/test_fast_path.py), and
+the decoder / LM-head layout this module assumes: Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3
+(text) and Phi-3. Anything else (Gemma 3 multimodal checkpoints, remote code, attention implementations
+other than sdpa, eager and flash-attention) runs the model's own padded forward and loss, as before.
+
+    loss_fn = CausalLMLoss(peft_model, pad_id)
+    loss = loss_fn(rows, num_items=targets_in_the_step)  # a scalar tensor, ready for backward()
+"""
+
+from __future__ import annotations
+
+from localtune.batching import collate, padding_free
+from localtune.row_attention import PREFIX, use_row_attention
+
+PADDING_FREE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
+# flash-attention derives per-row (varlen) attention from the restarting position ids by itself
+PADDING_FREE_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+
+LOGITS_CHUNK_ELEMENTS = 1 << 26  # 256 MiB of fp32 logits per chunk
+MAX_CHUNK_TOKENS = 1024
+
+
+def chunk_tokens(vocab_size: int) -> int:
+    """Tokens per LM-head chunk: 1024, fewer for vocabularies over 64k so a chunk stays ~256 MiB in fp32."""
+    return max(1, min(MAX_CHUNK_TOKENS, LOGITS_CHUNK_ELEMENTS // vocab_size))
+
+
+def _chunk_loss(hidden, target_ids, lm_head, softcap):
+    import torch
+
+    logits = lm_head(hidden).float()
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.nn.functional.cross_entropy(logits, target_ids, ignore_index=-100, reduction="sum")
+
+
+def chunked_cross_entropy(hidden, target_ids, lm_head, *, softcap: float | None = None, chunk: int = 1024):
+    """Summed cross-entropy of `lm_head(hidden)` ([n, d] -> [n, vocab]) against target_ids [n], `chunk` rows
+    of logits at a time; with gradients on, each chunk is checkpointed so its logits are not kept."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    total = hidden[:0].float().sum()  # 0, still attached to the graph when there are no targets
+    for start in range(0, hidden.shape[0], chunk):
+        h, t = hidden[start: start + chunk], target_ids[start: start + chunk]
+        if torch.is_grad_enabled() and h.requires_grad:
+            total = total + checkpoint(_chunk_loss, h, t, lm_head, softcap, use_reentrant=False)
+        else:
+            total = total + _chunk_loss(h, t, lm_head, softcap)
+    return total
+
+
+def fast_path_supported(base) -> bool:
+    """Whether this transformers model (not the peft wrapper) gets the padding-free, chunked path."""
+    impl = base.config._attn_implementation.removeprefix(PREFIX)
+    return (base.config.model_type in PADDING_FREE_MODEL_TYPES and impl in PADDING_FREE_ATTENTION
+            and type(base).__module__.startswith("transformers.models."))  # not remote code
+
+
+class CausalLMLoss:
+    """loss(rows, num_items): the rows' summed target-token loss divided by num_items, as a scalar tensor."""
+
+    def __init__(self, model, pad_id: int, chunk: int | None = None):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.model, self.pad_id = model, pad_id
+        self.padding_free = fast_path_supported(base)
+        if self.padding_free:
+            self.decoder = base.get_decoder()
+            self.lm_head = base.get_output_embeddings()  # the LoRA-wrapped module when lm_head is a target
+            self.softcap = getattr(base.config, "final_logit_softcapping", None)
+            self.row_attention = use_row_attention(base)
+            self.chunk = chunk or chunk_tokens(base.config.vocab_size)
+
+    def __call__(self, rows, num_items: int):
+        import torch
+
+        device = self.model.device
+        if not self.padding_free:
+            batch = collate(rows, self.pad_id, device)
+            return self.model(**batch, num_items_in_batch=torch.tensor(max(1, num_items), device=device)).loss
+        batch = padding_free(rows, device)
+        extra = {"row_bounds": batch.row_bounds} if self.row_attention else {}
+        # use_cache=False: with a KV cache transformers would not build the block-diagonal mask
+        hidden = self.decoder(**batch.inputs, use_cache=False, **extra).last_hidden_state
+        picked = hidden.flatten(0, 1)[batch.target_index]
+        total = chunked_cross_entropy(picked, batch.target_ids, self.lm_head, softcap=self.softcap, chunk=self.chunk)
+        return total / max(1, num_items)
