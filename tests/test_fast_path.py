@@ -1,0 +1,244 @@
+"""The fast training forward computes what the padded one did: padding-free rows and chunked cross-entropy.
+
+Reference: the right-padded micro-batch through the model's own forward and loss (`collate` +
+`model(**batch, num_items_in_batch=...)`), which is what the trainer ran before. All nine tiny
+architectures take the padding-free path (none needed the padded fallback); Gemma 2 and Gemma 3 rows
+are longer than their 64-token sliding window so the windowed layers are exercised, and Mistral is also
+run with a 16-token window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from localtune import chunked_loss
+from localtune.batching import collate, padding_free
+from localtune.chunked_loss import CausalLMLoss, chunked_cross_entropy
+from localtune.data.packing import pack_rows
+from localtune.data.tokenize import IGNORE
+from localtune.row_attention import PREFIX
+from localtune.tiny_models import ARCHITECTURES
+
+LENGTHS = (90, 37, 2, 23)  # different lengths, one longer than Gemma's 64-token window, one without targets
+
+
+@dataclass
+class Row:
+    input_ids: list[int]
+    labels: list[int]
+    where: str = "test:1"
+
+
+def make_rows(vocab: int, lengths=LENGTHS, seed: int = 1) -> list[Row]:
+    """Rows of random tokens whose first third is an untrained prompt (labels IGNORE)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for n in lengths:
+        ids = torch.randint(5, vocab, (n,), generator=g).tolist()
+        rows.append(Row(ids, [IGNORE] * (n // 3) + ids[n // 3:]))
+    return rows
+
+
+def n_targets(rows) -> int:
+    return sum(1 for r in rows for x in r.labels[1:] if x != IGNORE)
+
+
+def lora_model(model_dir, *, targets="all-linear", quantized=False, **config):
+    """A tiny model with LoRA adapters whose B matrices are non-zero, so every LoRA weight gets a gradient."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs = {"dtype": torch.float32, **config}
+    if quantized:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    for m in model.modules():  # bitsandbytes' bf16 CPU inference kernel is approximate (as in model_loading)
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
+    model.config.use_cache = False  # as model_loading sets it: the padded packed reference needs it too
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    return model
+
+
+def loss_and_grads(model, compute):
+    """(loss, {name: grad}) of the trainable weights for the loss `compute()` returns."""
+    model.zero_grad(set_to_none=True)
+    loss = compute()
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+def padded_reference(model, rows, num_items: int):
+    """What the trainer computed before: right-padded rows through the model's own forward and loss."""
+    import torch
+
+    return model(**collate(rows, 0, model.device), num_items_in_batch=torch.tensor(num_items)).loss
+
+
+def assert_same(model, rows, *, chunk=None, num_items=None):
+    import torch
+
+    num_items = num_items or n_targets(rows)
+    fast = CausalLMLoss(model, pad_id=0, chunk=chunk)
+    assert fast.padding_free and fast.row_attention
+    old_loss, old_grads = loss_and_grads(model, lambda: padded_reference(model, rows, num_items))
+    new_loss, new_grads = loss_and_grads(model, lambda: fast(rows, num_items=num_items))
+    torch.testing.assert_close(new_loss, old_loss, atol=1e-5, rtol=0)
+    assert old_grads.keys() == new_grads.keys() and len(new_grads) > 0
+    for name, grad in old_grads.items():
+        assert grad.abs().max() > 0, name  # every LoRA weight really takes part
+        torch.testing.assert_close(new_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    with torch.no_grad():  # eval: the same path without gradients gives the same value
+        torch.testing.assert_close(fast(rows, num_items=num_items), old_loss, atol=1e-5, rtol=0)
+    return new_loss
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_padding_free_matches_the_padded_loss_and_lora_gradients(arch, tiny_model_dir):
+    model = lora_model(tiny_model_dir(arch))
+    assert model.get_base_model().config._attn_implementation.startswith(PREFIX) is False
+    assert_same(model, make_rows(model.config.vocab_size), chunk=16)  # 16 < targets: several chunks
+    assert model.get_base_model().config._attn_implementation.startswith(PREFIX)  # attention row by row
+
+
+def test_mistral_with_a_sliding_window_shorter_than_the_rows(tiny_model_dir):
+    model = lora_model(tiny_model_dir("mistral"), sliding_window=16)
+    assert model.config.sliding_window == 16
+    assert_same(model, make_rows(model.config.vocab_size))
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma2"])
+def test_packed_rows_concatenate_like_plain_rows(arch, tiny_model_dir):
+    import torch
+
+    model = lora_model(tiny_model_dir(arch))
+    vocab = model.config.vocab_size
+    tokenized = make_rows(vocab, lengths=(30, 25, 20, 18, 12, 9, 5))
+    packed = pack_rows(tokenized, max_seq_len=70)
+    assert len(packed) == 2 and all(len(p.wheres) > 1 for p in packed)  # each micro-batch row holds several
+    loss = assert_same(model, packed)
+    with torch.no_grad():  # and both equal the rows run one by one: no attention across packed segments
+        alone = sum(float(padded_reference(model, [r], 1)) for r in tokenized)
+    assert float(loss) * n_targets(packed) == pytest.approx(alone, rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"], ids=["untied-lm-head", "tied-embeddings"])
+def test_lora_on_the_lm_head(arch, tiny_model_dir):
+    model = lora_model(tiny_model_dir(arch), targets=["q_proj", "v_proj", "lm_head"])
+    lora_head = [n for n, p in model.named_parameters() if "lm_head" in n and p.requires_grad]
+    assert lora_head  # the LM head is LoRA-wrapped, and the chunked loss goes through its adapter
+    assert_same(model, make_rows(model.config.vocab_size), chunk=8)
+
+
+def test_qlora_4bit_base(tiny_model_dir):
+    assert_same(lora_model(tiny_model_dir("qwen2"), quantized=True), make_rows(600))
+
+
+def test_chunked_loss_equals_one_chunk_and_plain_cross_entropy(tiny_model_dir):
+    import torch
+
+    model = lora_model(tiny_model_dir("gemma2"))  # final-logit soft-capping on
+    rows = make_rows(model.config.vocab_size)
+    targets = n_targets(rows)
+    one_loss, one_grads = loss_and_grads(model, lambda: CausalLMLoss(model, 0, chunk=10_000)(rows, targets))
+    for chunk in (1, 7, targets - 1):
+        loss, grads = loss_and_grads(model, lambda c=chunk: CausalLMLoss(model, 0, chunk=c)(rows, targets))
+        torch.testing.assert_close(loss, one_loss, atol=1e-6, rtol=0)
+        for name in one_grads:
+            torch.testing.assert_close(grads[name], one_grads[name], atol=1e-7, rtol=1e-5)
+
+    head = torch.nn.Linear(8, 50, bias=False)
+    hidden, target = torch.randn(23, 8), torch.randint(0, 50, (23,))
+    plain = torch.nn.functional.cross_entropy(torch.tanh(head(hidden) / 3.0) * 3.0, target, reduction="sum")
+    torch.testing.assert_close(chunked_cross_entropy(hidden, target, head, softcap=3.0, chunk=5), plain)
+
+
+def test_no_row_predicts_the_next_rows_first_token(tiny_model_dir):
+    import torch
+
+    model = lora_model(tiny_model_dir("llama"))
+    a, b = make_rows(model.config.vocab_size, lengths=(12, 9))
+    b.labels = list(b.input_ids)  # b's first token is a label: a wrong shift would make a's end predict it
+    batch = padding_free([a, b], "cpu")
+    assert batch.row_bounds == (0, 12, 21)
+    assert 11 not in batch.target_index.tolist()  # a's last position predicts nothing
+    # a: tokens 0-3 are prompt, so positions 3..10 predict tokens 4..11; b: positions 12..19 predict 13..20
+    assert batch.target_index.tolist() == [i for i in range(3, 20) if i != 11]
+    fast = CausalLMLoss(model, 0)
+    with torch.no_grad():
+        together = float(fast([a, b], num_items=1))
+        apart = float(fast([a], num_items=1)) + float(fast([b], num_items=1))
+        crossing = torch.cat([batch.target_ids[:8], torch.tensor([b.input_ids[0]]), batch.target_ids[8:]])
+        hidden = fast.decoder(**batch.inputs, use_cache=False).last_hidden_state[0]
+        wrong = float(chunked_cross_entropy(hidden[3:20], crossing, fast.lm_head))  # position 11 -> b's first
+    assert together == pytest.approx(apart, abs=1e-4)
+    assert abs(wrong - together) > 1e-2  # the extra cross-row target would have shown in the loss
+
+
+def test_the_loss_never_holds_full_vocabulary_logits_for_all_tokens(tiny_model_dir, monkeypatch):
+    import torch
+
+    model = lora_model(tiny_model_dir("qwen2"))
+    rows = make_rows(model.config.vocab_size)
+    chunk = 16
+    seen_ce, seen_head = [], []
+    real_ce = torch.nn.functional.cross_entropy
+
+    def recording_ce(logits, target, *args, **kwargs):
+        seen_ce.append(tuple(logits.shape))
+        return real_ce(logits, target, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", recording_ce)
+    fast = CausalLMLoss(model, 0, chunk=chunk)
+    handle = fast.lm_head.register_forward_hook(lambda m, i, out: seen_head.append(tuple(out.shape)))
+    try:
+        fast(rows, num_items=n_targets(rows)).backward()
+    finally:
+        handle.remove()
+    targets = n_targets(rows)
+    assert targets > 3 * chunk
+    # each chunk's logits once in the forward and once recomputed in the backward, never more rows at a time
+    assert len(seen_ce) == len(seen_head) == 2 * -(-targets // chunk)
+    assert all(rows_ <= chunk and vocab == model.config.vocab_size for rows_, vocab in seen_ce)
+    assert all(shape[0] <= chunk for shape in seen_head)
+    assert sum(shape[0] for shape in seen_ce) == 2 * targets  # prompt and padding positions get no logits
+
+
+def test_other_model_types_fall_back_to_the_models_own_padded_forward(tiny_model_dir, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(chunked_loss, "PADDING_FREE_MODEL_TYPES", ("qwen2",))
+    model = lora_model(tiny_model_dir("phi3"))
+    rows = make_rows(model.config.vocab_size)
+    fallback = CausalLMLoss(model, 0)
+    assert not fallback.padding_free
+    assert not model.get_base_model().config._attn_implementation.startswith(PREFIX)  # model untouched
+    with torch.no_grad():
+        torch.testing.assert_close(fallback(rows, n_targets(rows)), padded_reference(model, rows, n_targets(rows)))
+
+
+def test_row_attention_leaves_ordinary_calls_unchanged(tiny_model_dir):
+    """After the switch, a plain forward (generation, the trainer's `trained` hook) gives the same logits."""
+    import torch
+
+    model = lora_model(tiny_model_dir("gemma2")).eval()
+    ids = torch.tensor([[1, 5, 9, 77, 300, 42, 8] * 12])  # longer than the sliding window
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        CausalLMLoss(model, 0)
+        after = model(input_ids=ids).logits
+    assert model.get_base_model().config._attn_implementation == PREFIX + "eager"
+    torch.testing.assert_close(after, before, atol=0, rtol=0)
