@@ -23,6 +23,7 @@ other than sdpa, eager and flash-attention) runs the model's own padded forward 
 from __future__ import annotations
 
 from localtune.batching import collate, padding_free
+from localtune.data.tokenize import IGNORE
 from localtune.row_attention import PREFIX, use_row_attention
 
 PADDING_FREE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
@@ -44,7 +45,7 @@ def _chunk_loss(hidden, target_ids, lm_head, softcap):
     logits = lm_head(hidden).float()
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
-    return torch.nn.functional.cross_entropy(logits, target_ids, ignore_index=-100, reduction="sum")
+    return torch.nn.functional.cross_entropy(logits, target_ids, ignore_index=IGNORE, reduction="sum")
 
 
 def chunked_cross_entropy(hidden, target_ids, lm_head, *, softcap: float | None = None, chunk: int = 1024):
@@ -65,7 +66,7 @@ def chunked_cross_entropy(hidden, target_ids, lm_head, *, softcap: float | None 
 
 def fast_path_supported(base) -> bool:
     """Whether this transformers model (not the peft wrapper) gets the padding-free, chunked path."""
-    impl = base.config._attn_implementation.removeprefix(PREFIX)
+    impl = (base.config._attn_implementation or "").removeprefix(PREFIX)
     return (base.config.model_type in PADDING_FREE_MODEL_TYPES and impl in PADDING_FREE_ATTENTION
             and type(base).__module__.startswith("transformers.models."))  # not remote code
 

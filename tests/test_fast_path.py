@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from localtune import chunked_loss
+from localtune import chunked_loss, row_attention
 from localtune.batching import collate, padding_free
 from localtune.chunked_loss import CausalLMLoss, chunked_cross_entropy
 from localtune.data.packing import pack_rows
@@ -47,7 +47,7 @@ def n_targets(rows) -> int:
     return sum(1 for r in rows for x in r.labels[1:] if x != IGNORE)
 
 
-def lora_model(model_dir, *, targets="all-linear", quantized=False, **config):
+def lora_model(model_dir, *, targets="all-linear", quantized=False, checkpointing=False, **config):
     """A tiny model with LoRA adapters whose B matrices are non-zero, so every LoRA weight gets a gradient."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -63,6 +63,10 @@ def lora_model(model_dir, *, targets="all-linear", quantized=False, **config):
         if hasattr(m, "support_avx512bf16_for_cpu"):
             m.support_avx512bf16_for_cpu = False
     model.config.use_cache = False  # as model_loading sets it: the padded packed reference needs it too
+    if checkpointing:  # as model_loading does: layers recompute their forward (attention included) in backward
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        model.train()
     torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets))
     with torch.no_grad():
@@ -118,6 +122,32 @@ def test_mistral_with_a_sliding_window_shorter_than_the_rows(tiny_model_dir):
     model = lora_model(tiny_model_dir("mistral"), sliding_window=16)
     assert model.config.sliding_window == 16
     assert_same(model, make_rows(model.config.vocab_size))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_with_activation_checkpointing_the_recomputed_attention_is_row_by_row_too(arch, tiny_model_dir,
+                                                                                  monkeypatch):
+    model = lora_model(tiny_model_dir(arch), checkpointing=True)
+    assert model.get_base_model().is_activation_checkpointing and model.training
+    rows = make_rows(model.config.vocab_size)
+    assert_same(model, rows)
+
+    query_lengths = []
+    real_original = row_attention._original
+
+    def recording(name, module):
+        inner = real_original(name, module)
+
+        def call(module, query, *args, **kwargs):
+            query_lengths.append(query.shape[2])
+            return inner(module, query, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(row_attention, "_original", recording)
+    CausalLMLoss(model, 0)(rows, n_targets(rows)).backward()
+    layers = model.config.num_hidden_layers
+    # one attention call per row and layer in the forward, and again in the backward's recomputation
+    assert sorted(query_lengths) == sorted(list(LENGTHS) * layers * 2)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "gemma2"])
