@@ -8,7 +8,8 @@ A micro-batch's rows run concatenated, with no padding and no attention across r
 row_attention.py), and its loss never materialises full-vocabulary logits (chunked_loss.py).
 
 Faults handled here (reliability.md): a first SIGINT/SIGTERM finishes the current step, saves and
-returns "interrupted"; non-finite loss or gradient skips the step and stops after 3 in a row;
+returns "interrupted" (one arriving during an evaluation abandons it; during a save, the save
+completes first); non-finite loss or gradient skips the step and stops after 3 in a row;
 CUDA out-of-memory halves the micro-batch (auto mode), doubles accumulation and continues from the
 last checkpoint.
 """
@@ -30,6 +31,7 @@ from localtune.config import Config
 from localtune.data.tokenize import IGNORE
 from localtune.errors import LocaltuneError
 from localtune.events import CheckpointSaved, EvalResult, StepMetrics, Warning
+from localtune.faults import signal_point
 
 MAX_NONFINITE_IN_A_ROW = 3
 
@@ -160,6 +162,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.micro_loss = CausalLMLoss(model, pad_id)  # padding-free rows, chunked cross-entropy
         self.rows_per_step = micro_batch * grad_accum
+        self._order: tuple[int, list[int]] = (-1, [])  # (epoch, row order) of the current epoch
         self.steps_per_epoch = math.ceil(len(train_rows) / self.rows_per_step)
         t = cfg.train
         self.total_steps = t.max_steps if t.max_steps > 0 else t.epochs * self.steps_per_epoch
@@ -220,7 +223,9 @@ class Trainer:
         while st.step < self.total_steps:
             if st.row_offset >= len(self.rows):
                 st.epoch, st.row_offset = st.epoch + 1, 0
-            order = epoch_order(len(self.rows), self.cfg.train.seed, st.epoch)
+            if self._order[0] != st.epoch:  # shuffled once per epoch, not once per step
+                self._order = (st.epoch, epoch_order(len(self.rows), self.cfg.train.seed, st.epoch))
+            order = self._order[1]
             step_rows = [self.rows[i] for i in order[st.row_offset: st.row_offset + self.rows_per_step]]
             t0 = time.monotonic()
             try:
@@ -252,11 +257,16 @@ class Trainer:
                 self.save_checkpoint()
                 return "interrupted"
             evaluated = self._maybe_eval()
+            if self.stop.signal:  # it arrived during the evaluation, which was abandoned
+                self.save_checkpoint()
+                return "interrupted"
             if evaluated and self._should_stop_early():
                 return "stopped_early"
             due = st.step % self.cfg.train.save_every == 0 and st.step < self.total_steps
             if due and st.nonfinite_in_row == 0:  # never checkpoint in the middle of a divergence
                 self.save_checkpoint()
+                if self.stop.signal:  # it arrived during the save, which completed first
+                    return "interrupted"
         return "finished"
 
     def _accumulate(self, step_rows) -> tuple[float, int]:
@@ -328,18 +338,24 @@ class Trainer:
         if not due or not self.val_rows:
             return False
         loss = self.evaluate()
+        if loss is None:
+            return False
         self.state.eval_losses.append([self.state.step, loss])
         self.emit(EvalResult(self.state.step, loss, len(self.val_rows)))
         return True
 
-    def evaluate(self) -> float:
+    def evaluate(self) -> float | None:
+        """Mean loss per target token on the validation rows; None if a stop signal cut it short."""
         import torch
 
         self.model.eval()
         total, count = 0.0, 0
         with torch.no_grad():
             for i in range(0, len(self.val_rows), self.state.micro_batch):
-                self.stop.check()
+                signal_point("train.eval")
+                if self.stop.signal:
+                    self.model.train()
+                    return None
                 micro = self.val_rows[i: i + self.state.micro_batch]
                 n = sum(n_targets(r.labels) for r in micro)
                 total += float(self.micro_loss(micro, num_items=n)) * n
