@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from localtune.chunked_loss import chunk_tokens
+
 GIB = 1024**3
 NF4_BYTES = 4.127 / 8
 CUDA_CONTEXT = int(0.5 * GIB)
@@ -98,7 +100,10 @@ def estimate(shape: Shape, *, micro_batch: int, seq_len: int, rank: int, targets
         "optimizer state": lora * opt_bytes,
         "activations": (shape.layers * tokens * shape.hidden * weight_bytes + layer_acts) if checkpointing
         else shape.layers * layer_acts,
-        "logits + loss": tokens * shape.vocab * (weight_bytes + 4 + 4),
+        # the loss runs the LM head over one chunk of target tokens at a time (chunked_loss.py)
+        "logits + loss (one chunk)": min(tokens, chunk_tokens(shape.vocab)) * shape.vocab * (weight_bytes + 4 + 4),
+        # the rows of a micro-batch run as one sequence; transformers builds one boolean mask over it
+        "attention mask": tokens * tokens if micro_batch > 1 else 0,
     }
     if quantized:
         i, o = max(shape.linears().values(), key=lambda io: io[0] * io[1])

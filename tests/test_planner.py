@@ -40,7 +40,11 @@ def test_estimates_move_in_the_right_direction(arch):
     assert estimate(s, **base, quantized=False).total > total
     assert estimate(s, **base, optimizer="adamw").total > total
     parts = estimate(s, **base).parts
-    assert all(v > 0 for v in parts.values()) and {"activations", "logits + loss", "optimizer state"} <= set(parts)
+    assert all(v > 0 for v in parts.values())
+    assert {"activations", "logits + loss (one chunk)", "optimizer state"} <= set(parts)
+    # the loss never holds more than one chunk of logits, however long the sequence
+    long = estimate(s, **{**base, "seq_len": 8192}).parts
+    assert long["logits + loss (one chunk)"] == parts["logits + loss (one chunk)"] < 2 * 1024 * s.vocab * 10
 
 
 def test_llama_8b_numbers_are_plausible():
