@@ -112,8 +112,9 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
         os.replace(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        need = sum(math.prod(t.shape) for t in weight_shapes(base.folder).values()) * dtype.itemsize
-        if isinstance(exc, OSError) and (full := disk_full(exc, "the merged model", out.parent, need)):
-            raise full from None
+        if isinstance(exc, OSError):
+            need = sum(math.prod(t.shape) for t in weight_shapes(base.folder).values()) * dtype.itemsize
+            if full := disk_full(exc, "the merged model", out.parent, need):
+                raise full from None
         raise
     return MergeResult(out, delta, str(dtype).removeprefix("torch."))
