@@ -41,7 +41,11 @@ def peak_memory(device: str) -> int:
         import torch
 
         return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    # VmHWM is this process image's own peak; getrusage's ru_maxrss survives exec and could report the
+    # parent that started this run, when the parent was the larger of the two
+    with open("/proc/self/status") as fh:
+        hwm = next((line.split()[1] for line in fh if line.startswith("VmHWM:")), None)
+    return int(hwm) * 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def environment(device: str) -> dict:
