@@ -58,6 +58,19 @@ def cli():
     return run
 
 
+def localtune_process(*args, fault: str | None = None, timeout: int = 600):
+    """`localtune ARGS` in a subprocess, with LOCALTUNE_FAULT set to `fault` (faults.py) or unset."""
+    import subprocess
+    import sys
+
+    env = {**os.environ}
+    env.pop("LOCALTUNE_FAULT", None)
+    if fault:
+        env["LOCALTUNE_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "localtune", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path

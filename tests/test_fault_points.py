@@ -7,16 +7,14 @@ The list of points is read from the source, so a new writer with a fault point i
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import chat, train_tiny_run, write_jsonl
+from conftest import localtune_process as localtune
 
 from localtune.checkpoint import CheckpointStore
 from localtune.converters.gguf_file import check_gguf
@@ -33,14 +31,6 @@ def test_every_point_is_exercised():
     assert len(POINTS) >= 10 and set(TRAIN_POINTS) | set(EXPORT_POINTS) == set(POINTS)
     assert {"checkpoint.rename", "merge.rename", "gguf.tensors", "quantize.done", "verify.save"} <= set(POINTS)
 
-
-def localtune(*args, fault: str | None = None):
-    env = {**os.environ}
-    env.pop("LOCALTUNE_FAULT", None)
-    if fault:
-        env["LOCALTUNE_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "localtune", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env=env)
 
 
 def check_run_invariants(run: Path) -> None:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import chat, train_tiny_run, write_jsonl
+from conftest import chat, localtune_process, train_tiny_run, write_jsonl
 
 MAX_SECONDS = 45  # a hang detector; these cases take 3-10 s on a 2-core CI machine
 MAX_RSS_MB = 1000  # measured 16-400 MB (the CLI alone, or with torch imported); an allocation would exceed it
@@ -254,8 +254,7 @@ def test_custom_model_code_runs_only_with_trust_remote_code(model_copy, tmp_path
     refused(*args, "--out", tmp_path / "run1", expect=r"error: model needs custom code\n.*modeling_custom\.CustomLlama"
             r"(.|\n)*--trust-remote-code")
     assert not marker.exists()
-    ok = subprocess.run([sys.executable, "-m", "localtune", *map(str, args), "--out", tmp_path / "run2",
-                         "--trust-remote-code"], capture_output=True, text=True, timeout=600)
+    ok = localtune_process(*args, "--out", tmp_path / "run2", "--trust-remote-code")
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert marker.exists()  # the model's own code ran, because the user asked for it
 
@@ -278,8 +277,7 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(tmp_path, tiny_mode
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
     run = tmp_path / "run"
     cmd = ["train", "--model", tiny_model_dir("qwen2"), "--data", data, "--out", run, "--save-every", "1", "--no-quant"]
-    first = subprocess.run([sys.executable, "-m", "localtune", *map(str, cmd), "--max-steps", "2"],
-                           capture_output=True, text=True, timeout=300)
+    first = localtune_process(*cmd, "--max-steps", "2")
     assert first.returncode == 0, first.stderr[-2000:]
     checkpoint = sorted((run / "checkpoints").glob("step-*"))[-1]
     marker = tmp_path / "pickle-ran"

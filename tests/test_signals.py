@@ -8,12 +8,10 @@ lost that was already saved, and the same command finishes the job.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from conftest import chat, train_tiny_run, write_jsonl
+from conftest import localtune_process as localtune
 
 from localtune.checkpoint import CheckpointStore
 from localtune.events import read_events
@@ -21,14 +19,6 @@ from localtune.events import read_events
 FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i * 7}.") for i in range(12)]
 CODES = {"sigint": 130, "sigterm": 143}
 
-
-def localtune(*args, fault: str | None = None):
-    env = {**os.environ}
-    env.pop("LOCALTUNE_FAULT", None)
-    if fault:
-        env["LOCALTUNE_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "localtune", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=env)
 
 
 def steps_logged(run):
