@@ -214,6 +214,10 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
     except ValueError as exc:  # e.g. target modules that do not exist in this model
         raise ModelSourceError(f"cannot add LoRA adapters: {exc}",
                                hint="check lora.target_modules against the model's module names") from None
+    if device == "cpu":
+        from localtune.lora_dropout import replace_lora_dropout
+
+        replace_lora_dropout(model)  # same distribution, a fraction of the random draws (lora_dropout.py)
     return LoadedModel(model, device, str(dtype).removeprefix("torch."), cfg.train.load_in_4bit,
                        time.monotonic() - start)
 
