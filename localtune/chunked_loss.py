@@ -2,9 +2,15 @@
 
 The decoder body runs on the padding-free micro-batch (`localtune.batching`) and gives the last hidden
 states; only the positions that predict a target are kept. They go through the LM head in chunks of
-tokens, each chunk: lm_head -> float32 -> final-logit soft-capping (Gemma 2/3) -> cross-entropy summed,
-under activation checkpointing, so a chunk's logits are freed after its forward and recomputed in the
-backward. Peak logits memory is one chunk's [chunk, vocab] fp32 (and its gradient), never [tokens, vocab].
+tokens, each chunk: lm_head -> float32 -> final-logit soft-capping (Gemma 2/3) -> cross-entropy summed.
+Peak logits memory is one chunk's [chunk, vocab] fp32 (and its gradient), never [tokens, vocab].
+
+When the head is a plain frozen `nn.Linear` (the usual case: LoRA does not target it), the gradient with
+respect to the hidden states is computed in the same pass as the loss, chunk by chunk (softmax minus the
+one-hot target, times the head's weight), and kept as one [n, d] tensor for the backward, so each
+chunk's logits are computed once and freed at once. Otherwise (LoRA on the head, a quantized head)
+each chunk runs under activation checkpointing: its logits are freed after the forward and the head is
+run again in the backward, which costs one more head forward per target token.
 
 The result is the sum of the target tokens' losses divided by `num_items`, the target count of the whole
 optimizer step (as transformers' `num_items_in_batch`), so accumulated micro-batches give exactly the
@@ -21,6 +27,8 @@ other than sdpa, eager and flash-attention) runs the model's own padded forward 
 """
 
 from __future__ import annotations
+
+import functools
 
 from localtune.batching import collate, padding_free
 from localtune.data.tokenize import IGNORE
@@ -48,12 +56,54 @@ def _chunk_loss(hidden, target_ids, lm_head, softcap):
     return torch.nn.functional.cross_entropy(logits, target_ids, ignore_index=IGNORE, reduction="sum")
 
 
+@functools.cache
+def _fused_head_loss():
+    """The autograd Function behind the fused head pass (built on first use: torch is imported lazily here)."""
+    import torch
+
+    class FusedHeadLoss(torch.autograd.Function):
+        """Summed cross-entropy of linear(hidden, weight, bias) against targets; d/d(hidden) made in the forward."""
+
+        @staticmethod
+        def forward(ctx, hidden, weight, bias, target_ids, softcap, chunk):
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden)
+            for start in range(0, hidden.shape[0], chunk):
+                h, t = hidden[start: start + chunk], target_ids[start: start + chunk]
+                logits = torch.nn.functional.linear(h, weight, bias).float()
+                cap_slope = None
+                if softcap is not None:
+                    logits = torch.tanh(logits / softcap) * softcap
+                    cap_slope = (logits / softcap).square_().neg_().add_(1)  # d(capped)/d(raw) = 1 - tanh^2
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' memory
+                grad[torch.arange(t.shape[0], device=t.device), t] -= 1  # minus the one-hot target
+                if cap_slope is not None:
+                    grad *= cap_slope
+                grad_hidden[start: start + chunk] = grad.to(weight.dtype) @ weight
+            ctx.save_for_backward(grad_hidden)
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_total):
+            (grad_hidden,) = ctx.saved_tensors
+            return grad_hidden * grad_total.to(grad_hidden.dtype), None, None, None, None, None
+
+    return FusedHeadLoss
+
+
 def chunked_cross_entropy(hidden, target_ids, lm_head, *, softcap: float | None = None, chunk: int = 1024):
     """Summed cross-entropy of `lm_head(hidden)` ([n, d] -> [n, vocab]) against target_ids [n], `chunk` rows
-    of logits at a time; with gradients on, each chunk is checkpointed so its logits are not kept."""
+    of logits at a time. With gradients on: a plain frozen nn.Linear head gets the fused pass (the gradient
+    computed with the loss, no logits kept, no recompute); any other head is checkpointed chunk by chunk."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
+    if (torch.is_grad_enabled() and hidden.requires_grad and type(lm_head) is torch.nn.Linear
+            and not lm_head.weight.requires_grad and (lm_head.bias is None or not lm_head.bias.requires_grad)
+            and hidden.shape[0] > 0):
+        return _fused_head_loss().apply(hidden, lm_head.weight, lm_head.bias, target_ids, softcap, chunk)
     total = hidden[:0].float().sum()  # 0, still attached to the graph when there are no targets
     for start in range(0, hidden.shape[0], chunk):
         h, t = hidden[start: start + chunk], target_ids[start: start + chunk]

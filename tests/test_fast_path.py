@@ -218,33 +218,81 @@ def test_no_row_predicts_the_next_rows_first_token(tiny_model_dir):
     assert abs(wrong - together) > 1e-2  # the extra cross-row target would have shown in the loss
 
 
-def test_the_loss_never_holds_full_vocabulary_logits_for_all_tokens(tiny_model_dir, monkeypatch):
+def head_products(model, rows, chunk: int, vocab: int) -> list[tuple[int, ...]]:
+    """Shapes of every matrix product with a vocabulary-wide output during one forward and backward."""
     import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
 
+    products = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+    seen = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in products and out.shape[-1] == vocab:
+                seen.append(tuple(out.shape))
+            return out
+
+    fast = CausalLMLoss(model, 0, chunk=chunk)
+    with Recorder():
+        fast(rows, num_items=n_targets(rows)).backward()
+    return seen
+
+
+def test_the_loss_never_holds_full_vocabulary_logits_for_all_tokens(tiny_model_dir):
     model = lora_model(tiny_model_dir("qwen2"))
     rows = make_rows(model.config.vocab_size)
-    chunk = 16
-    seen_ce, seen_head = [], []
-    real_ce = torch.nn.functional.cross_entropy
-
-    def recording_ce(logits, target, *args, **kwargs):
-        seen_ce.append(tuple(logits.shape))
-        return real_ce(logits, target, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "cross_entropy", recording_ce)
-    fast = CausalLMLoss(model, 0, chunk=chunk)
-    handle = fast.lm_head.register_forward_hook(lambda m, i, out: seen_head.append(tuple(out.shape)))
-    try:
-        fast(rows, num_items=n_targets(rows)).backward()
-    finally:
-        handle.remove()
-    targets = n_targets(rows)
+    chunk, targets, vocab = 16, n_targets(rows), model.config.vocab_size
     assert targets > 3 * chunk
-    # each chunk's logits once in the forward and once recomputed in the backward, never more rows at a time
-    assert len(seen_ce) == len(seen_head) == 2 * -(-targets // chunk)
-    assert all(rows_ <= chunk and vocab == model.config.vocab_size for rows_, vocab in seen_ce)
-    assert all(shape[0] <= chunk for shape in seen_head)
-    assert sum(shape[0] for shape in seen_ce) == 2 * targets  # prompt and padding positions get no logits
+    seen = head_products(model, rows, chunk, vocab)
+    # the fused head pass: each chunk's logits exactly once (no recompute), never more rows than a chunk, and
+    # only for target positions (prompt and padding positions get no logits)
+    assert len(seen) == -(-targets // chunk)
+    assert all(shape[0] <= chunk for shape in seen)
+    assert sum(shape[0] for shape in seen) == targets
+
+
+def test_with_lora_on_the_head_each_chunk_is_checkpointed(tiny_model_dir):
+    model = lora_model(tiny_model_dir("qwen2"), targets=["q_proj", "lm_head"])
+    rows = make_rows(model.config.vocab_size)
+    chunk, targets, vocab = 16, n_targets(rows), model.config.vocab_size
+    seen = head_products(model, rows, chunk, vocab)
+    # frozen head + LoRA B, each in the forward and again in the backward's recompute; a chunk at a time
+    assert len(seen) == 2 * 2 * -(-targets // chunk)
+    assert all(shape[0] <= chunk for shape in seen)
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_fused_head_pass_equals_autograd_through_full_logits(softcap, bias):
+    import torch
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=bias).requires_grad_(False)
+    hidden, target = torch.randn(23, 8), torch.randint(0, 50, (23,))  # fp32: the loss is fp32 in any case
+
+    def plain(h):
+        logits = head(h)
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        return torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+
+    h0 = hidden.clone().requires_grad_()
+    expected = plain(h0)
+    (expected * 0.37).backward()
+    for chunk in (1, 5, 23, 100):
+        h = hidden.clone().requires_grad_()
+        total = chunked_cross_entropy(h, target, head, softcap=softcap, chunk=chunk)
+        assert type(total.grad_fn).__name__ == "FusedHeadLossBackward"
+        (total * 0.37).backward()
+        torch.testing.assert_close(total, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(h.grad, h0.grad, atol=1e-6, rtol=1e-5)
+    # bf16 (the GPU's compute dtype): within bf16 rounding of the fp32 result
+    hb = hidden.to(torch.bfloat16).requires_grad_()
+    total = chunked_cross_entropy(hb, target, head.to(torch.bfloat16), softcap=softcap, chunk=5)
+    (total * 0.37).backward()
+    torch.testing.assert_close(total, expected, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(hb.grad.float(), h0.grad, atol=0.02, rtol=0.05)
 
 
 def test_other_model_types_fall_back_to_the_models_own_padded_forward(tiny_model_dir, monkeypatch):
