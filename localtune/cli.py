@@ -186,6 +186,10 @@ class TrainPrinter:
                        f"{', 4-bit NF4' if event.quantized else ''}; {event.params_trainable:,} of "
                        f"{event.params_total:,} parameters train; {format_bytes(event.memory_bytes)}; "
                        f"loaded in {event.seconds:.1f}s")
+        elif k == "memory_planned":
+            click.echo(f"memory: micro-batch {event.micro_batch} x {event.grad_accum} accumulated; planned peak "
+                       f"{format_bytes(event.estimate_bytes)} of {format_bytes(event.budget_bytes)} available; "
+                       f"{event.reason}")
         elif k == "eval":
             click.echo(f"eval at step {event.step}: loss {event.loss:.4f} on {event.rows} rows")
         elif k == "checkpoint":
@@ -339,10 +343,12 @@ def plan_cmd(model, data, vram, max_seq_len, rank, no_quant, config_file):
         where = "--vram"
     budget = int(vram * GIB) - CUDA_CONTEXT
     kw = dict(rank=cfg.lora.r, targets=cfg.lora.target_modules, quantized=cfg.train.load_in_4bit)
-    rec = recommend(shape, budget, seq_len=seq, checkpointing=cfg.train.gradient_checkpointing, **kw)
+    rec = recommend(shape, budget, seq_len=seq, checkpointing=cfg.train.gradient_checkpointing,
+                    offload=cfg.train.activation_offload, **kw)
     p = rec.plan
-    alternatives = [estimate(shape, micro_batch=mb, seq_len=p.seq_len, checkpointing=ck, **kw)
-                    for mb in sorted({1, p.micro_batch, p.micro_batch * 2}) for ck in (True, False)]
+    alternatives = [estimate(shape, micro_batch=mb, seq_len=p.seq_len, checkpointing=ck, offload=off, **kw)
+                    for mb in sorted({1, p.micro_batch, p.micro_batch * 2})
+                    for ck, off in ((True, False), (True, True), (False, False))]
     click.echo(render_plan(rec, shape, where=where, alternatives=alternatives))
 
 

@@ -24,6 +24,7 @@ OPTIMIZERS = ("paged_adamw_8bit", "adamw_8bit", "adamw")
 SCHEDULERS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cuda", "cpu")
+OFFLOAD_MODES = ("auto", "on", "off")
 
 
 def opt(default: Any, doc: str, *, choices: tuple[str, ...] | None = None):
@@ -89,6 +90,9 @@ class TrainConfig:
     )
     load_in_4bit: bool = opt(True, "QLoRA: load the base in 4-bit NF4 with double quantization.")
     gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass to save memory.")
+    activation_offload: str = opt(
+        "auto", "Keep the checkpointed layer inputs in pinned CPU memory instead of GPU memory (CUDA only); "
+                "'auto' does it when the memory planner finds the run fits only that way.", choices=OFFLOAD_MODES)
     precision: str = opt("auto", "Compute dtype; 'auto' is bf16 where supported, else fp32.", choices=PRECISIONS)
     device: str = opt("auto", "Where to train; 'auto' uses CUDA when available.", choices=DEVICES)
     seed: int = opt(42, "Seed for shuffling, the validation split, LoRA init and dropout.")
@@ -394,6 +398,9 @@ def validate(cfg: Config) -> list[Problem]:
         bad("train.weight_decay", "must not be negative", "use 0.0-0.1")
     if t.max_grad_norm < 0:
         bad("train.max_grad_norm", "must not be negative", "use 1.0, or 0 to disable clipping")
+    if t.activation_offload == "on" and not t.gradient_checkpointing:
+        bad("train.activation_offload", "'on' needs gradient checkpointing (it offloads the checkpoints)",
+            "turn train.gradient_checkpointing on, or set train.activation_offload to auto or off")
     if t.device == "cpu" and t.precision == "fp16":
         problems.append(
             Problem(f"{cfg.source_of('train.device')} and {cfg.source_of('train.precision')}", "train.precision",

@@ -73,6 +73,19 @@ class ModelLoaded(Event):
 
 
 @dataclass(frozen=True)
+class MemoryPlanned(Event):
+    """How the run will use memory: the micro-batch, the planner's peak estimate, and activation offload."""
+
+    kind = "memory_planned"
+    micro_batch: int
+    grad_accum: int
+    estimate_bytes: int  # the planner's peak for the longest row (torch.cuda.max_memory_allocated on a GPU)
+    budget_bytes: int  # 90% of the free GPU memory plus the loaded weights; on the CPU, of half the free RAM
+    activation_offload: bool
+    reason: str
+
+
+@dataclass(frozen=True)
 class StepMetrics(Event):
     kind = "step"
     step: int

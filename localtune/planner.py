@@ -5,7 +5,8 @@ Counts, per the QLoRA memory floor in performance.md:
 - embeddings and LM head in the compute dtype (16-bit on a GPU; the trainer does not up-cast them);
 - LoRA: fp32 parameters and gradients plus the optimizer state (8-bit AdamW: 2 bytes, AdamW: 8);
 - activations: with checkpointing, each layer's input is kept (L * d values per token) plus one
-  layer's recomputed working set; without it, every layer's working set;
+  layer's recomputed working set; without it, every layer's working set; with the checkpoints
+  offloaded to CPU memory (activation_offload.py), only the inputs of the layer being computed;
 - logits: the 16-bit logits, their fp32 copy for the loss, and its gradient, for every token;
 - a transient dequantized copy of the largest 4-bit matrix.
 Estimates are of the allocator's peak (torch.cuda.max_memory_allocated); the CUDA context
@@ -76,6 +77,7 @@ class Plan:
     rank: int
     checkpointing: bool
     quantized: bool
+    offload: bool = False
     parts: dict[str, int] = field(default_factory=dict)  # bytes
 
     @property
@@ -85,8 +87,9 @@ class Plan:
 
 def estimate(shape: Shape, *, micro_batch: int, seq_len: int, rank: int, targets: list[str] | None = None,
              quantized: bool = True, checkpointing: bool = True, optimizer: str = "paged_adamw_8bit",
-             weight_bytes: int = 2) -> Plan:
-    """Peak allocator memory in bytes, by part. weight_bytes: 2 on a GPU (bf16/fp16), 4 on the CPU."""
+             weight_bytes: int = 2, offload: bool = False) -> Plan:
+    """Peak allocator memory in bytes, by part. weight_bytes: 2 on a GPU (bf16/fp16), 4 on the CPU.
+    offload: the checkpointed layer inputs live in CPU memory (needs checkpointing)."""
     tokens = micro_batch * seq_len
     lora = shape.lora_params(rank, targets)
     opt_bytes = 2 if "8bit" in optimizer else 8
@@ -98,8 +101,8 @@ def estimate(shape: Shape, *, micro_batch: int, seq_len: int, rank: int, targets
         "LoRA parameters (fp32)": lora * 4,
         "LoRA gradients (fp32)": lora * 4,
         "optimizer state": lora * opt_bytes,
-        "activations": (shape.layers * tokens * shape.hidden * weight_bytes + layer_acts) if checkpointing
-        else shape.layers * layer_acts,
+        "activations": layer_acts + tokens * shape.hidden * weight_bytes * (
+            2 if offload else shape.layers) if checkpointing else shape.layers * layer_acts,
         # the loss runs the LM head over one chunk of target tokens at a time (chunked_loss.py)
         "logits + loss (one chunk)": min(tokens, chunk_tokens(shape.vocab)) * shape.vocab * (weight_bytes + 4 + 4),
         # the rows of a micro-batch run as one sequence; transformers builds one boolean mask over it
@@ -108,7 +111,7 @@ def estimate(shape: Shape, *, micro_batch: int, seq_len: int, rank: int, targets
     if quantized:
         i, o = max(shape.linears().values(), key=lambda io: io[0] * io[1])
         parts["dequantized weight (transient)"] = i * o * weight_bytes
-    return Plan(micro_batch, seq_len, rank, checkpointing, quantized, parts)
+    return Plan(micro_batch, seq_len, rank, checkpointing, quantized, offload and checkpointing, parts)
 
 
 @dataclass
@@ -121,19 +124,23 @@ class Recommendation:
 
 def recommend(shape: Shape, budget_bytes: int, *, seq_len: int, rank: int, max_micro_batch: int = 16,
               targets: list[str] | None = None, quantized: bool = True, checkpointing: bool = True,
-              optimizer: str = "paged_adamw_8bit", weight_bytes: int = 2) -> Recommendation:
-    """The largest power-of-two micro-batch that fits; else shorter sequences, then a lower rank."""
+              optimizer: str = "paged_adamw_8bit", weight_bytes: int = 2,
+              offload: str = "off") -> Recommendation:
+    """The largest power-of-two micro-batch that fits; else, where `offload` is "auto", the same with the
+    checkpoints offloaded to CPU memory; else shorter sequences, then a lower rank. offload "on": always."""
     kw = dict(targets=targets, quantized=quantized, checkpointing=checkpointing, optimizer=optimizer,
               weight_bytes=weight_bytes)
+    choices = {"off": [False], "on": [True], "auto": [False, True]}[offload] if checkpointing else [False]
     notes: list[str] = []
     s, r = seq_len, rank
     while True:
-        mb = 1 << int(math.log2(max(1, max_micro_batch)))
-        while mb >= 1:
-            plan = estimate(shape, micro_batch=mb, seq_len=s, rank=r, **kw)
-            if plan.total <= budget_bytes:
-                return Recommendation(plan, budget_bytes, True, notes)
-            mb //= 2
+        for off in choices:
+            mb = 1 << int(math.log2(max(1, max_micro_batch)))
+            while mb >= 1:
+                plan = estimate(shape, micro_batch=mb, seq_len=s, rank=r, offload=off, **kw)
+                if plan.total <= budget_bytes:
+                    return Recommendation(plan, budget_bytes, True, notes)
+                mb //= 2
         if s > 256:
             s //= 2
             notes.append(f"max_seq_len {s * 2} does not fit even at micro-batch 1; trying {s}")
@@ -141,7 +148,7 @@ def recommend(shape: Shape, budget_bytes: int, *, seq_len: int, rank: int, max_m
             r //= 2
             notes.append(f"rank {r * 2} does not fit; trying {r}")
         else:
-            plan = estimate(shape, micro_batch=1, seq_len=s, rank=r, **kw)
+            plan = estimate(shape, micro_batch=1, seq_len=s, rank=r, offload=choices[-1], **kw)
             notes.append("does not fit at micro-batch 1, sequence 256 and rank 4: use a smaller model"
                          + ("" if quantized else " or 4-bit loading"))
             return Recommendation(plan, budget_bytes, False, notes)
@@ -159,6 +166,7 @@ def render_plan(rec: Recommendation, shape: Shape, *, where: str, alternatives: 
              f"budget: {format_bytes(rec.budget)} ({where}, after {format_bytes(CUDA_CONTEXT)} for the CUDA context)",
              f"recommended: micro-batch {p.micro_batch}, max_seq_len {p.seq_len}, rank {p.rank}, "
              f"{'4-bit' if p.quantized else '16-bit'} base, checkpointing {'on' if p.checkpointing else 'off'}"
+             + (", checkpoints offloaded to CPU memory" if p.offload else "")
              + ("" if rec.fits else "  (DOES NOT FIT)"),
              "estimated peak memory:"]
     for k, v in p.parts.items():
@@ -169,7 +177,8 @@ def render_plan(rec: Recommendation, shape: Shape, *, where: str, alternatives: 
     if alternatives:
         lines.append("other settings:")
         for a in alternatives:
+            check = "on, offloaded" if a.offload else "on" if a.checkpointing else "off"
             lines.append(f"  micro-batch {a.micro_batch:>2}, seq {a.seq_len:>5}, rank {a.rank:>3}, checkpointing "
-                         f"{'on ' if a.checkpointing else 'off'}: {format_bytes(a.total):>11}"
+                         f"{check:<13}: {format_bytes(a.total):>11}"
                          + ("" if a.total <= rec.budget else "  (too big)"))
     return "\n".join(lines)

@@ -23,8 +23,8 @@ from localtune.checkpoint import CheckpointError, CheckpointStore
 from localtune.config import Config
 from localtune.data.dataset import load_examples, prepare_data
 from localtune.errors import LocaltuneError, UsageError
-from localtune.events import (DataPrepared, Emitter, Failed, Finished, Interrupted, JsonlSink, ModelLoaded,
-                              RunStarted, Warning, json_safe)
+from localtune.events import (DataPrepared, Emitter, Failed, Finished, Interrupted, JsonlSink, MemoryPlanned,
+                              ModelLoaded, RunStarted, Warning, json_safe)
 from localtune.faults import disk_full, fault_point, signal_point
 from localtune.model_loading import load_for_training, memory_in_use, resolve_base
 from localtune.run_lock import run_lock
@@ -135,10 +135,43 @@ def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks) ->
         stop.restore()
 
 
+def plan_memory(cfg: Config, shape, lm, longest: int) -> MemoryPlanned:
+    """The micro-batch (the planner's pick when it is auto) and whether to offload the checkpoints, for the
+    longest row. Offload applies on CUDA only: when asked for, or on `auto` when the plan does not fit
+    the free GPU memory without it."""
+    import torch
+
+    from localtune.planner import estimate, recommend
+
+    micro, accum, cuda = cfg.train.micro_batch_size, cfg.train.grad_accum, lm.device == "cuda"
+    in_use = memory_in_use(lm.model, lm.device)  # the loaded weights count in the plan too
+    if cuda:
+        budget = int((torch.cuda.mem_get_info()[0] + in_use) * 0.9)
+    else:
+        budget = int((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 2 + in_use) * 0.9)
+    offload = cfg.train.activation_offload if cuda and cfg.train.gradient_checkpointing else "off"
+    kw = dict(rank=cfg.lora.r, targets=cfg.lora.target_modules, quantized=cfg.train.load_in_4bit,
+              checkpointing=cfg.train.gradient_checkpointing, optimizer=cfg.train.optimizer,
+              weight_bytes=2 if cuda else 4)
+    if micro == 0:  # the planner picks the micro-batch; rows per step stay grad_accum
+        plan = recommend(shape, budget, seq_len=longest, max_micro_batch=accum, offload=offload, **kw).plan
+        micro, accum = plan.micro_batch, -(-accum // plan.micro_batch)
+        reason = f"micro-batch {micro} is the largest that fits"
+    else:
+        plan = estimate(shape, micro_batch=micro, seq_len=longest, offload=offload == "on", **kw)
+        if offload == "auto" and plan.total > budget:
+            plan = estimate(shape, micro_batch=micro, seq_len=longest, offload=True, **kw)
+        reason = f"micro-batch {micro} as configured"
+    if plan.offload:
+        reason += ("; checkpoints offloaded to pinned CPU memory" + (" (train.activation_offload on)"
+                   if offload == "on" else ": without that the plan exceeds the free GPU memory"))
+    return MemoryPlanned(micro, accum, plan.total, budget, plan.offload, reason)
+
+
 def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_info, started) -> RunResult:
     import torch
 
-    from localtune.planner import Shape, recommend
+    from localtune.planner import Shape
 
     cfg.save(run_dir / "config.yaml")
     _write_json_atomic(run_dir / "run.json", run_info)  # status "starting" and our pid, for watchers
@@ -185,19 +218,16 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
     emit(ModelLoaded(base.spec, base.architecture, lm.device, lm.dtype, lm.quantized, total, trainable,
                      memory_in_use(model, lm.device), round(lm.seconds, 2)))
 
-    micro, accum, auto = cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.train.micro_batch_size == 0
-    if auto:  # the planner picks the micro-batch; rows per step stay grad_accum
-        in_use = memory_in_use(model, lm.device)  # the loaded weights count in the plan too
-        if lm.device == "cuda":
-            free = torch.cuda.mem_get_info()[0]
-        else:
-            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 2
-        longest = max(len(r.input_ids) for r in prepared.train)
-        rec = recommend(shape, int((free + in_use) * 0.9), seq_len=longest, rank=cfg.lora.r,
-                        max_micro_batch=accum, quantized=cfg.train.load_in_4bit,
-                        checkpointing=cfg.train.gradient_checkpointing, weight_bytes=2 if lm.device == "cuda" else 4)
-        micro = rec.plan.micro_batch
-        accum = -(-accum // micro)
+    planned = plan_memory(cfg, shape, lm, max(len(r.input_ids) for r in prepared.train))
+    micro, accum, auto = planned.micro_batch, planned.grad_accum, cfg.train.micro_batch_size == 0
+    if planned.activation_offload:
+        from localtune.activation_offload import install
+
+        install(model)
+    elif cfg.train.activation_offload == "on":
+        emit(Warning("train.activation_offload is on, but training runs on the CPU, where the activations are "
+                     "in CPU memory already; not offloading"))
+    emit(planned)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
     trainer = Trainer(cfg, model, prepared.train, prepared.val, device=lm.device, dtype=lm.dtype, pad_id=pad_id,
                       store=store, identity=identity, emit=emit, stop=stop, micro_batch=micro, grad_accum=accum,

@@ -356,6 +356,10 @@ class DashboardScreen(Screen):
                 log.write(f"[yellow]warning:[/] {escape(e['message'])}")
             elif kind == "model_loaded":
                 log.write(f"model {e['model']} on {e['device']} ({e['dtype']}), {e['params_trainable']:,} trainable")
+            elif kind == "memory_planned":
+                log.write(f"memory: micro-batch {e['micro_batch']}, planned peak "
+                          f"{e['estimate_bytes'] / 2**30:.2f} GiB" + (", checkpoints offloaded to CPU"
+                                                                      if e['activation_offload'] else ""))
             elif kind == "data_prepared":
                 log.write(f"data: {e['train_rows']} training rows, {e['val_rows']} validation rows")
             elif kind == "finished":
