@@ -185,7 +185,7 @@ class TrainPrinter:
             click.echo(f"model: {event.model} ({event.architecture}) on {event.device}, {event.dtype}"
                        f"{', 4-bit NF4' if event.quantized else ''}; {event.params_trainable:,} of "
                        f"{event.params_total:,} parameters train; {format_bytes(event.memory_bytes)}; "
-                       f"loaded in {event.seconds:.1f}s")
+                       f"loaded in {event.seconds:.1f}s" + (f"; {event.fused_kernels}" if event.fused_kernels else ""))
         elif k == "memory_planned":
             click.echo(f"memory: micro-batch {event.micro_batch} x {event.grad_accum} accumulated; planned peak "
                        f"{format_bytes(event.estimate_bytes)} of {format_bytes(event.budget_bytes)} available; "

@@ -25,6 +25,7 @@ SCHEDULERS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cuda", "cpu")
 OFFLOAD_MODES = ("auto", "on", "off")
+KERNEL_MODES = ("auto", "liger", "off")
 
 
 def opt(default: Any, doc: str, *, choices: tuple[str, ...] | None = None):
@@ -93,6 +94,9 @@ class TrainConfig:
     activation_offload: str = opt(
         "auto", "Keep the checkpointed layer inputs in pinned CPU memory instead of GPU memory (CUDA only); "
                 "'auto' does it when the memory planner finds the run fits only that way.", choices=OFFLOAD_MODES)
+    kernels: str = opt(
+        "auto", "Fused GPU kernels (RoPE, RMSNorm, SwiGLU) from liger-kernel: 'auto' uses them on CUDA when it is "
+                "installed and supports the model, 'liger' requires them, 'off'.", choices=KERNEL_MODES)
     precision: str = opt("auto", "Compute dtype; 'auto' is bf16 where supported, else fp32.", choices=PRECISIONS)
     device: str = opt("auto", "Where to train; 'auto' uses CUDA when available.", choices=DEVICES)
     seed: int = opt(42, "Seed for shuffling, the validation split, LoRA init and dropout.")

@@ -70,6 +70,7 @@ class ModelLoaded(Event):
     params_trainable: int
     memory_bytes: int
     seconds: float
+    fused_kernels: str = ""  # e.g. "liger: rope, rms_norm, swiglu"; "" for the plain PyTorch code
 
 
 @dataclass(frozen=True)

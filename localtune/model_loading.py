@@ -23,6 +23,7 @@ from localtune.config import Config
 from localtune.converters.architectures import SUPPORTED_ARCHITECTURES
 from localtune.errors import ModelSourceError
 from localtune.faults import signal_point
+from localtune.kernels import use_fused_kernels
 from localtune.model_files import check_model_folder, load_tokenizer
 from localtune.model_source import ModelSource, resolve_model
 
@@ -50,6 +51,7 @@ class LoadedModel:
     dtype: str
     quantized: bool
     seconds: float
+    kernels: str = ""  # fused kernels patched in (localtune/kernels.py), "" for none
 
 
 def cache_dir() -> Path:
@@ -195,6 +197,7 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
         for module in model.modules():
             if hasattr(module, "support_avx512bf16_for_cpu"):
                 module.support_avx512bf16_for_cpu = False
+    kernels = use_fused_kernels(model, device, cfg.train.kernels)
     for p in model.parameters():
         p.requires_grad_(False)
     model.config.use_cache = False  # no KV cache in training (and packing needs none)
@@ -219,7 +222,7 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
 
         replace_lora_dropout(model)  # same distribution, a fraction of the random draws (lora_dropout.py)
     return LoadedModel(model, device, str(dtype).removeprefix("torch."), cfg.train.load_in_4bit,
-                       time.monotonic() - start)
+                       time.monotonic() - start, kernels)
 
 
 def memory_in_use(model, device: str) -> int:

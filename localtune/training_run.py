@@ -216,7 +216,7 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     emit(ModelLoaded(base.spec, base.architecture, lm.device, lm.dtype, lm.quantized, total, trainable,
-                     memory_in_use(model, lm.device), round(lm.seconds, 2)))
+                     memory_in_use(model, lm.device), round(lm.seconds, 2), lm.kernels))
 
     planned = plan_memory(cfg, shape, lm, max(len(r.input_ids) for r in prepared.train))
     micro, accum, auto = planned.micro_batch, planned.grad_accum, cfg.train.micro_batch_size == 0
