@@ -27,6 +27,31 @@ def tiny_model_dir(tmp_path_factory):
     return get
 
 
+@pytest.fixture
+def lora_llama(tiny_model_dir):
+    """lora_llama(dropout, checkpointing=True) -> the tiny llama in fp32 with all-linear LoRA (r=4) whose B matrices
+    are non-zero, so every LoRA weight gets a gradient; in train mode."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    def build(dropout: float, checkpointing: bool = True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"), dtype=torch.float32)
+        model.config.use_cache = False
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        torch.manual_seed(0)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear"))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.05)
+        return model.train()
+
+    return build
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
     """tiny_tokenizer(arch) -> the loaded tokenizer of that tiny model."""

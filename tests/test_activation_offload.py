@@ -15,23 +15,6 @@ from localtune.planner import GIB, Shape, estimate, recommend
 LLAMA_8B = Shape(layers=32, hidden=4096, ffn=14336, heads=32, kv_heads=8, head_dim=128, vocab=128256, tied=False)
 
 
-def lora_llama(model_dir, dropout: float):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.config.use_cache = False
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model.enable_input_require_grads()
-    torch.manual_seed(0)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.05)
-    return model.train()
-
-
 def loss_and_grads(model, ids):
     torch.manual_seed(5)  # dropout draws
     model.zero_grad(set_to_none=True)
@@ -40,12 +23,11 @@ def loss_and_grads(model, ids):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_offloaded_checkpoints_give_the_same_loss_and_gradients(tiny_model_dir, monkeypatch):
-    folder = tiny_model_dir("llama")
+def test_offloaded_checkpoints_give_the_same_loss_and_gradients(lora_llama, monkeypatch):
     ids = torch.randint(5, 500, (2, 48), generator=torch.Generator().manual_seed(0))
-    expected_loss, expected = loss_and_grads(lora_llama(folder, 0.2), ids)
+    expected_loss, expected = loss_and_grads(lora_llama(0.2), ids)
 
-    model = lora_llama(folder, 0.2)
+    model = lora_llama(0.2)
     assert activation_offload.install(model) == model.config.num_hidden_layers
     calls = {"forward": 0, "recompute": 0}
     real_forward, real_backward = activation_offload._OffloadedLayer.forward, activation_offload._OffloadedLayer.backward

@@ -91,25 +91,6 @@ def test_eval_mode_and_p_zero_are_the_identity():
     assert SparseDropout(0.0).train()(x) is x
 
 
-def lora_llama(model_dir, dropout: float, checkpointing: bool):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.config.use_cache = False
-    if checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    torch.manual_seed(0)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.05)
-    model.train()
-    return model
-
-
 def lora_grads(model, ids):
     torch.manual_seed(7)  # the dropout draws
     model.zero_grad(set_to_none=True)
@@ -118,13 +99,12 @@ def lora_grads(model, ids):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_in_a_lora_model_checkpointing_replays_the_same_drops(tiny_model_dir):
+def test_in_a_lora_model_checkpointing_replays_the_same_drops(lora_llama):
     """Recomputed layers draw the same positions: the gradients equal those of a run without checkpointing."""
-    folder = tiny_model_dir("llama")
     ids = torch.randint(5, 500, (2, 40), generator=torch.Generator().manual_seed(0))
     results = []
     for checkpointing in (False, True):
-        model = lora_llama(folder, 0.3, checkpointing)
+        model = lora_llama(0.3, checkpointing)
         swapped = replace_lora_dropout(model)
         lora_layers = sum(1 for m in model.modules() if hasattr(m, "lora_A"))
         assert swapped == lora_layers > 0
@@ -136,7 +116,7 @@ def test_in_a_lora_model_checkpointing_replays_the_same_drops(tiny_model_dir):
     for name, grad in plain.items():
         torch.testing.assert_close(ckpt[name], grad, msg=name)
     # and the dropout really acts: without it the loss is another one
-    loss_none, _ = lora_grads(lora_llama(folder, 0.0, False), ids)
+    loss_none, _ = lora_grads(lora_llama(0.0, False), ids)
     assert not torch.isclose(loss_none, loss_plain)
 
 
