@@ -218,9 +218,11 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
         raise ModelSourceError(f"cannot add LoRA adapters: {exc}",
                                hint="check lora.target_modules against the model's module names") from None
     if device == "cpu":
+        from localtune import lora_linear
         from localtune.lora_dropout import replace_lora_dropout
 
         replace_lora_dropout(model)  # same distribution, a fraction of the random draws (lora_dropout.py)
+        lora_linear.install(model)  # base + LoRA in one autograd function, fewer passes over memory
     return LoadedModel(model, device, str(dtype).removeprefix("torch."), cfg.train.load_in_4bit,
                        time.monotonic() - start, kernels)
 

@@ -29,20 +29,30 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture
 def lora_llama(tiny_model_dir):
-    """lora_llama(dropout, checkpointing=True) -> the tiny llama in fp32 with all-linear LoRA (r=4) whose B matrices
+    """lora_llama(dropout, checkpointing=True, arch="llama", quantized=False, **lora_config) -> a tiny model (default
+    the llama) in fp32, or with an NF4 double-quant base computing in fp32, with all-linear LoRA (r=4) whose B matrices
     are non-zero, so every LoRA weight gets a gradient; in train mode."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    def build(dropout: float, checkpointing: bool = True):
-        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"), dtype=torch.float32)
+    def build(dropout: float, checkpointing: bool = True, arch: str = "llama", quantized: bool = False, **lora_config):
+        kwargs = {"dtype": torch.float32}
+        if quantized:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(arch), **kwargs)
+        for m in model.modules():  # as model_loading does: keep bitsandbytes' training layout on the CPU
+            if hasattr(m, "support_avx512bf16_for_cpu"):
+                m.support_avx512bf16_for_cpu = False
         model.config.use_cache = False
         if checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         torch.manual_seed(0)
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear"))
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear",
+                                                 **lora_config))
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "lora_B" in name:
