@@ -18,8 +18,8 @@ In a SmolLM2-135M QLoRA micro-batch on 2 CPU cores this took the forward and bac
 
 The dropped positions come from torch's default generator, so gradient checkpointing replays them exactly
 (it restores the RNG state before recomputing). A layer that does not fit the fast path (merged or
-disabled adapters, several adapters, DoRA, mixed dtypes, a base that is neither nn.Linear nor
-bitsandbytes' Linear4bit, evaluation) runs peft's own forward.
+disabled adapters, several adapters, DoRA, mixed dtypes or autocast, a base that is neither nn.Linear
+nor bitsandbytes' Linear4bit, evaluation) runs peft's own forward.
 
     install(peft_model)  # every eligible LoRA linear layer uses the fused function while training
 """
@@ -104,6 +104,8 @@ def _dropout_p(module) -> float | None:
 def _fused_args(layer, x: torch.Tensor, args, kwargs):
     """The arguments of `_LoraLinear` for this call, or None when peft's own forward must run."""
     if args or kwargs or not layer.training or layer.disable_adapters or layer.merged:
+        return None
+    if torch.is_autocast_enabled(x.device.type):  # autocast picks dtypes per op; peft's modules follow it
         return None
     adapters = [a for a in layer.active_adapters if a in layer.lora_A]
     if len(adapters) != 1 or adapters[0] in getattr(layer, "lora_variant", {}):

@@ -123,6 +123,9 @@ def test_peft_forward_when_the_fused_path_does_not_apply(lora_llama, monkeypatch
     with model.disable_adapter(), torch.no_grad():  # the base model alone
         base_out = model(input_ids=ids).logits
     assert calls == []
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast chooses dtypes per operation: peft's modules
+        model(input_ids=ids)
+    assert calls == []
     model(input_ids=ids)
     assert len(calls) == layers
 
