@@ -37,7 +37,7 @@ def dropped_positions(n: int, p: float, generator=None) -> torch.Tensor:
         expected = (n - 1 - end) * p
         k = int(expected + MARGIN_SIGMAS * math.sqrt(expected) + 16)
         # trials to the next drop, Geometric(p) by inversion: P(gap > m) = P(1 - u <= (1 - p)^m) = (1 - p)^m.
-        # (4x faster than Tensor.geometric_ on the CPU; float64 keeps the tail exact to 2^-53)
+        # (this draw is about 4x faster than Tensor.geometric_ on the CPU; float64 keeps the tail exact to 2^-53)
         u = torch.empty(k, dtype=torch.float64).uniform_(generator=generator)
         gaps = u.neg_().log1p_().div_(log_keep).floor_().add_(1.0).to(torch.int64)
         positions = gaps.cumsum_(0).add_(end)
