@@ -13,8 +13,9 @@ about as much as the rank-16 products themselves.
   by every layer that reads the same input), h and the positions, and rebuilds the copy for A's gradient;
 - the input gradient's LoRA part (dropout's backward applied) is added in place to its base part;
 - a 4-bit base weight is dequantized again in the backward instead of being kept.
-In a SmolLM2-135M QLoRA micro-batch on 2 CPU cores this took the forward and backward from 2.9-3.1 s to
-2.0-2.7 s (alternating in one process, BENCHMARKS.md); with a full-precision base the gain is small.
+On SmolLM2-135M micro-batches on 2 CPU cores (forward and backward, alternating with peft's modules in one
+process; BENCHMARKS.md) it was 1.14-1.45x and 0.96-1.40x faster in two QLoRA comparisons, and 0.91-1.15x and
+1.05-1.39x with an fp32 base.
 
 The dropped positions come from torch's default generator, so gradient checkpointing replays them exactly
 (it restores the RNG state before recomputing). A layer that does not fit the fast path (merged or
