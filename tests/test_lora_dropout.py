@@ -18,10 +18,8 @@ def check_positions(pos: torch.Tensor, n: int) -> None:
         assert bool((pos[1:] > pos[:-1]).all())  # sorted, no position twice
 
 
-@pytest.mark.parametrize("p", [0.05, 0.3, 0.9])
-def test_each_position_is_dropped_with_probability_p(p):
-    n, draws = 40, 4000
-    torch.manual_seed(0)
+def assert_every_position_dropped_at_rate_p(n: int, p: float, draws: int, seed: int) -> None:
+    torch.manual_seed(seed)
     counts = torch.zeros(n)
     for _ in range(draws):
         pos = dropped_positions(n, p)
@@ -30,6 +28,11 @@ def test_each_position_is_dropped_with_probability_p(p):
     # every position, the first and the last included, is dropped at rate p (5 binomial standard deviations)
     tolerance = 5 * math.sqrt(p * (1 - p) / draws)
     assert (counts / draws - p).abs().max() < tolerance, counts / draws
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.9])
+def test_each_position_is_dropped_with_probability_p(p):
+    assert_every_position_dropped_at_rate_p(40, p, draws=4000, seed=0)
 
 
 def test_positions_are_independent_and_the_total_is_binomial():
@@ -47,14 +50,7 @@ def test_positions_are_independent_and_the_total_is_binomial():
 
 def test_drawing_more_when_the_first_draw_falls_short(monkeypatch):
     monkeypatch.setattr(lora_dropout, "MARGIN_SIGMAS", -3)  # the first batch of gaps ends before n, often
-    n, p, draws = 30, 0.5, 3000
-    torch.manual_seed(2)
-    counts = torch.zeros(n)
-    for _ in range(draws):
-        pos = dropped_positions(n, p)
-        check_positions(pos, n)
-        counts[pos] += 1
-    assert (counts / draws - p).abs().max() < 5 * math.sqrt(p * (1 - p) / draws)
+    assert_every_position_dropped_at_rate_p(30, 0.5, draws=3000, seed=2)
 
 
 def test_edge_sizes_and_probabilities():
