@@ -9,11 +9,13 @@ file that passes is handed to llama.cpp.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localtune.checkpoint import fsync_dir, fsync_file
 from localtune.errors import LocaltuneError
 from localtune.faults import disk_full, fault_point
 
@@ -36,7 +38,7 @@ class GGUFError(LocaltuneError):
 
 @contextlib.contextmanager
 def safe_output(final: Path, expected_bytes: int | None = None):
-    """Yield a temporary path next to `final`; on success validate and rename, else delete it.
+    """Yield a temporary path next to `final`; on success sync, validate and rename, else delete it.
 
     The previous good file under the final name is untouched until the rename. `expected_bytes`, when
     known, is what a full disk's message says the file needs.
@@ -46,10 +48,12 @@ def safe_output(final: Path, expected_bytes: int | None = None):
     tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
     try:
         yield tmp
+        fsync_file(tmp)  # on disk before the final name can point at it (a crash must not leave a hollow file)
         fault_point("gguf.validate")
         check_gguf(tmp)
         fault_point("gguf.rename")
         os.replace(tmp, final)
+        fsync_dir(final.parent)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -73,22 +77,39 @@ class GGUFInfo:
 # GGUF metadata value types
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 
 class _Reader:
+    """Bounds-checked reads over a memory map of the file: only the header pages are touched, and the
+    ~100k strings of a vocabulary parse without a system call each."""
+
     def __init__(self, path: Path):
         self.path = path
         self.size = path.stat().st_size
         self.fh = open(path, "rb")
+        self.buf = mmap.mmap(self.fh.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
+        self.pos = 0
 
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or self.fh.tell() + n > self.size:
+    def close(self) -> None:
+        if isinstance(self.buf, mmap.mmap):
+            self.buf.close()
+        self.fh.close()
+
+    def skip(self, n: int, what: str) -> int:
+        """Advance past n bytes; returns where they start."""
+        if n < 0 or self.pos + n > self.size:
             raise GGUFError(f"{self.path}: {what} reaches past the end of the file ({self.size} bytes): the file "
                             "is truncated or corrupt", hint="re-export or re-download it")
-        return self.fh.read(n)
+        start, self.pos = self.pos, self.pos + n
+        return start
+
+    def take(self, n: int, what: str) -> bytes:
+        start = self.skip(n, what)
+        return self.buf[start:self.pos]
 
     def unpack(self, fmt: str, what: str):
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
+        return struct.unpack_from(fmt, self.buf, self.skip(struct.calcsize(fmt), what))[0]
 
     def string(self, what: str) -> str:
         n = self.unpack("<Q", what)
@@ -102,10 +123,15 @@ class _Reader:
         if vtype == _ARRAY and depth == 0:
             itype, count = self.unpack("<I", what), self.unpack("<Q", what)
             if itype in _SCALARS:  # skip the payload without reading it
-                self.take(struct.calcsize(_SCALARS[itype]) * count, what)
-            elif itype == _STRING:
+                self.skip(struct.calcsize(_SCALARS[itype]) * count, what)
+            elif itype == _STRING:  # a vocabulary: ~100k lengths to hop over, so the loop is kept tight
+                pos, length = self.pos, _U64.unpack_from
                 for _ in range(count):
-                    self.string(what)
+                    if pos + 8 > self.size:
+                        pos = self.size + 1  # no room for the next length: truncated
+                        break
+                    pos += 8 + length(self.buf, pos)[0]
+                self.skip(pos - self.pos, what)  # raises if the strings run past the end
             else:
                 raise GGUFError(f"{self.path}: {what} is an array of unsupported type {itype}")
             return ("array", count)
@@ -147,7 +173,7 @@ def check_gguf(path: str | os.PathLike, *, require_model: bool = True) -> GGUFIn
         alignment = info.metadata.get("general.alignment", 32)
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
             raise GGUFError(f"{path}: invalid alignment {alignment!r}")
-        data_start = -(-r.fh.tell() // alignment) * alignment
+        data_start = -(-r.pos // alignment) * alignment
         for name, (dims, ttype, offset) in info.tensors.items():
             try:
                 block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
@@ -163,7 +189,7 @@ def check_gguf(path: str | os.PathLike, *, require_model: bool = True) -> GGUFIn
                 raise GGUFError(f"{path}: tensor {name!r} ({nbytes} bytes at offset {offset}) reaches past the end "
                                 f"of the file ({r.size} bytes): the file is truncated", hint="re-export it")
     finally:
-        r.fh.close()
+        r.close()
     if require_model:
         missing = [k for k in REQUIRED_MODEL_KEYS if k not in info.metadata]
         arch = info.architecture

@@ -59,12 +59,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -116,13 +116,13 @@ class CheckpointStore:
             (tmp / "loop_state.json").write_text(json.dumps(snap.loop, indent=1))
             files = {}
             for f in sorted(tmp.iterdir()):
-                _fsync_file(f)
+                fsync_file(f)
                 files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
             manifest = {"format": FORMAT_VERSION, "step": snap.step, "files": files, "identity": snap.identity}
             fault_point("checkpoint.manifest")
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-            _fsync_file(tmp / MANIFEST)
-            _fsync_dir(tmp)
+            fsync_file(tmp / MANIFEST)
+            fsync_dir(tmp)
             fault_point("checkpoint.rename")
             if final.exists():  # the same step saved again (after an OOM restart): swap atomically
                 old = self.root / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
@@ -131,7 +131,7 @@ class CheckpointStore:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, final)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, OSError) and (full := disk_full(exc, f"checkpoint {final.name}", self.root,
