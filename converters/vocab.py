@@ -118,14 +118,12 @@ def _fill_special_ids(special, folder: Path) -> None:
     special.add_special_token.setdefault("eos", False)
 
 
-def _added_tokens(folder: Path) -> dict[int, tuple[str, bool]]:
+def _added_tokens(folder: Path, tokenizer_json: dict | None = None) -> dict[int, tuple[str, bool]]:
     """id -> (content, special) for tokens transformers added on top of the base vocabulary."""
-    out: dict[int, tuple[str, bool]] = {}
-    tj = folder / "tokenizer.json"
-    if tj.is_file():
-        for t in json.loads(tj.read_text(encoding="utf-8")).get("added_tokens", []):
-            out[t["id"]] = (t["content"], bool(t.get("special")))
-    return out
+    if tokenizer_json is None:
+        path = folder / "tokenizer.json"
+        tokenizer_json = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return {t["id"]: (t["content"], bool(t.get("special"))) for t in tokenizer_json.get("added_tokens", [])}
 
 
 def _sentencepiece(folder: Path, n_vocab: int):
@@ -165,7 +163,7 @@ def _bpe(folder: Path, tj: dict, n_vocab: int):
 
     vocab = tj["model"]["vocab"]
     by_id = {i: t for t, i in vocab.items()}
-    added = _added_tokens(folder)
+    added = _added_tokens(folder, tj)
     size = max(n_vocab, len(by_id), max(added, default=-1) + 1)
     tokens, types = [], []
     for i in range(size):

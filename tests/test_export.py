@@ -81,6 +81,57 @@ def test_quantized_files_load_generate_and_report_perplexity(out_type, wide_llam
     assert report.passed and ppl.value is not None and "GGUF" in ppl.detail and "vs HF" in ppl.detail
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])  # q/k rows permuted; norms stored + 1
+@pytest.mark.parametrize("source", ["f32", "bf16"])
+def test_direct_types_store_each_weight_exactly_as_ggml_rounds_it(arch, source, tiny_model_dir, tmp_path):
+    """The converter casts with torch straight from the file's dtype; gguf's numpy reference code, given the
+    float32 weight, must produce the same bytes for every tensor of f32, f16, bf16 and q8_0 files."""
+    import shutil
+
+    import gguf
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from localtune.converters.hf_to_gguf import arch_spec, read_config, tensor_plan
+
+    folder = tiny_model_dir(arch)
+    if source == "bf16":  # what a merged model usually is
+        folder = shutil.copytree(folder, tmp_path / "bf16-source")
+        for f in folder.glob("*.safetensors"):
+            save_file({k: v.to(torch.bfloat16) for k, v in load_file(f).items()}, f, metadata={"format": "pt"})
+    cfg = read_config(folder)
+    expected = {}
+    for name, _shape, loader, transforms in tensor_plan(folder, cfg, arch_spec(cfg)):
+        w = loader().float().numpy()
+        for t in transforms:
+            w = t(w)
+        expected[name] = w
+    T = gguf.GGMLQuantizationType
+    for out_type, wanted in (("f32", T.F32), ("f16", T.F16), ("bf16", T.BF16), ("q8_0", T.Q8_0)):
+        stored = {t.name: t for t in gguf.GGUFReader(convert(folder, tmp_path / f"{out_type}.gguf",
+                                                             out_type=out_type).path).tensors}
+        assert set(expected) <= set(stored)
+        for name, w in expected.items():
+            assert stored[name].tensor_type == (T.F32 if w.ndim == 1 else wanted), (out_type, name)
+            want = gguf.quants.quantize(w, stored[name].tensor_type).view(np.uint8).ravel()
+            assert np.array_equal(np.asarray(stored[name].data).view(np.uint8).ravel(), want), (out_type, name)
+
+
+def test_q8_0_blocks_match_gguf_on_ties_zeros_and_extremes():
+    import gguf
+    import torch
+
+    from localtune.converters.hf_to_gguf import q8_0_blocks
+
+    rng = np.random.default_rng(0)
+    halves = np.float32([127.0, *(np.arange(-15, 16) + 0.5)])  # max 127: d = 1, so every other value is a tie
+    ties = np.stack([halves, -halves, halves * 2, -halves * 2])
+    rows = np.concatenate([ties.reshape(2, 64), np.zeros((1, 64), np.float32),  # exact halves; an all-zero block
+                           np.float32([[1e-30] * 32 + [-65504.0] * 32]), rng.standard_normal((8, 64), np.float32)])
+    want = gguf.quants.quantize(rows, gguf.GGMLQuantizationType.Q8_0)
+    assert np.array_equal(q8_0_blocks(torch.from_numpy(rows)), want)
+
+
 def test_k_quant_fallback_is_reported(tiny_model_dir, gguf_of, tmp_path):
     rep = quantize(gguf_of("llama", "f16"), tmp_path / "q.gguf", "q4_k_m")  # hidden 64: no row fits Q4_K
     assert "Q4_K" not in rep.tensor_types and "no tensor could use Q4_K" in rep.fallbacks[0]
@@ -237,6 +288,11 @@ def test_truncated_and_huge_dim_files(tmp_path, gguf_of, cli):
     (tmp_path / "huge.gguf").write_bytes(bytes(huge))
     with pytest.raises(GGUFError, match="impossible dimensions|past the end"):
         open_gguf(tmp_path / "huge.gguf")
+    tokens = good.index(b"tokenizer.ggml.tokens")
+    for end in [*range(tokens, tokens + 4000, 97), *range(0, good.index(name) + 64, 211)]:  # inside the vocabulary,
+        cut.write_bytes(good[:end])  # then anywhere in the metadata and tensor table
+        with pytest.raises(GGUFError):
+            check_gguf(cut)
 
 
 def test_amx_detection_and_safe_loading(wide_llama, tmp_path, monkeypatch):
