@@ -1,8 +1,8 @@
 """Hugging Face folder -> GGUF, on the PyPI `gguf` package: metadata, tokenizer, streamed tensors.
 
 Writes f32, f16, bf16 or q8_0 directly. Tensors are read one at a time from the safetensors files and
-cast by torch from their own dtype; each is written by a writer thread while the next is cast, so peak
-memory stays about two tensors and the time is about the disk's. The file is written under a temporary
+cast by torch from their own dtype; each is written by a writer thread while the next is cast, so
+casting overlaps writing and peak memory stays about two tensors. The file is written under a temporary
 name, synced, and only renamed once it validates (see `converters.gguf_file`).
 
 Run as:  localtune export HF_DIR --quant f16
