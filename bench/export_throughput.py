@@ -114,6 +114,8 @@ def random_model(name: str, out: Path) -> Path:
         if shard_bytes >= 2 << 30:
             flush()
     flush()
+    if index == 1:
+        (out / "model-00001.safetensors").rename(out / "model.safetensors")
     if index > 1:  # shards need the index transformers reads
         names = sorted(out.glob("model-*.safetensors"))
         for i, p in enumerate(names, 1):
