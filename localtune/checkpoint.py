@@ -14,6 +14,7 @@ pickle in a checkpoint folder is an error, never an execution.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -65,9 +66,14 @@ def fsync_file(path: Path) -> None:
 
 
 def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable. Some filesystems (FUSE and network mounts) cannot sync a folder and
+    say EINVAL or ENOTSUP: the rename has happened and the file's own data was synced, so that is not an error."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
     finally:
         os.close(fd)
 

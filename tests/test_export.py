@@ -237,6 +237,30 @@ def test_interrupted_export_keeps_the_previous_file(tmp_path, tiny_model_dir):
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
 
 
+def test_export_syncs_its_file_and_tolerates_a_folder_that_cannot_be_synced(tmp_path, tiny_model_dir, monkeypatch):
+    import errno
+    import os
+    import stat
+
+    real_fsync, synced = os.fsync, []
+
+    def fsync(fd, fail_files_with=None):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")  # what FUSE and some network mounts answer
+        if fail_files_with:
+            raise OSError(fail_files_with, os.strerror(fail_files_with))
+        synced.append(os.fstat(fd).st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    report = convert(tiny_model_dir("llama"), tmp_path / "m.gguf", out_type="f16")
+    assert synced == [report.path.stat().st_size] and check_gguf(report.path)  # the whole file, before the rename
+    monkeypatch.setattr(os, "fsync", lambda fd: fsync(fd, fail_files_with=errno.EIO))
+    with pytest.raises(OSError, match="Input/output error"):
+        convert(tiny_model_dir("llama"), tmp_path / "n.gguf", out_type="f16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]  # a file that did not reach the disk: gone
+
+
 def test_export_killed_mid_write_leaves_no_final_file(tmp_path, tiny_model_dir):
     script = textwrap.dedent(f"""
         import os, signal
