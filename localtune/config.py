@@ -73,7 +73,9 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = opt(1, "Passes over the training data (ignored when max_steps > 0).")
+    epochs: int = opt(1, "Passes over the training data (ignored when max_steps > 0). Left unset (no flag or file "
+                         "value), `train` and `quick` choose it from the data's size: at least 32 optimizer steps, "
+                         "2-8 epochs under 2,000 rows (README: the training recipe).")
     max_steps: int = opt(0, "Stop after this many optimizer steps (0: train for `epochs`).")
     micro_batch_size: int = opt(
         0, "Rows per forward pass; 0 is auto: the memory planner picks it, and on out-of-memory it halves "
@@ -81,7 +83,8 @@ class TrainConfig:
     grad_accum: int = opt(
         8, "Micro-batches per optimizer step; with an auto micro-batch, the rows per optimizer step.")
     early_stopping_patience: int = opt(0, "Stop after this many evaluations without a better eval loss (0: off).")
-    lr: float = opt(2e-4, "Peak learning rate.")
+    lr: float = opt(2e-4, "Peak learning rate. Left unset, `train` and `quick` choose it from the model's size "
+                          "and the LoRA scale: 2e-4 x sqrt(7B / parameters) within 1e-4..1e-3, x 2 / scale.")
     lr_scheduler: str = opt("cosine", "Learning-rate schedule after warm-up.", choices=SCHEDULERS)
     warmup_ratio: float = opt(0.03, "Fraction of steps spent warming up the learning rate.")
     weight_decay: float = opt(0.0, "AdamW weight decay.")

@@ -87,6 +87,18 @@ class MemoryPlanned(Event):
 
 
 @dataclass(frozen=True)
+class RecipeChosen(Event):
+    """The epochs and learning rate the run chose itself (recipe.py) for what the user left unset."""
+
+    kind = "recipe"
+    epochs: int  # 0 when train.max_steps sets the length
+    lr: float
+    total_steps: int
+    chosen: list[str]  # config keys the rule set, e.g. ["train.epochs", "train.lr"]
+    reason: str
+
+
+@dataclass(frozen=True)
 class StepMetrics(Event):
     kind = "step"
     step: int
@@ -160,6 +172,25 @@ class Phase(Event):
     index: int
     total: int
     elapsed_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class EvalProgress(Event):
+    """One held-out row evaluated by every system of `localtune eval`."""
+
+    kind = "eval_progress"
+    done: int
+    total: int
+    eta_s: float
+
+
+@dataclass(frozen=True)
+class EvalFinished(Event):
+    kind = "eval_finished"
+    report_dir: str
+    rows: int
+    verdict: str
+    partial: bool = False
 
 
 class Sink(Protocol):

@@ -24,9 +24,10 @@ from localtune.config import Config
 from localtune.data.dataset import load_examples, prepare_data
 from localtune.errors import LocaltuneError, UsageError
 from localtune.events import (DataPrepared, Emitter, Failed, Finished, Interrupted, JsonlSink, MemoryPlanned,
-                              ModelLoaded, RunStarted, Warning, json_safe)
+                              ModelLoaded, RecipeChosen, RunStarted, Warning, json_safe)
 from localtune.faults import disk_full, fault_point, signal_point
 from localtune.model_loading import load_for_training, memory_in_use, resolve_base
+from localtune.recipe import choose_recipe
 from localtune.run_lock import run_lock
 from localtune.trainer import Hooks, StopFlag, StopRequested, Trainer, TrainingError
 
@@ -228,6 +229,13 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
         emit(Warning("train.activation_offload is on, but training runs on the CPU, where the activations are "
                      "in CPU memory already; not offloading"))
     emit(planned)
+    recipe = choose_recipe(cfg, rows=len(prepared.train), rows_per_step=micro * accum,
+                           params=shape.linear_params() + shape.embedding_params())
+    if recipe is not None:  # what the user left unset; saved, so a resumed run keeps it
+        for key in recipe.chosen:
+            cfg.set(key, recipe.epochs if key == "train.epochs" else recipe.lr, "recipe")
+        cfg.save(run_dir / "config.yaml")
+        emit(RecipeChosen(recipe.epochs, recipe.lr, recipe.total_steps, list(recipe.chosen), recipe.reason))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
     trainer = Trainer(cfg, model, prepared.train, prepared.val, device=lm.device, dtype=lm.dtype, pad_id=pad_id,
                       store=store, identity=identity, emit=emit, stop=stop, micro_batch=micro, grad_accum=accum,
