@@ -174,6 +174,8 @@ class TrainPrinter:
             elif e.step == 1 or e.step == e.total_steps or e.step % max(1, e.total_steps // 20) == 0:
                 click.echo(line)
             return
+        if k.startswith("eval_"):
+            return  # EvalPrinter's
         if self.tty:
             click.echo("\r", nl=False)
         if k == "data_prepared":
@@ -190,6 +192,11 @@ class TrainPrinter:
             click.echo(f"memory: micro-batch {event.micro_batch} x {event.grad_accum} accumulated; planned peak "
                        f"{format_bytes(event.estimate_bytes)} of {format_bytes(event.budget_bytes)} available; "
                        f"{event.reason}")
+        elif k == "recipe":
+            flags = " and ".join({"train.epochs": "--epochs/--max-steps", "train.lr": "--lr"}[c] for c in event.chosen)
+            click.echo(f"recipe: {event.total_steps} optimizer steps" + (f" ({event.epochs} epochs)" if event.epochs
+                       else "") + f" at lr {event.lr:.1e}, chosen for this data and model: {event.reason} "
+                       f"(set {flags} to choose yourself)")
         elif k == "eval":
             click.echo(f"eval at step {event.step}: loss {event.loss:.4f} on {event.rows} rows")
         elif k == "checkpoint":
@@ -431,6 +438,62 @@ def verify_cmd(gguf_file, against):
     sys.exit(0 if report.passed else 1)
 
 
+class EvalPrinter:
+    """Progress of `localtune eval` with ETA: a live bar on a terminal, a few lines in a log."""
+
+    def __init__(self):
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, event) -> None:
+        if event.kind != "eval_progress":
+            return
+        bar_w = 24
+        done = int(bar_w * event.done / max(1, event.total))
+        line = f"eval: row {event.done}/{event.total} [{'#' * done}{'.' * (bar_w - done)}] ETA {_duration(event.eta_s)}"
+        if self.tty:
+            click.echo("\r" + line + "    ", nl=event.done == event.total, err=True)
+        elif event.done == event.total or event.done % max(1, event.total // 5) == 0:
+            click.echo(line, err=True)
+
+
+@main.command("eval")
+@click.argument("target", type=click.Path())
+@click.option("--data", "-d", help="Held-out rows (any data format; default: the run's validation split).")
+@click.option("--base", "base_file", type=click.Path(dir_okay=False), help="Base GGUF (default: the run's base-*.gguf).")
+@click.option("--shots", type=click.IntRange(0, 64), default=4, show_default=True,
+              help="Training rows shown to the base as few-shot turns (fewer if they do not fit --ctx; 0: none).")
+@click.option("--shots-from", help="Rows to take few-shot turns from (default: the run's training rows).")
+@click.option("--max-rows", type=click.IntRange(0), default=0, help="Evaluate at most N rows (default: all).")
+@click.option("--max-tokens", type=click.IntRange(1), default=256, show_default=True,
+              help="Longest greedy answer; each row's limit is also at most 2x its reference + 16 tokens.")
+@click.option("--ctx", type=click.IntRange(64), default=2048, show_default=True, help="Context window in tokens.")
+@click.option("--all-quants", is_flag=True, help="Evaluate every tuned GGUF of the run's bundle.")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
+              help="Report folder (default: RUN_DIR/eval/<timestamp>).")
+@friendly_errors
+def eval_cmd(target, data, base_file, shots, shots_from, max_rows, max_tokens, ctx, all_quants, out_dir):
+    """Is the tuned GGUF better than its base, and than few-shot prompting of the base, on held-out rows?
+
+    TARGET is a RUN_DIR or a GGUF. Every system runs through llama.cpp on the same rows: teacher-forced
+    loss and perplexity of the reference answers, greedy answers scored by exact match, token F1 and
+    ROUGE-L, answer length and whether each answer stopped (EOS/end-of-turn), with bootstrap intervals
+    and per-row wins. Writes report.md, report.json and chart.png. Ctrl-C keeps the finished rows as a
+    partial report. Exits 1 when the tuned GGUF does not stop on most rows.
+    """
+    from localtune.evaluation.evaluate import evaluate
+    from localtune.evaluation.report import render_text
+    from localtune.evaluation.runner import Settings
+
+    report = evaluate(target, data=data, base=base_file, shots_from=shots_from, out=out_dir, all_quants=all_quants,
+                      settings=Settings(shots=shots, max_rows=max_rows, max_tokens=max_tokens, n_ctx=ctx),
+                      emit=EvalPrinter())
+    click.echo(render_text(report))
+    if report.partial:
+        click.echo("interrupted: the rows finished so far are in the partial report above", err=True)
+        sys.exit(130)
+    sys.exit(0 if report.passed else 1)
+
+
 @main.command("merge")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), help="Output folder (default RUN_DIR/merged).")
@@ -493,7 +556,7 @@ def quick_cmd(model, data, run_dir, quant, config_file, max_steps, epochs, lr, m
         # On the CPU 4-bit saves little and bitsandbytes' CPU kernels are slow: plain LoRA.
         cfg.set("train.load_in_4bit", False, "quick on CPU")
     result = run_quick(cfg, run_dir, quants=[q.strip() for q in quant.split(",")] if quant else None,
-                       sinks=[TrainPrinter()], say=click.echo, prompt=prompt)
+                       sinks=[TrainPrinter(), EvalPrinter()], say=click.echo, prompt=prompt)
     sys.exit(result.exit_code)
 
 

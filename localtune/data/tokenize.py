@@ -97,3 +97,20 @@ def _with_eos(ids: list[int], tokenizer) -> list[int]:
     """End raw text with EOS (so the model learns to stop), unless the tokenizer already added it."""
     eos = tokenizer.eos_token_id
     return ids + [eos] if eos is not None and (not ids or ids[-1] != eos) else ids
+
+
+def split_answer(example: Example, tokenizer, render: Renderer) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of a row whose last turn is the answer, tokenized as training does: the
+    whole rendering at once, the answer being the last assistant span (with its end-of-turn), or the
+    completion and EOS. The prompt ids are everything before the answer. TemplateError propagates."""
+    if example.kind == "completion":
+        enc = _encode(tokenizer, example.prompt + example.completion, add_special_tokens=True)
+        at = next((i for i, s in enumerate(enc.starts) if s >= len(example.prompt)), len(enc.ids))
+        return enc.ids[:at], _with_eos(enc.ids, tokenizer)[at:]
+    full, spans = render_with_spans(example.as_messages(), render)
+    start, end = spans[-1]
+    enc = _encode(tokenizer, full, add_special_tokens=False, spans=spans)
+    inside = [i for i, s in enumerate(enc.starts) if start <= s < end]
+    if not inside:
+        return enc.ids, []
+    return enc.ids[:inside[0]], enc.ids[inside[0]:inside[-1] + 1]

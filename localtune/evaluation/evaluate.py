@@ -1,0 +1,103 @@
+"""`localtune eval` from start to finish: what to evaluate, on which rows, against what, and where it goes.
+
+- RUN_DIR: the tuned GGUF of its bundle (every quant with all_quants), the bundle's base GGUF (or
+  --base), the run's validation split (or --data), few-shot turns from its training rows, tokens
+  from the run's tokenizer and chat template. A report folder goes to RUN_DIR/eval/<timestamp> and
+  the summary into the bundle's README card.
+- A GGUF inside a run's gguf/ folder is evaluated as that run with that file as the tuned model.
+- Any other GGUF: --data is needed; tokens come from llama.cpp's tokenizer and the GGUF's template;
+  the base (with --base) is compared zero-shot and, when --shots-from gives training rows, few-shot.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from localtune.errors import UsageError
+from localtune.events import EvalFinished, EvalProgress
+from localtune.evaluation import report as rep
+from localtune.evaluation import runner
+from localtune.evaluation.rows import EvalRows, file_rows, run_rows
+
+
+def find_run(target: Path) -> tuple[Path | None, list[Path], Path | None]:
+    """(run folder or None, tuned GGUFs, base GGUF or None) for a run folder or a GGUF file."""
+    from localtune.chat import find_models
+
+    if target.is_dir():
+        if not (target / "config.yaml").is_file():
+            raise UsageError(f"{target} is not a run folder (no config.yaml)", hint="give a RUN_DIR or a .gguf file",
+                             title="nothing to evaluate")
+        tuned, base = find_models(target)
+        return target, [tuned], base
+    if target.suffix != ".gguf":
+        raise UsageError(f"{target} is not a .gguf file", hint="give a RUN_DIR or a .gguf file",
+                         title="nothing to evaluate")
+    run_dir = target.parent.parent
+    if target.parent.name == "gguf" and (run_dir / "config.yaml").is_file():
+        base = next(iter(sorted(target.parent.glob("base-*.gguf"))), None)
+        return run_dir, [target], base
+    return None, [target], None
+
+
+def bundle_quants(run_dir: Path) -> list[Path]:
+    return sorted(p for p in (run_dir / "gguf").glob("*.gguf")
+                  if not p.name.startswith("base-") and "-adapter-" not in p.name)
+
+
+def evaluate(target: str | Path, *, data: str | None = None, base: str | Path | None = None,
+             shots_from: str | None = None, settings: runner.Settings | None = None, out: str | Path | None = None,
+             all_quants: bool = False, emit=None, update_card: bool = True) -> rep.EvalReport:
+    """Evaluate, write the report folder, and return the report. Raises LocaltuneError for bad input."""
+    from localtune.config import load_config
+
+    settings = settings or runner.Settings()
+    target = Path(target)
+    if not target.exists():
+        raise UsageError(f"{target} does not exist", hint="give a RUN_DIR or a .gguf file", title="nothing to evaluate")
+    run_dir, tuned, found_base = find_run(target)
+    base_path = Path(base) if base else found_base
+    if run_dir is not None:
+        cfg = load_config(run_dir / "config.yaml")
+        rows = run_rows(run_dir, cfg, data)
+        if shots_from:
+            rows.train = file_rows(shots_from)
+        if all_quants and target.is_dir():
+            tuned = bundle_quants(run_dir)
+        encoder = runner.run_encoder(run_dir)
+    else:
+        if data is None:
+            raise UsageError(f"{target} is not part of a run, so it has no validation rows",
+                             hint="pass --data FILE with the rows to evaluate", title="nothing to evaluate")
+        rows = EvalRows(file_rows(data), file_rows(shots_from) if shots_from else [], str(data))
+        from localtune.llama_runtime import open_gguf
+
+        encoder = runner.gguf_encoder(open_gguf(tuned[0], n_ctx=64))
+    settings.n_ctx = min(settings.n_ctx, _context_length(tuned[0]))
+    plan = runner.plan(rows, encoder, tuned, base_path, settings)
+
+    def progress(done: int, total: int, eta: float) -> None:
+        if emit:
+            emit(EvalProgress(done, total, round(eta, 1)))
+
+    results, interrupted = runner.run(plan, settings, progress=progress)
+    report = rep.build_report(plan, results, settings, target=str(target), source=rows.source,
+                              tokenization=encoder.origin, partial=interrupted)
+    if results:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = Path(out) if out else (run_dir / "eval" / stamp if run_dir else target.parent / "eval" / stamp)
+        rep.write_report(report, folder)
+        if run_dir is not None and update_card:
+            rep.update_card(run_dir / "gguf" / "README.md", report)
+    if emit:
+        emit(EvalFinished(str(report.folder or ""), len(results), report.verdict, interrupted))
+    return report
+
+
+def _context_length(gguf: Path) -> int:
+    from localtune.converters.gguf_file import check_gguf
+
+    info = check_gguf(gguf)
+    value = info.metadata.get(f"{info.architecture}.context_length")
+    return int(value) if value else 2048
