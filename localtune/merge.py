@@ -65,7 +65,7 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
     from transformers import AutoModelForCausalLM
 
     from localtune.config import load_config
-    from localtune.model_loading import pick_device, resolve_base
+    from localtune.model_loading import pick_device, quiet_progress, resolve_base
 
     run_dir = Path(run_dir)
     adapter = run_dir / "adapter"
@@ -82,10 +82,12 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
     tokenizer = base.tokenizer()
     dev, dtype = merge_placement(base.folder, device or pick_device(cfg.train.device))
     signal_point("merge.load")
-    model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=dtype, device_map={"": 0 if dev == "cuda" else
-                                                                                     "cpu"},
-                                                 trust_remote_code=cfg.model.trust_remote_code)
-    model = PeftModel.from_pretrained(model, adapter).eval()
+    with quiet_progress():
+        model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=dtype,
+                                                     device_map={"": 0 if dev == "cuda" else "cpu"},
+                                                     trust_remote_code=cfg.model.trust_remote_code)
+    with quiet_progress():
+        model = PeftModel.from_pretrained(model, adapter).eval()
     ids = [torch.tensor([tokenizer(s)["input_ids"]], device=model.device) for s in SAMPLES]
     with torch.no_grad():
         before = [model(x).logits.float() for x in ids]
@@ -100,7 +102,8 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        merged.save_pretrained(tmp, max_shard_size="2GB")
+        with quiet_progress():
+            merged.save_pretrained(tmp, max_shard_size="2GB")
         tokenizer.save_pretrained(tmp)
         if (base.folder / "tokenizer.model").is_file():  # transformers 5 does not save it; GGUF export needs it
             shutil.copy2(base.folder / "tokenizer.model", tmp / "tokenizer.model")

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import os
 import shutil
@@ -91,6 +93,26 @@ def model_folder(source: ModelSource, *, trust_remote_code: bool = False) -> Pat
     return import_gguf(Path(source.location) / source.gguf_file)
 
 
+@contextlib.contextmanager
+def quiet_progress():
+    """No transformers progress bars while local files load or save (what the terminal shows is ours;
+    hub downloads happen before, in model_folder, and keep theirs), and no deprecation notice that peft
+    triggers in transformers 5 (`is_gradient_checkpointing`): nothing a user can act on."""
+    import warnings
+
+    from transformers.utils import logging
+
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
+
+
 def import_gguf(path: Path) -> Path:
     """Dequantize a GGUF through transformers and keep it as a Hugging Face folder (cached)."""
     target = cache_dir() / "gguf-imports" / f"{path.stem}-{fingerprint([path])}"
@@ -101,19 +123,29 @@ def import_gguf(path: Path) -> Path:
 
     tmp = target.with_name(target.name + f".partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = gguf_utils.tqdm  # its dequantizing bar ignores transformers' switch: silence it for this call
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        with quiet_progress():
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as exc:
         raise ModelSourceError(f"cannot import {path} through transformers' GGUF loader: {str(exc).splitlines()[0]}",
                                hint="use a Hugging Face folder or hub id for this model instead") from None
+    finally:
+        gguf_utils.tqdm = bar
     # The GGUF loader leaves its (non-serializable) dequantizing quantizer attached; the weights it
     # produced are plain tensors, so detach it and save them as an ordinary checkpoint.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    with quiet_progress():
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target
@@ -189,7 +221,8 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=torch.uint8)
     signal_point("train.load")
-    model = AutoModelForCausalLM.from_pretrained(base.folder, **kwargs)
+    with quiet_progress():
+        model = AutoModelForCausalLM.from_pretrained(base.folder, **kwargs)
     if cfg.train.load_in_4bit and device == "cpu":
         # bitsandbytes repacks 4-bit weights for its CPU inference kernel the first time a layer runs in
         # eval mode (our evaluation) and keeps them packed; training then backpropagates through a
@@ -213,7 +246,8 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
                       target_modules="all-linear" if targets == ["all-linear"] else list(targets),
                       use_rslora=cfg.lora.use_rslora, use_dora=cfg.lora.use_dora, task_type="CAUSAL_LM")
     try:
-        model = get_peft_model(model, lora)
+        with quiet_progress():
+            model = get_peft_model(model, lora)
     except ValueError as exc:  # e.g. target modules that do not exist in this model
         raise ModelSourceError(f"cannot add LoRA adapters: {exc}",
                                hint="check lora.target_modules against the model's module names") from None
