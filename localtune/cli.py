@@ -534,7 +534,7 @@ def quick_cmd(model, data, run_dir, quant, config_file, max_steps, epochs, lr, m
     from localtune.config import load_config
     from localtune.demo import DEMO_DATA
     from localtune.model_source import DEMO_MODEL
-    from localtune.quick import DEMO_SETTINGS, run_quick
+    from localtune.quick import run_quick
 
     data = data or str(DEMO_DATA)
     run_dir = run_dir or str(Path("runs") / Path(data).stem)
@@ -545,10 +545,6 @@ def quick_cmd(model, data, run_dir, quant, config_file, max_steps, epochs, lr, m
                  "train.max_steps": (max_steps, "--max-steps"), "train.epochs": (epochs, "--epochs"),
                  "train.lr": (lr, "--lr"), "data.max_seq_len": (max_seq_len, "--max-seq-len"),
                  "model.trust_remote_code": (trust_remote_code, "--trust-remote-code")}
-    if data == str(DEMO_DATA) and config_file is None:
-        for key, value in DEMO_SETTINGS.items():  # the demo's tuned settings, unless a flag says otherwise
-            if key not in overrides or overrides[key][0] is None:
-                overrides[key] = (value, "demo")
     cfg = load_config(config_file, overrides)
     import torch
 

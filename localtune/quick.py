@@ -1,7 +1,8 @@
 """`localtune quick`: data to a verified, chattable GGUF in one command, resumable phase by phase.
 
 Phases: preflight (data validation, memory plan, free disk), train, export (merge, GGUF, verify,
-Modelfile, card), sample (base vs fine-tuned answer). Finished phases are recorded in
+Modelfile, card), sample (base vs fine-tuned answer), eval (a short `localtune eval` on the
+validation rows: tuned vs base vs few-shot, with a verdict). Finished phases are recorded in
 `RUN_DIR/quick.json`; running `quick` again on the same --out resumes training from its last
 checkpoint and skips what is done. Phase events go to `events.jsonl` like every other event.
 
@@ -20,8 +21,8 @@ from pathlib import Path
 from localtune.config import Config
 from localtune.events import Emitter, JsonlSink, Phase
 
-PHASES = ("preflight", "train", "export", "sample")
-DEMO_SETTINGS = {"train.epochs": 3, "train.lr": 2e-3, "train.grad_accum": 8}
+PHASES = ("preflight", "train", "export", "sample", "eval")
+QUICK_EVAL_ROWS = 16  # the eval phase's sample of validation rows; `localtune eval` takes them all
 
 
 @dataclass
@@ -31,6 +32,7 @@ class QuickResult:
     tuned: Path | None = None
     base: Path | None = None
     sample: dict | None = None
+    eval_report: object | None = None
 
 
 def _state(run_dir: Path) -> dict:
@@ -104,6 +106,13 @@ def run_quick(cfg: Config, run_dir: str | os.PathLike, *, quants: list[str] | No
                 return result
         elif name == "sample":
             result.sample = sample_answers(run_dir, prompt, say=say)
+        elif name == "eval":
+            report = quick_eval(run_dir, emit, say=say)
+            result.eval_report = report
+            if report is not None and report.partial:
+                say(f"interrupted: run `localtune quick --out {run_dir}` again to evaluate again")
+                result.exit_code = 130
+                return result
         phase(i, name, "done")
         if name != "sample":
             _mark(run_dir, state, name)
@@ -133,6 +142,24 @@ def sample_answers(run_dir: Path, prompt: str | None, *, say=print) -> dict:
         if label in answers:
             say(f"  {label:>10}: {answers[label].strip()}")
     return answers
+
+
+def quick_eval(run_dir: Path, emit, *, say=print):
+    """A short `localtune eval` on the run's validation rows; None when the data has none to spare."""
+    from localtune.errors import UsageError
+    from localtune.evaluation.evaluate import evaluate
+    from localtune.evaluation.report import render_text
+    from localtune.evaluation.runner import Settings
+
+    try:
+        report = evaluate(run_dir, settings=Settings(max_rows=QUICK_EVAL_ROWS, max_tokens=128), emit=emit)
+    except UsageError as exc:
+        if exc.title != "nothing to evaluate":
+            raise
+        say(f"eval skipped: {exc.message}; run `localtune eval {run_dir} --data HELD_OUT_FILE` to measure it")
+        return None
+    say(render_text(report))
+    return report
 
 
 def _sample_prompt(run_dir: Path) -> str:

@@ -189,6 +189,33 @@ def test_export_and_chat_flows(exported_run):
     assert (exported_run / "gguf" / "done-Q8_0.gguf").is_file()
 
 
+def test_dashboard_evaluates_and_shows_the_latest_report(exported_run):
+    from localtune.evaluation.report import latest_report
+
+    if not (exported_run / "gguf").is_dir():
+        from localtune.bundle import export_run
+
+        export_run(exported_run, verify=False, say=lambda m: None)
+
+    async def body(pilot):
+        await pilot.press("enter")
+        screen = pilot.app.screen
+        assert isinstance(screen, DashboardScreen)
+        shown = lambda: str(screen.query_one("#evalreport").render())  # noqa: E731
+        before = latest_report(exported_run)
+        if before is None:
+            assert "eval: none yet" in shown()
+        await pilot.press("v")
+        await pilot.pause(0.2)
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.2)
+        report = latest_report(exported_run)
+        assert report is not None and report != before
+        assert f"verdict: {report['verdict'][:30]}" in shown() and "tuned Q8_0: loss" in shown()
+
+    drive(LocaltuneApp(exported_run.parent), body)
+
+
 def test_real_run_started_from_the_tui_outlives_the_app(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "facts.jsonl", FACTS)
     ws = tmp_path / "runs"

@@ -308,7 +308,7 @@ def histogram(lengths: list[int], bins: int = 8, width: int = 30) -> str:
 class DashboardScreen(Screen):
     BINDINGS = [Binding("s", "stop", "Stop (save)"), Binding("S", "stop_now", "Stop now"),
                 Binding("r", "resume", "Resume"), Binding("e", "export", "Export"),
-                Binding("escape", "app.pop_screen", "Back")]
+                Binding("v", "evaluate", "Evaluate"), Binding("escape", "app.pop_screen", "Back")]
 
     def __init__(self, run_dir: Path):
         super().__init__()
@@ -328,12 +328,41 @@ class DashboardScreen(Screen):
         yield Label("eval loss")
         yield Sparkline([], id="eval")
         yield Static("", id="stats")
+        yield Static(eval_summary(self.run_dir), id="evalreport")
         yield RichLog(id="log", max_lines=500, wrap=True, markup=True)
         yield Footer()
 
     def on_mount(self) -> None:
         self.poll()
         self.set_interval(0.5, self.poll)
+
+    def action_evaluate(self) -> None:
+        if not (self.run_dir / "gguf").is_dir():
+            self.notify("Export the run first (e), then evaluate it", severity="warning")
+            return
+        self.query_one(RichLog).write("evaluating the tuned GGUF against the base and few-shot prompting ...")
+        self.run_eval()
+
+    @work(thread=True, exclusive=True, group="eval")
+    def run_eval(self) -> None:
+        from localtune.evaluation.evaluate import evaluate
+
+        status = self.query_one("#evalreport", Static)
+
+        def progress(event) -> None:
+            if event.kind == "eval_progress":
+                self.app.call_from_thread(status.update, f"evaluating: row {event.done}/{event.total}, "
+                                                         f"ETA {event.eta_s:.0f}s")
+
+        try:
+            with HEAVY_WORK:
+                report = evaluate(self.run_dir, emit=progress)
+        except LocaltuneError as exc:
+            self.app.call_from_thread(self.notify, exc.render(), title=exc.title, severity="error")
+            self.app.call_from_thread(status.update, eval_summary(self.run_dir))
+            return
+        self.app.call_from_thread(status.update, eval_summary(self.run_dir))
+        self.app.call_from_thread(self.query_one(RichLog).write, f"eval: {escape(report.verdict)}")
 
     def poll(self) -> None:
         events, self.event_offset = read_events_tail(self.run_dir / "events.jsonl", self.event_offset)
@@ -398,6 +427,19 @@ class DashboardScreen(Screen):
 
     def action_export(self) -> None:
         self.app.push_screen(ExportScreen(self.run_dir))
+
+
+def eval_summary(run_dir: Path) -> str:
+    """The latest `localtune eval` report of a run, in two lines: each system's loss and ROUGE-L, the verdict."""
+    from localtune.evaluation.report import latest_report
+
+    report = latest_report(run_dir)
+    if report is None:
+        return "eval: none yet; v compares the exported GGUF with the base and few-shot prompting"
+    systems = "  ".join(f"{s['name']}: loss {s['values']['loss']:.3f}, ROUGE-L {s['values']['rouge_l']:.2f}"
+                        for s in report["systems"])
+    return escape(f"eval ({Path(report['folder']).name}, {len(report['rows'])} rows): {systems}\n"
+                  f"verdict: {report['verdict']}")
 
 
 class ExportScreen(Screen):

@@ -90,7 +90,7 @@ def run_encoder(run_dir: Path) -> Encoder:
     from localtune.data.template import resolve_chat_template
 
     template = ChatTemplate(text, "run") if text else resolve_chat_template(tok)
-    return Encoder(tok, make_renderer(tok, template), f"{merged.name} tokenizer, the run's chat template")
+    return Encoder(tok, make_renderer(tok, template), "the run's tokenizer (merged/) and chat template")
 
 
 class GGUFTokenizer:
