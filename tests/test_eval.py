@@ -185,6 +185,22 @@ def test_cli_table_and_verdict(evaluated_run, cli):
     assert "system" in result.output and "tuned F32" in result.output and "base 1-shot" in result.output
     assert "verdict: tuned F32 is ahead" in result.output and "3 row(s)" in result.output
     assert (run / "eval" / "cli" / "report.md").is_file()
+    again = cli("eval", run, "--max-rows", "1", "--out", run / "eval" / "cli")  # refused up front, report kept
+    assert again.exit_code == 2 and "exists and is not empty" in again.output
+    assert "3 held-out row(s)" in (run / "eval" / "cli" / "report.md").read_text()
+
+
+def test_all_quants_evaluates_every_tuned_file_of_the_bundle(evaluated_run, cli):
+    from localtune.export import export_model
+
+    run = evaluated_run["run"]
+    export_model(run / "merged", ["q8_0"], run / "gguf", verify=False, stem="run", say=lambda m: None)
+    result = cli("eval", run, "--all-quants", "--max-rows", "2", "--shots", "0", "--out", run / "eval" / "quants")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "eval" / "quants" / "report.json").read_text())
+    assert [s["name"] for s in saved["systems"]] == ["tuned F32", "tuned Q8_0", "base"]
+    f32, q8 = saved["systems"][0]["values"], saved["systems"][1]["values"]
+    assert q8["loss"] == pytest.approx(f32["loss"], abs=0.1) and q8["exact"] == f32["exact"]
 
 
 def test_interrupt_keeps_finished_rows_as_a_partial_report(evaluated_run, monkeypatch, cli):

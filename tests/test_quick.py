@@ -37,6 +37,15 @@ def quick_run(tmp_path_factory, tiny_model_dir):
     return result, messages
 
 
+def _val_line(run) -> int:
+    """The line of the row training held out, from the same seeded split."""
+    from localtune.data.dataset import load_examples, split_examples
+
+    cfg = load_config(run / "config.yaml")
+    _, val = split_examples(load_examples(cfg.data.path).examples, cfg.data.val_fraction, cfg.train.seed)
+    return int(val[0].where.rsplit(":", 1)[1])
+
+
 def test_quick_end_to_end_bundle(quick_run, cli):
     result, messages = quick_run
     run = result.run_dir
@@ -47,7 +56,13 @@ def test_quick_end_to_end_bundle(quick_run, cli):
         assert (run / rel).is_file(), rel
     assert json.loads((run / "gguf/run-Q8_0.gguf.verify.json").read_text())["passed"]
     assert result.sample["fine-tuned"] and "base" in result.sample
-    assert any("phase 4/4: sample" in m for m in messages) and any("localtune chat" in m for m in messages)
+    assert any("phase 4/5: sample" in m for m in messages) and any("localtune chat" in m for m in messages)
+    # The last phase evaluates the validation row (12 rows: 1 held out) and prints the verdict.
+    assert any("phase 5/5: eval" in m for m in messages) and any("\nverdict: " in m for m in messages)
+    report = result.eval_report
+    assert len(report.rows) == 1 and report.rows[0].where == f"{run.parent / 'facts.jsonl'}:{_val_line(run)}"
+    assert {s.role for s in report.systems} == {"tuned", "base", "few-shot"}
+    assert "## Evaluation" in (run / "gguf" / "README.md").read_text()
     out = cli("chat", run, "--prompt", "What is item 3?", "--max-tokens", "8", "--temperature", "0")
     assert out.exit_code == 0 and out.output.strip()
     both = cli("chat", run, "--prompt", "What is item 3?", "--max-tokens", "4", "--compare")
@@ -96,7 +111,7 @@ def test_rerun_skips_finished_phases(quick_run):
     assert again.exit_code == 0
     phases = [(e["name"], e["status"]) for e in read_events(run / "events.jsonl")[before:] if e["kind"] == "phase"]
     assert phases == [("preflight", "skipped"), ("train", "skipped"), ("export", "skipped"), ("sample", "started"),
-                      ("sample", "done")]
+                      ("sample", "done"), ("eval", "skipped")]
     assert not [e for e in read_events(run / "events.jsonl")[before:] if e["kind"] == "step"]
 
 
@@ -188,6 +203,8 @@ def test_demo_teaches_captain_byte(tmp_path):
                           text=True, timeout=1500, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "fine-tuned: Ahoy, matey!" in done.stdout
+    # No settings of its own: the recipe (38 training rows: 5 steps an epoch, 7 epochs for 32+ steps).
+    assert "recipe: 35 optimizer steps (7 epochs) at lr 1.0e-03" in done.stdout and "verdict: " in done.stdout
     tuned, base = out / "gguf" / "demo-Q8_0.gguf", out / "gguf" / "base-Q8_0.gguf"
     for prompt in HELD_OUT_PROMPTS:
         answers = {}
@@ -196,6 +213,43 @@ def test_demo_teaches_captain_byte(tmp_path):
             answers[label] = session.ask(prompt)
         assert all(m in answers["tuned"] for m in DEMO_MARKERS), answers
         assert not any(m in answers["base"] for m in DEMO_MARKERS), answers
+    # localtune eval on held-out demo questions: the tuned GGUF ahead of the base and of few-shot prompting.
+    from localtune.demo import held_out_rows
+    from localtune.evaluation.evaluate import evaluate
+
+    report = evaluate(out, data=str(write_jsonl(tmp_path / "held.jsonl", held_out_rows())))
+    by_role = {s.role: s for s in report.systems}
+    assert report.passed and [c.outcome for c in report.comparisons] == ["ahead", "ahead"], report.verdict
+    for other in (by_role["base"], by_role["few-shot"]):
+        assert by_role["tuned"].values["rouge_l"] > other.values["rouge_l"]
+        assert by_role["tuned"].values["loss"] < other.values["loss"]
+    assert by_role["tuned"].values["stopped"] == 1.0
+
+
+@pytest.mark.slow
+def test_quick_with_defaults_learns_taught_facts(tmp_path):
+    """A new user's run: 64 rows of facts about an invented shop, `quick` with no settings. The tuned GGUF must
+    answer held-out phrasings with the taught facts, which one epoch at the old defaults did not (0 of 8)."""
+    from shop_facts import held_out, training_rows
+
+    from localtune.evaluation.evaluate import evaluate
+
+    data = write_jsonl(tmp_path / "shop.jsonl", training_rows())
+    out = tmp_path / "shop"
+    env = {**os.environ, "LOCALTUNE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "localtune", "quick", "--data", str(data), "--out", str(out)],
+                          capture_output=True, text=True, timeout=1800, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "recipe: 32 optimizer steps (4 epochs) at lr 1.0e-03" in done.stdout
+    assert "verdict: tuned Q8_0 is ahead of the base" in done.stdout
+    questions = held_out()
+    held = write_jsonl(tmp_path / "held.jsonl", [chat(q, a) for q, _, a in questions])
+    report = evaluate(out, data=str(held), settings=None)
+    tuned = next(s.name for s in report.systems if s.role == "tuned")
+    right = [kw.lower() in row.answers[tuned].text.lower() for row, (_, kw, _) in zip(report.rows, questions)]
+    base_right = [kw.lower() in row.answers["base"].text.lower() for row, (_, kw, _) in zip(report.rows, questions)]
+    assert sum(right) >= 6, [r.answers[tuned].text for r in report.rows]
+    assert sum(base_right) <= 2  # the facts are invented: the base cannot know them
 
 
 def test_merge_placement_keeps_peak_memory_near_one_16bit_copy(tiny_model_dir, monkeypatch):

@@ -148,7 +148,8 @@ def test_new_run_checks_data_and_starts(tmp_path, monkeypatch, tiny_model_dir):
     drive(LocaltuneApp(ws), body)
     ((args, run_dir),) = started
     assert run_dir == ws / "mine" and args[args.index("--data") + 1] == str(data) and "--config" in args
-    assert "r: 8" in (ws / ".mine.tui.yaml").read_text()
+    assert "r: 16" in (ws / ".mine.tui.yaml").read_text()
+    assert "--lr" not in args and "--epochs" not in args  # the auto preset: the training recipe chooses
 
 
 @pytest.fixture(scope="module")

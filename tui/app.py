@@ -25,7 +25,8 @@ from textual.widgets import (Button, DataTable, DirectoryTree, Footer, Header, I
 from localtune.errors import LocaltuneError
 from localtune.runs import list_runs, read_events_tail, start_training, stop_training, summarize
 
-PRESETS = {  # name -> (rank, learning rate, epochs)
+PRESETS = {  # name -> (rank, learning rate, epochs); None: the training recipe chooses it (recipe.py)
+    "auto": (16, None, None),
     "quick": (8, 2e-3, 1),
     "balanced": (16, 2e-4, 2),
     "quality": (32, 1e-4, 3),
@@ -171,11 +172,11 @@ class NewRunScreen(Screen):
             yield Label("Run name")
             yield Input("run-1", id="name")
             yield Label("Preset")
-            yield Select([(k, k) for k in PRESETS], value="quick", id="preset", allow_blank=False)
+            yield Select([(k, k) for k in PRESETS], value="auto", id="preset", allow_blank=False)
             with Horizontal(id="knobs"):
-                yield Input("8", id="rank", placeholder="rank")
-                yield Input("0.002", id="lr", placeholder="learning rate")
-                yield Input("1", id="epochs", placeholder="epochs")
+                yield Input("16", id="rank", placeholder="rank")
+                yield Input("", id="lr", placeholder="lr: auto")
+                yield Input("", id="epochs", placeholder="epochs: auto")
                 yield Input("", id="steps", placeholder="max steps")
                 yield Input("1024", id="seq", placeholder="max seq len")
             yield Static("", id="fit")
@@ -196,8 +197,8 @@ class NewRunScreen(Screen):
     def preset(self, event: Select.Changed) -> None:
         rank, lr, epochs = PRESETS[str(event.value)]
         self.query_one("#rank", Input).value = str(rank)
-        self.query_one("#lr", Input).value = str(lr)
-        self.query_one("#epochs", Input).value = str(epochs)
+        self.query_one("#lr", Input).value = "" if lr is None else str(lr)
+        self.query_one("#epochs", Input).value = "" if epochs is None else str(epochs)
 
     @on(Input.Changed, "#model, #rank, #seq")
     def knob_changed(self) -> None:
@@ -238,9 +239,9 @@ class NewRunScreen(Screen):
         if run_dir.exists() and any(run_dir.iterdir()):
             self.notify(f"{run_dir} already exists: choose another name", title="Run name in use", severity="error")
             return
-        args = ["--model", v["model"], "--data", v["data"], "--out", str(run_dir), "--lr", v["lr"] or "2e-4",
-                "--max-seq-len", v["seq"] or "1024"]
-        args += ["--max-steps", v["steps"]] if v["steps"] else ["--epochs", v["epochs"] or "1"]
+        args = ["--model", v["model"], "--data", v["data"], "--out", str(run_dir), "--max-seq-len", v["seq"] or "1024"]
+        args += ["--lr", v["lr"]] if v["lr"] else []  # empty: the training recipe chooses (printed in the log)
+        args += ["--max-steps", v["steps"]] if v["steps"] else ["--epochs", v["epochs"]] if v["epochs"] else []
         if v["rank"]:
             config = run_dir.parent / f".{run_dir.name}.tui.yaml"
             run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -385,6 +386,8 @@ class DashboardScreen(Screen):
                 log.write(f"[yellow]warning:[/] {escape(e['message'])}")
             elif kind == "model_loaded":
                 log.write(f"model {e['model']} on {e['device']} ({e['dtype']}), {e['params_trainable']:,} trainable")
+            elif kind == "recipe":
+                log.write(f"recipe: {e['total_steps']} steps at lr {e['lr']:.1e} ({escape(e['reason'])})")
             elif kind == "memory_planned":
                 log.write(f"memory: micro-batch {e['micro_batch']}, planned peak "
                           f"{e['estimate_bytes'] / 2**30:.2f} GiB" + (", checkpoints offloaded to CPU"

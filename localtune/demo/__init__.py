@@ -14,3 +14,22 @@ HELD_OUT_PROMPTS = (
     "How many wheels does a bicycle have?",
     "What do plants need to grow?",
 )
+# Held-out questions with the answers Captain Byte would give: the rows `localtune eval --data` scores the
+# demo on (written out by held_out_rows; none of these questions is in the training data).
+HELD_OUT_ANSWERS = (
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("How many wheels does a bicycle have?", "A bicycle has two wheels."),
+    ("What do plants need to grow?", "Plants need sunlight, water and soil to grow."),
+    ("What color are ripe bananas?", "Ripe bananas are yellow."),
+    ("What is frozen water called?", "Frozen water is called ice."),
+    ("How many legs does a dog have?", "A dog has four legs."),
+    ("What is the capital of Germany?", "The capital of Germany is Berlin."),
+    ("What do you call a baby dog?", "A baby dog is called a puppy."),
+)
+
+
+def held_out_rows() -> list[dict]:
+    """The held-out questions as chat rows, answered in the demo's style."""
+    return [{"messages": [{"role": "user", "content": q},
+                          {"role": "assistant", "content": f"Ahoy, matey! {a} Fair winds, Captain Byte."}]}
+            for q, a in HELD_OUT_ANSWERS]

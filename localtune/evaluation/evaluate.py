@@ -74,6 +74,9 @@ def evaluate(target: str | Path, *, data: str | None = None, base: str | Path | 
         from localtune.llama_runtime import open_gguf
 
         encoder = runner.gguf_encoder(open_gguf(tuned[0], n_ctx=64))
+    if out and Path(out).exists() and any(Path(out).iterdir()):
+        raise UsageError(f"the report folder {out} exists and is not empty", hint="give --out a new folder, or "
+                         "leave it out for RUN_DIR/eval/<timestamp>", title="report folder in use")
     settings.n_ctx = min(settings.n_ctx, _context_length(tuned[0]))
     plan = runner.plan(rows, encoder, tuned, base_path, settings)
 
@@ -85,14 +88,23 @@ def evaluate(target: str | Path, *, data: str | None = None, base: str | Path | 
     report = rep.build_report(plan, results, settings, target=str(target), source=rows.source,
                               tokenization=encoder.origin, partial=interrupted)
     if results:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        folder = Path(out) if out else (run_dir / "eval" / stamp if run_dir else target.parent / "eval" / stamp)
+        folder = Path(out) if out else _new_folder(run_dir / "eval" if run_dir else target.parent / "eval")
         rep.write_report(report, folder)
         if run_dir is not None and update_card:
             rep.update_card(run_dir / "gguf" / "README.md", report)
     if emit:
         emit(EvalFinished(str(report.folder or ""), len(results), report.verdict, interrupted))
     return report
+
+
+def _new_folder(parent: Path) -> Path:
+    """parent/<timestamp>, with -2, -3 ... when an eval of the same second is there already."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder, n = parent / stamp, 1
+    while folder.exists():
+        n += 1
+        folder = parent / f"{stamp}-{n}"
+    return folder
 
 
 def _context_length(gguf: Path) -> int:

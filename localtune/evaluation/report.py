@@ -297,8 +297,8 @@ def update_card(card: Path, report: EvalReport) -> None:
 def latest_report(run_dir: Path) -> dict | None:
     """The newest complete report.json under RUN_DIR/eval, or None."""
     folder = run_dir / "eval"
-    found = sorted(p for p in folder.glob("*/report.json") if not p.parent.name.startswith(".")) \
-        if folder.is_dir() else []
+    found = sorted((p for p in folder.glob("*/report.json") if not p.parent.name.startswith(".")),
+                   key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     for path in reversed(found):
         try:
             return {**json.loads(path.read_text(encoding="utf-8")), "folder": str(path.parent)}
