@@ -203,6 +203,24 @@ def test_all_quants_evaluates_every_tuned_file_of_the_bundle(evaluated_run, cli)
     assert q8["loss"] == pytest.approx(f32["loss"], abs=0.1) and q8["exact"] == f32["exact"]
 
 
+def test_eval_is_refused_while_an_export_holds_the_run(evaluated_run, cli):
+    import subprocess
+    import sys
+
+    from localtune.run_lock import LOCK_NAME
+
+    run = evaluated_run["run"]
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / LOCK_NAME).write_text(json.dumps({"pid": holder.pid, "what": "export", "since": "now"}))
+        result = cli("eval", run, "--max-rows", "1")
+        assert result.exit_code == 2 and f"export by process {holder.pid}" in result.output
+    finally:
+        holder.kill()
+        holder.wait()
+        (run / LOCK_NAME).unlink(missing_ok=True)
+
+
 def test_interrupt_keeps_finished_rows_as_a_partial_report(evaluated_run, monkeypatch, cli):
     from localtune.evaluation import runner
 

@@ -244,7 +244,9 @@ def test_quick_with_defaults_learns_taught_facts(tmp_path):
     assert "verdict: tuned Q8_0 is ahead of the base" in done.stdout
     questions = held_out()
     held = write_jsonl(tmp_path / "held.jsonl", [chat(q, a) for q, _, a in questions])
-    report = evaluate(out, data=str(held), settings=None)
+    from localtune.evaluation.runner import Settings
+
+    report = evaluate(out, data=str(held), settings=Settings(shots=0))  # the base alone: quick's eval had few-shot
     tuned = next(s.name for s in report.systems if s.role == "tuned")
     right = [kw.lower() in row.answers[tuned].text.lower() for row, (_, kw, _) in zip(report.rows, questions)]
     base_right = [kw.lower() in row.answers["base"].text.lower() for row, (_, kw, _) in zip(report.rows, questions)]

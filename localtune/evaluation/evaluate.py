@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -50,13 +51,23 @@ def evaluate(target: str | Path, *, data: str | None = None, base: str | Path | 
              shots_from: str | None = None, settings: runner.Settings | None = None, out: str | Path | None = None,
              all_quants: bool = False, emit=None, update_card: bool = True) -> rep.EvalReport:
     """Evaluate, write the report folder, and return the report. Raises LocaltuneError for bad input."""
-    from localtune.config import load_config
-
     settings = settings or runner.Settings()
     target = Path(target)
     if not target.exists():
         raise UsageError(f"{target} does not exist", hint="give a RUN_DIR or a .gguf file", title="nothing to evaluate")
     run_dir, tuned, found_base = find_run(target)
+    from localtune.run_lock import run_lock
+
+    # A run is held like export holds it: no export rewrites the bundle (or its card) meanwhile.
+    with run_lock(run_dir, "evaluation") if run_dir else contextlib.nullcontext():
+        return _evaluate(target, run_dir, tuned, found_base, data=data, base=base, shots_from=shots_from,
+                         settings=settings, out=out, all_quants=all_quants, emit=emit, update_card=update_card)
+
+
+def _evaluate(target: Path, run_dir: Path | None, tuned: list[Path], found_base: Path | None, *, data, base,
+              shots_from, settings: runner.Settings, out, all_quants: bool, emit, update_card: bool) -> rep.EvalReport:
+    from localtune.config import load_config
+
     base_path = Path(base) if base else found_base
     if run_dir is not None:
         cfg = load_config(run_dir / "config.yaml")
