@@ -44,10 +44,6 @@ class Recipe:
     chosen: tuple[str, ...]  # the config keys this rule set ("train.epochs", "train.lr")
     reason: str
 
-    def describe(self) -> str:
-        what = f"{self.total_steps} optimizer steps" + (f" ({self.epochs} epochs)" if self.epochs else "")
-        return f"{what} at lr {self.lr:.1e}; {self.reason}"
-
 
 def lora_scale(r: int, alpha: float, rslora: bool) -> float:
     return alpha / math.sqrt(r) if rslora else alpha / r

@@ -439,8 +439,9 @@ def eval_summary(run_dir: Path) -> str:
     report = latest_report(run_dir)
     if report is None:
         return "eval: none yet; v compares the exported GGUF with the base and few-shot prompting"
-    systems = "  ".join(f"{s['name']}: loss {s['values']['loss']:.3f}, ROUGE-L {s['values']['rouge_l']:.2f}"
-                        for s in report["systems"])
+    num = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731 - JSON keeps NaN as null
+    systems = "  ".join(f"{s['name']}: loss {num(s['values']['loss'], '.3f')}, ROUGE-L "
+                        f"{num(s['values']['rouge_l'], '.2f')}" for s in report["systems"])
     return escape(f"eval ({Path(report['folder']).name}, {len(report['rows'])} rows): {systems}\n"
                   f"verdict: {report['verdict']}")
 

@@ -182,7 +182,7 @@ def render_text(report: EvalReport) -> str:
     if report.skipped:
         lines.append(f"skipped {len(report.skipped)} row(s): {report.skipped[0]}" +
                      (f" and {len(report.skipped) - 1} more" if len(report.skipped) > 1 else ""))
-    lines.append(("verdict: " if report.passed else "verdict: ") + report.verdict)
+    lines.append("verdict: " + report.verdict)
     if report.folder:
         lines.append(f"report: {report.folder / 'report.md'}")
     return "\n".join(lines)
