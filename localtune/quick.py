@@ -146,16 +146,14 @@ def sample_answers(run_dir: Path, prompt: str | None, *, say=print) -> dict:
 
 def quick_eval(run_dir: Path, emit, *, say=print):
     """A short `localtune eval` on the run's validation rows; None when the data has none to spare."""
-    from localtune.errors import UsageError
     from localtune.evaluation.evaluate import evaluate
     from localtune.evaluation.report import render_text
+    from localtune.evaluation.rows import NothingToEvaluate
     from localtune.evaluation.runner import Settings
 
     try:
         report = evaluate(run_dir, settings=Settings(max_rows=QUICK_EVAL_ROWS, max_tokens=128), emit=emit)
-    except UsageError as exc:
-        if exc.title != "nothing to evaluate":
-            raise
+    except NothingToEvaluate as exc:
         say(f"eval skipped: {exc.message}; run `localtune eval {run_dir} --data HELD_OUT_FILE` to measure it")
         return None
     say(render_text(report))

@@ -190,6 +190,30 @@ def test_cli_table_and_verdict(evaluated_run, cli):
     assert "3 held-out row(s)" in (run / "eval" / "cli" / "report.md").read_text()
 
 
+def test_base_and_shots_from_override_the_run(evaluated_run, cli, tmp_path):
+    run = evaluated_run["run"]
+    shots = write_jsonl(tmp_path / "shots.jsonl", [chat("Which crate is blue?", "Crate nine is blue.")] * 2)
+    base = next((run / "gguf").glob("base-*.gguf"))
+    result = cli("eval", run, "--max-rows", "1", "--base", base, "--shots-from", shots, "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert saved["shots"] == [f"{shots}:1", f"{shots}:2"] and saved["systems"][2]["name"] == "base 2-shot"
+    assert saved["systems"][1]["gguf"] == str(base)
+    assert saved["notes"] == ["2 shot(s), not 4: only 2 training row(s) to take them from"]
+
+
+def test_too_few_rows_is_nothing_to_evaluate(tmp_path):
+    """quick skips its eval phase on exactly this error (data under 10 rows has no validation split)."""
+    from localtune.config import load_config
+    from localtune.evaluation.rows import NothingToEvaluate, run_rows
+
+    data = write_jsonl(tmp_path / "few.jsonl", MAPPING[:5])
+    cfg = load_config(None, {"data.path": (str(data), "test")})
+    with pytest.raises(NothingToEvaluate, match="no validation rows"):
+        run_rows(tmp_path, cfg)
+    assert len(run_rows(tmp_path, cfg, str(data)).rows) == 5  # --data still works
+
+
 def test_all_quants_evaluates_every_tuned_file_of_the_bundle(evaluated_run, cli):
     from localtune.export import export_model
 

@@ -29,12 +29,12 @@ def find_run(target: Path) -> tuple[Path | None, list[Path], Path | None]:
     if target.is_dir():
         if not (target / "config.yaml").is_file():
             raise UsageError(f"{target} is not a run folder (no config.yaml)", hint="give a RUN_DIR or a .gguf file",
-                             title="nothing to evaluate")
+                             title="cannot evaluate")
         tuned, base = find_models(target)
         return target, [tuned], base
     if target.suffix != ".gguf":
         raise UsageError(f"{target} is not a .gguf file", hint="give a RUN_DIR or a .gguf file",
-                         title="nothing to evaluate")
+                         title="cannot evaluate")
     run_dir = target.parent.parent
     if target.parent.name == "gguf" and (run_dir / "config.yaml").is_file():
         base = next(iter(sorted(target.parent.glob("base-*.gguf"))), None)
@@ -54,7 +54,7 @@ def evaluate(target: str | Path, *, data: str | None = None, base: str | Path | 
     settings = settings or runner.Settings()
     target = Path(target)
     if not target.exists():
-        raise UsageError(f"{target} does not exist", hint="give a RUN_DIR or a .gguf file", title="nothing to evaluate")
+        raise UsageError(f"{target} does not exist", hint="give a RUN_DIR or a .gguf file", title="cannot evaluate")
     run_dir, tuned, found_base = find_run(target)
     from localtune.run_lock import run_lock
 
@@ -80,7 +80,7 @@ def _evaluate(target: Path, run_dir: Path | None, tuned: list[Path], found_base:
     else:
         if data is None:
             raise UsageError(f"{target} is not part of a run, so it has no validation rows",
-                             hint="pass --data FILE with the rows to evaluate", title="nothing to evaluate")
+                             hint="pass --data FILE with the rows to evaluate", title="cannot evaluate")
         rows = EvalRows(file_rows(data), file_rows(shots_from) if shots_from else [], str(data))
         from localtune.llama_runtime import open_gguf
 

@@ -192,15 +192,18 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
 
 
+def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in body]
+
+
 def render_markdown(report: EvalReport) -> str:
     head, body = table_rows(report)
     lines = [f"# Evaluation of `{report.target}`", "",
              f"{len(report.rows)} held-out row(s) from {report.source}" + (" (partial: interrupted)" if report.partial
                                                                            else "") + ".",
              f"Tokens: {report.tokenization}. Greedy answers; loss is teacher-forced on the reference answer.", "",
-             "## Verdict", "", report.verdict, "", "## Metrics", "", "![metrics per system](chart.png)", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in body]
+             "## Verdict", "", report.verdict, "", "## Metrics", "", "![metrics per system](chart.png)", ""]
+    lines += _md_table(head, body)
     if report.comparisons:
         lines += ["", "| tuned vs | ROUGE-L wins / ties / losses | loss wins / ties / losses | outcome |",
                   "|---|---|---|---|"]
@@ -271,9 +274,7 @@ def write_report(report: EvalReport, out_dir: Path) -> Path:
 def card_section(report: EvalReport) -> str:
     head, body = table_rows(report)
     lines = ["## Evaluation", "", f"`localtune eval` on {len(report.rows)} held-out row(s) from {report.source}"
-             + (f" (report: `{report.folder.name}`)" if report.folder else "") + ":", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in body]
+             + (f" (report: `{report.folder.name}`)" if report.folder else "") + ":", ""] + _md_table(head, body)
     return "\n".join(lines + ["", f"Verdict: {report.verdict}", ""])
 
 

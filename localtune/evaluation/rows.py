@@ -16,6 +16,12 @@ from localtune.data.formats import Example
 from localtune.errors import DataError, Problem, UsageError
 
 
+class NothingToEvaluate(UsageError):
+    """No row to score: the run has no validation rows, or none fits. `quick` skips its eval phase on it."""
+
+    title = "nothing to evaluate"
+
+
 @dataclass
 class EvalRows:
     rows: list[Example]  # the held-out rows, in order
@@ -51,9 +57,8 @@ def run_rows(run_dir: Path, cfg, data: str | None = None) -> EvalRows:
     if data is not None:
         val, source = file_rows(data), str(data)
     elif not val:
-        raise UsageError(f"the run {run_dir} has no validation rows (its data has fewer than 10 rows, or "
-                         "data.val_fraction is 0)", hint="pass --data FILE with held-out rows", title="nothing to "
-                         "evaluate")
+        raise NothingToEvaluate(f"the run {run_dir} has no validation rows (its data has fewer than 10 rows, or "
+                                "data.val_fraction is 0)", hint="pass --data FILE with held-out rows")
     held = {_key(e) for e in val}
     return EvalRows(_answerable(val, source), [e for e in train if _key(e) not in held and e.kind != "text"], source)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from localtune.data.formats import Example
 from localtune.errors import UsageError
 from localtune.evaluation import metrics
-from localtune.evaluation.rows import EvalRows, pick_shots, reference, with_shots
+from localtune.evaluation.rows import EvalRows, NothingToEvaluate, pick_shots, reference, with_shots
 
 
 @dataclass(frozen=True)
@@ -78,18 +78,15 @@ def run_encoder(run_dir: Path) -> Encoder:
     """The run's tokenizer (its merged folder) and the chat template it trained with."""
     from transformers import AutoTokenizer
 
-    from localtune.data.template import ChatTemplate, make_renderer
+    from localtune.data.template import make_renderer, resolve_chat_template
 
     merged = run_dir / "merged"
     if not (merged / "config.json").is_file():
         raise UsageError(f"{run_dir} has not been exported yet", hint=f"run `localtune export {run_dir}` first",
-                         title="nothing to evaluate")
+                         title="cannot evaluate")
     tok = AutoTokenizer.from_pretrained(merged)
     template_file = run_dir / "chat_template.jinja"
-    text = template_file.read_text(encoding="utf-8") if template_file.is_file() else None
-    from localtune.data.template import resolve_chat_template
-
-    template = ChatTemplate(text, "run") if text else resolve_chat_template(tok)
+    template = resolve_chat_template(tok, str(template_file) if template_file.is_file() else None)
     return Encoder(tok, make_renderer(tok, template), "the run's tokenizer (merged/) and chat template")
 
 
@@ -124,9 +121,6 @@ class GGUFTokenizer:
 
         return Jinja2ChatFormatter(chat_template, eos_token=self.eos_token, bos_token=self.bos_token,
                                    add_generation_prompt=add_generation_prompt)(messages=messages).prompt
-
-    def get_vocab(self) -> dict:
-        return {}
 
 
 def gguf_encoder(llm) -> Encoder:
@@ -199,8 +193,8 @@ def plan(rows: EvalRows, encoder: Encoder, tuned: list[Path], base: Path | None,
         zero.append((p, a))
         kept.append(ex)
     if not kept:
-        raise UsageError("no row can be evaluated: " + "; ".join(skipped[:3]), title="nothing to evaluate",
-                         hint="raise --ctx, or pass --data with shorter rows")
+        raise NothingToEvaluate("no row can be evaluated: " + "; ".join(skipped[:3]),
+                                hint="raise --ctx, or pass --data with shorter rows")
     systems = [System(f"tuned {_quant(t)}", "tuned", t) for t in tuned]
     encoded = {s.name: zero for s in systems}
     shots: list[Example] = []
@@ -212,7 +206,7 @@ def plan(rows: EvalRows, encoder: Encoder, tuned: list[Path], base: Path | None,
         for k in range(min(settings.shots, len(pool)), 0, -1):
             candidate = pick_shots(pool, k, settings.seed)
             try:
-                few = [encoder(with_shots(ex, [s for s in candidate if s.kind == ex.kind])) for ex in kept]
+                few = [encoder(with_shots(ex, candidate)) for ex in kept]  # with_shots keeps the row's kind
             except TemplateError:
                 continue
             if all(len(p) + len(a) + _limit(len(a), settings) <= settings.n_ctx for p, a in few):
@@ -220,9 +214,12 @@ def plan(rows: EvalRows, encoder: Encoder, tuned: list[Path], base: Path | None,
                 name = f"base {k}-shot"
                 systems.append(System(name, "few-shot", base, k))
                 encoded[name] = few
-                if k < settings.shots:
+                if k < min(settings.shots, len(pool)):
                     notes.append(f"{k} shot(s), not {settings.shots}: more do not fit the {settings.n_ctx}-token "
                                  "context with the longest row")
+                elif k < settings.shots:
+                    notes.append(f"{k} shot(s), not {settings.shots}: only {len(pool)} training row(s) to take "
+                                 "them from")
                 break
         else:
             if settings.shots > 0:
