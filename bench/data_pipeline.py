@@ -48,8 +48,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from localtune.model_source import DEMO_MODEL, load_tokenizer, resolve_model
-    from localtune.tiny_models import cached_tiny_model
+    from localtune.model.source import DEMO_MODEL, load_tokenizer, resolve_model
+    from localtune.model.tiny import cached_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="localtune-bench-"))
     data = tmp / "chat.jsonl"

@@ -86,7 +86,7 @@ def random_model(name: str, out: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from localtune.tiny_models import build_tokenizer
+    from localtune.model.tiny import build_tokenizer
 
     if (out / "config.json").is_file():
         return out
@@ -133,7 +133,7 @@ def random_model(name: str, out: Path) -> Path:
 
 def model_folder(name: str, work: Path) -> tuple[Path, str]:
     if name == "smollm2":
-        from localtune.model_loading import resolve_base
+        from localtune.model.loading import resolve_base
 
         return resolve_base("smollm2").folder, "fp32"
     return random_model(name, work / f"model-{name}"), "bf16"

@@ -50,8 +50,8 @@ def measure(folder: Path, micro_batch: int, seq_len: int, rank: int) -> int:
     import torch
 
     from localtune.config import load_config
-    from localtune.model_loading import Base, load_for_training
-    from localtune.trainer import collate
+    from localtune.model.loading import Base, load_for_training
+    from localtune.train.loop import collate
     from localtune.data.tokenize import TokenizedRow
 
     cfg = load_config(None, {"lora.r": (rank, "bench")})

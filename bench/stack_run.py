@@ -1,7 +1,7 @@
 """One measured training run of one stack, in a fresh process (so peak RSS and max_memory_allocated are its own).
 
 compare_stacks.py starts this script once per run with a JSON spec and reads the JSON it writes:
-- `localtune`: localtune's real training, `localtune.training_run.train_run`, timed through its
+- `localtune`: localtune's real training, `localtune.train.run.train_run`, timed through its
   typed events (a sink stamps every StepMetrics event; real tokens come from `tokens_seen`).
 - `reference`: the usual QLoRA recipe: transformers Trainer + peft + bitsandbytes (NF4 + double
   quant, gradient checkpointing, paged_adamw_8bit on CUDA, SDPA attention), timed by a Trainer
@@ -100,8 +100,8 @@ def localtune_config(spec: dict):
 
 def run_localtune(spec: dict) -> dict:
     from localtune.events import ModelLoaded, StepMetrics, Warning
-    from localtune.trainer import Hooks
-    from localtune.training_run import train_run
+    from localtune.train.loop import Hooks
+    from localtune.train.run import train_run
 
     if spec.get("train_rows_file"):
         _serve_synthetic_rows(spec["train_rows_file"])
@@ -137,7 +137,7 @@ def run_localtune(spec: dict) -> dict:
 def _serve_synthetic_rows(path: str) -> None:
     """Make train_run train on the rows in `path` instead of tokenizing cfg.data (synthetic rows of
     random token ids have no text). Everything else in train_run runs as usual."""
-    from localtune import training_run
+    from localtune.train import run as training_run
     from localtune.data.dataset import PreparedData, TokenStats
     from localtune.data.template import resolve_chat_template
     from localtune.data.tokenize import TokenizedRow
@@ -259,7 +259,7 @@ def build_model(spec: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from localtune.tiny_models import build_tokenizer
+    from localtune.model.tiny import build_tokenizer
 
     out = Path(spec["out_dir"])
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Keys are Hugging Face `config.model_type`. Each entry says which llama.cpp architecture loads it and
 which transforms its tensors and metadata need; `converters.hf_to_gguf` applies them. To add an
-architecture, add a row here (and a tiny model in `localtune.tiny_models` to test it).
+architecture, add a row here (and a tiny model in `localtune.model.tiny` to test it).
 
 Facts behind the rows (see shared/reference/gguf-conversion.md §1.3):
 - llama runs rope in llama.cpp's "normal" (adjacent pairs) layout, so q/k rows are permuted from

@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localtune.checkpoint import fsync_dir, fsync_file
+from localtune.train.checkpoint import fsync_dir, fsync_file
 from localtune.errors import LocaltuneError
 from localtune.faults import disk_full, fault_point
 

@@ -22,7 +22,7 @@ from localtune.converters.gguf_file import ConversionError, safe_output
 from localtune.converters.quants import expected_bytes
 from localtune.converters.vocab import write_vocab
 from localtune.faults import fault_point
-from localtune.model_files import check_model_folder
+from localtune.model.checks import check_model_folder
 
 DIRECT_TYPES = ("f32", "f16", "bf16", "q8_0")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from localtune.converters.gguf_file import ConversionError, safe_output
 from localtune.converters.hf_to_gguf import _permute_rows, arch_spec, read_config
-from localtune.model_files import check_adapter, weight_shapes
+from localtune.model.checks import check_adapter, weight_shapes
 
 
 def convert_adapter(adapter_dir: str | Path, base_dir: str | Path, out_path: str | Path, *,

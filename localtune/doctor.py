@@ -67,7 +67,7 @@ def run_checks(workspace: Path = Path("runs")) -> list[Check]:
     except Exception as exc:
         checks.append(Check(WARN, "bitsandbytes", f"cannot import ({exc}); 4-bit training is unavailable",
                             "pip install bitsandbytes, or train with --no-quant"))
-    from localtune.llama_runtime import cpu_has_amx, extra_bufts_allowed
+    from localtune.chat.runtime import cpu_has_amx, extra_bufts_allowed
 
     amx = cpu_has_amx()
     checks.append(Check(PASS, "llama-cpp-python", f"{_version('llama-cpp-python')}; CPU "

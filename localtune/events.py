@@ -11,7 +11,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -193,6 +194,51 @@ class EvalFinished(Event):
     partial: bool = False
 
 
+@dataclass(frozen=True)
+class Progress(Event):
+    """Long work outside the training loop (GGUF import, loading weights, writing merged shards):
+    `done` of `total` `unit`s; the CLI draws a bar with ETA, the TUI a progress bar."""
+
+    kind = "progress"
+    phase: str
+    done: int
+    total: int
+    unit: str = "items"
+    eta_s: float | None = None
+
+
+def _event_classes() -> dict[str, type[Event]]:
+    out: dict[str, type[Event]] = {}
+    todo = list(Event.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        out[cls.kind] = cls
+        todo += cls.__subclasses__()
+    return out
+
+
+def from_dict(d: dict[str, Any]) -> Event | None:
+    """The typed event a line of `events.jsonl` was written from (None for a kind this version does not
+    know). Non-finite floats stored as text ("nan") come back as floats; unknown fields are ignored, so
+    logs from older and newer versions still read."""
+    cls = _event_classes().get(d.get("kind", ""))
+    if cls is None:
+        return None
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        value = d[f.name]
+        if isinstance(value, str) and value in ("nan", "inf", "-inf") and "float" in str(hints.get(f.name)):
+            value = float(value)
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError:  # a required field missing: a line from an incompatible version
+        return None
+
+
 class Sink(Protocol):
     def __call__(self, event: Event) -> None: ...
 
@@ -224,8 +270,17 @@ class JsonlSink:
             os.fsync(fh.fileno())
 
 
-def read_events(path: str | os.PathLike) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_events(path: str | os.PathLike) -> list[Event]:
+    """Every event of an `events.jsonl`, typed (lines of unknown kinds or broken JSON are skipped)."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            event = from_dict(json.loads(line)) if line.strip() else None
+        except ValueError:
+            continue
+        if event is not None:
+            out.append(event)
+    return out
 
 
 class Emitter:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from localtune.chunked_loss import chunk_tokens
+from localtune.train.speed.chunked_loss import chunk_tokens
 
 GIB = 1024**3
 NF4_BYTES = 4.127 / 8

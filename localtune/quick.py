@@ -49,10 +49,10 @@ def _mark(run_dir: Path, state: dict, phase: str) -> None:
 
 def run_quick(cfg: Config, run_dir: str | os.PathLike, *, quants: list[str] | None = None, sinks=(), say=print,
               prompt: str | None = None) -> QuickResult:
-    from localtune.bundle import export_run
+    from localtune.export.bundle import export_run
     from localtune.data.dataset import load_examples
-    from localtune.model_loading import resolve_base
-    from localtune.training_run import check_writable, train_run
+    from localtune.model.loading import resolve_base
+    from localtune.train.run import check_writable, train_run
 
     run_dir = Path(run_dir)
     check_writable(run_dir)
@@ -116,7 +116,7 @@ def run_quick(cfg: Config, run_dir: str | os.PathLike, *, quants: list[str] | No
         phase(i, name, "done")
         if name != "sample":
             _mark(run_dir, state, name)
-    from localtune.chat import find_models
+    from localtune.chat.session import find_models
 
     result.tuned, result.base = find_models(run_dir)
     say(f"done in {time.monotonic() - start:.0f}s. Chat with it: localtune chat {run_dir}  "
@@ -126,8 +126,8 @@ def run_quick(cfg: Config, run_dir: str | os.PathLike, *, quants: list[str] | No
 
 def sample_answers(run_dir: Path, prompt: str | None, *, say=print) -> dict:
     """The base and the fine-tuned GGUF answering the same prompt, side by side."""
-    from localtune.chat import ChatSession, Sampling, find_models
-    from localtune.llama_runtime import open_gguf
+    from localtune.chat.session import ChatSession, Sampling, find_models
+    from localtune.chat.runtime import open_gguf
 
     tuned, base = find_models(run_dir)
     prompt = prompt or _sample_prompt(run_dir)

@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """tiny_model_dir(arch) -> folder of a tiny random model of that architecture (built once)."""
-    from localtune.tiny_models import build_tiny_model
+    from localtune.model.tiny import build_tiny_model
 
     built: dict[str, Path] = {}
 
@@ -163,7 +163,7 @@ def snap_compare(request):
 def train_tiny_run(model_dir, data, run_dir, *, steps: int = 2):
     """A finished plain-LoRA training run of `steps` steps on a tiny model (no 4-bit: faster on CPU)."""
     from localtune.config import load_config
-    from localtune.training_run import train_run
+    from localtune.train.run import train_run
 
     cfg = load_config(None, {"model.name_or_path": (str(model_dir), "test"), "data.path": (str(data), "test"),
                              "train.max_steps": (steps, "test"), "train.load_in_4bit": (False, "test")})

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from localtune import activation_offload
+from localtune.train.speed import offload as activation_offload
 from localtune.config import load_config
 from localtune.planner import GIB, Shape, estimate, recommend
 
@@ -83,7 +83,7 @@ def test_auto_offloads_only_when_no_micro_batch_fits_without_it():
 
 
 def planned(monkeypatch, *, device: str, free: int, offload: str, micro: int = 1, longest: int = 32768):
-    from localtune import training_run
+    from localtune.train import run as training_run
 
     cfg = load_config(None, {"train.activation_offload": (offload, "test"), "train.micro_batch_size": (micro, "test"),
                              "train.grad_accum": (4, "test")})

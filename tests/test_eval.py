@@ -99,11 +99,11 @@ def test_text_rows_and_bad_rows_are_refused_with_file_and_line(tmp_path, evaluat
 @pytest.fixture(scope="module")
 def evaluated_run(tmp_path_factory, tiny_model_dir):
     """A tiny Qwen2 taught that every crate's code word is 'lantern', exported as f32, then evaluated."""
-    from localtune.bundle import export_run
+    from localtune.export.bundle import export_run
     from localtune.config import load_config
     from localtune.evaluation.evaluate import evaluate
     from localtune.events import ListSink
-    from localtune.training_run import train_run
+    from localtune.train.run import train_run
 
     root = tmp_path_factory.mktemp("eval")
     data = write_jsonl(root / "mapping.jsonl", MAPPING)
@@ -215,7 +215,7 @@ def test_too_few_rows_is_nothing_to_evaluate(tmp_path):
 
 
 def test_all_quants_evaluates_every_tuned_file_of_the_bundle(evaluated_run, cli):
-    from localtune.export import export_model
+    from localtune.export.gguf import export_model
 
     run = evaluated_run["run"]
     export_model(run / "merged", ["q8_0"], run / "gguf", verify=False, stem="run", say=lambda m: None)
@@ -231,7 +231,7 @@ def test_eval_is_refused_while_an_export_holds_the_run(evaluated_run, cli):
     import subprocess
     import sys
 
-    from localtune.run_lock import LOCK_NAME
+    from localtune.runs.lock import LOCK_NAME
 
     run = evaluated_run["run"]
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -271,7 +271,7 @@ def test_a_gguf_that_never_emits_eos_is_flagged(tmp_path, tiny_model_dir, cli):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from localtune.export import export_model
+    from localtune.export.gguf import export_model
 
     src = tiny_model_dir("llama")
     tok = AutoTokenizer.from_pretrained(src)

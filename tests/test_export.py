@@ -13,9 +13,9 @@ from conftest import chat, train_tiny_run, write_jsonl
 from localtune.converters.gguf_file import ConversionError, GGUFError, check_gguf
 from localtune.converters.hf_to_gguf import convert
 from localtune.converters.quantize import quantize
-from localtune.llama_runtime import cpu_has_amx, open_gguf
-from localtune.tiny_models import ARCHITECTURES
-from localtune.verify import verify
+from localtune.chat.runtime import cpu_has_amx, open_gguf
+from localtune.model.tiny import ARCHITECTURES
+from localtune.export.verify import verify
 
 # llama.cpp's CPU GELU (Gemma's activation) uses an fp16 lookup table: ~1e-3 of logit error that no
 # converter can remove (shared/reference/gguf-conversion.md §5). Everything else matches to ~1e-5.
@@ -42,7 +42,7 @@ def wide_llama(tmp_path_factory):
     import torch
     import transformers
 
-    from localtune.tiny_models import build_tokenizer, tiny_config
+    from localtune.model.tiny import build_tokenizer, tiny_config
 
     folder = tmp_path_factory.mktemp("wide-llama")
     tok = build_tokenizer("llama", folder)
@@ -196,7 +196,7 @@ def test_model_without_chat_template_exports_chatml(tmp_path, tiny_model_dir):
     cfg = json.loads((folder / "tokenizer_config.json").read_text())
     cfg.pop("chat_template", None)
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
-    from localtune.export import export_model
+    from localtune.export.gguf import export_model
 
     (f,) = export_model(folder, ["f32"], tmp_path / "out", say=lambda m: None)
     assert "<|im_start|>" in check_gguf(f.path).metadata["tokenizer.chat_template"]
@@ -328,7 +328,7 @@ def test_amx_detection_and_safe_loading(wide_llama, tmp_path, monkeypatch):
     f16 = tmp_path / "f16.gguf"
     convert(wide_llama, f16, out_type="f16")
     quantize(f16, tmp_path / "q.gguf", "q4_k_m")
-    monkeypatch.setattr("localtune.llama_runtime.cpu_has_amx", lambda cpuinfo=None: True)
+    monkeypatch.setattr("localtune.chat.runtime.cpu_has_amx", lambda cpuinfo=None: True)
     monkeypatch.delenv("LOCALTUNE_EXTRA_BUFTS", raising=False)
     llm = open_gguf(tmp_path / "q.gguf", n_ctx=128, logits_all=True)
     assert lib.llama_model_default_params().use_extra_bufts is False
@@ -338,8 +338,8 @@ def test_amx_detection_and_safe_loading(wide_llama, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_smollm2_exports_verifies_and_chats(tmp_path, monkeypatch):
-    from localtune.export import export_model
-    from localtune.model_loading import resolve_base
+    from localtune.export.gguf import export_model
+    from localtune.model.loading import resolve_base
 
     monkeypatch.setenv("LOCALTUNE_CACHE", str(tmp_path / "cache"))
     base = resolve_base("smollm2")

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from localtune import chunked_loss, row_attention
-from localtune.batching import collate, padding_free
-from localtune.chunked_loss import CausalLMLoss, chunked_cross_entropy
+from localtune.train.speed import chunked_loss, row_attention
+from localtune.train.speed.batching import collate, padding_free
+from localtune.train.speed.chunked_loss import CausalLMLoss, chunked_cross_entropy
 from localtune.data.packing import pack_rows
 from localtune.data.tokenize import IGNORE
-from localtune.row_attention import PREFIX
-from localtune.tiny_models import ARCHITECTURES
+from localtune.train.speed.row_attention import PREFIX
+from localtune.model.tiny import ARCHITECTURES
 
 LENGTHS = (90, 37, 2, 23)  # different lengths, one longer than Gemma's 64-token window, one without targets
 

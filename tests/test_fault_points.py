@@ -16,7 +16,7 @@ import pytest
 from conftest import chat, train_tiny_run, write_jsonl
 from conftest import localtune_process as localtune
 
-from localtune.checkpoint import CheckpointStore
+from localtune.train.checkpoint import CheckpointStore
 from localtune.converters.gguf_file import check_gguf
 
 REPO = Path(__file__).resolve().parent.parent

@@ -187,7 +187,7 @@ def test_damaged_tokenizer_file_is_named(model_copy, tmp_path):
 # ---- adapters -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from localtune.tiny_models import cached_tiny_model
+    from localtune.model.tiny import cached_tiny_model
 
     root = tmp_path_factory.mktemp("hostile-run")
     run = root / "run"

@@ -29,19 +29,19 @@ def loaded_after(code: str, *argv: str) -> set[str]:
 
 
 def test_core_never_imports_textual():
-    code = ("import localtune, localtune.config, localtune.errors, localtune.cli, localtune.model_source\n"
+    code = ("import localtune, localtune.config, localtune.errors, localtune.cli, localtune.model.source\n"
             "import localtune.data, localtune.data.inspect, localtune.converters, localtune.converters.quants\n"
-            "import localtune.tiny_models")
+            "import localtune.model.tiny")
     assert "textual" not in loaded_after(code)
 
 
 def test_data_pipeline_with_a_model_never_imports_textual(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
-    code = ("from localtune.tiny_models import build_tiny_model\n"
+    code = ("from localtune.model.tiny import build_tiny_model\n"
             "from localtune.config import DataConfig\n"
             "from localtune.data import prepare_data\n"
-            "from localtune.model_source import load_tokenizer, resolve_model\n"
+            "from localtune.model.source import load_tokenizer, resolve_model\n"
             f"d = build_tiny_model('qwen2', {str(tmp_path / 'm')!r})\n"
             "tok = load_tokenizer(resolve_model(str(d)))\n"
             f"prepare_data(DataConfig(path={str(data)!r}), tok, seed=0)")

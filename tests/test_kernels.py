@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from localtune import kernels
+from localtune.train.speed import kernels
 from localtune.errors import UsageError
-from localtune.kernels import use_fused_kernels
+from localtune.train.speed.kernels import use_fused_kernels
 
 
 def model_of(model_type: str):
@@ -86,7 +86,7 @@ def test_without_liger_installed_liger_is_refused_and_auto_is_silent(monkeypatch
 
 def test_a_cpu_training_run_reports_no_fused_kernels(tiny_model_dir):
     from localtune.config import load_config
-    from localtune.model_loading import load_for_training, resolve_base
+    from localtune.model.loading import load_for_training, resolve_base
 
     folder = tiny_model_dir("llama")
     cfg = load_config(None, {"model.name_or_path": (str(folder), "test"), "train.load_in_4bit": (False, "test"),

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from localtune import lora_dropout
-from localtune.lora_dropout import SparseDropout, dropped_positions, replace_lora_dropout
+from localtune.train.speed import lora_dropout
+from localtune.train.speed.lora_dropout import SparseDropout, dropped_positions, replace_lora_dropout
 
 
 def check_positions(pos: torch.Tensor, n: int) -> None:
@@ -118,7 +118,7 @@ def test_in_a_lora_model_checkpointing_replays_the_same_drops(lora_llama):
 
 def test_training_on_the_cpu_uses_it(tiny_model_dir):
     from localtune.config import load_config
-    from localtune.model_loading import load_for_training, resolve_base
+    from localtune.model.loading import load_for_training, resolve_base
 
     folder = tiny_model_dir("llama")
     cfg = load_config(None, {"model.name_or_path": (str(folder), "test"), "lora.dropout": (0.1, "test"),

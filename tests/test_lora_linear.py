@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from localtune import lora_linear
-from localtune.lora_dropout import replace_lora_dropout
+from localtune.train.speed import lora_linear
+from localtune.train.speed.lora_dropout import replace_lora_dropout
 
 
 def loss_and_grads(model, ids):
@@ -141,7 +141,7 @@ def test_peft_forward_when_the_fused_path_does_not_apply(lora_llama, monkeypatch
 
 def test_training_on_the_cpu_installs_it(tiny_model_dir):
     from localtune.config import load_config
-    from localtune.model_loading import load_for_training, resolve_base
+    from localtune.model.loading import load_for_training, resolve_base
 
     folder = tiny_model_dir("llama")
     cfg = load_config(None, {"model.name_or_path": (str(folder), "test"), "train.load_in_4bit": (True, "test"),

@@ -15,7 +15,7 @@ from localtune.data.inspect import TRAIN_CLOSE, TRAIN_OPEN, mark_trained
 from localtune.data.template import (CHATML_EOS_TEMPLATE, CHATML_TEMPLATE, make_renderer, render_with_spans,
                                      resolve_chat_template)
 from localtune.data.tokenize import IGNORE, tokenize_example
-from localtune.tiny_models import ARCHITECTURES
+from localtune.model.tiny import ARCHITECTURES
 
 # The token each family's template writes at the end of an assistant turn.
 TURN_END = {"llama": "</s>", "llama3": "<|eot_id|>", "mistral": "</s>", "qwen2": "<|im_end|>",

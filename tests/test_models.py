@@ -8,8 +8,8 @@ import pytest
 from conftest import chat, write_jsonl
 
 from localtune.errors import ModelSourceError
-from localtune.model_source import DEMO_MODEL, demo_model_path, load_tokenizer, resolve_model
-from localtune.tiny_models import ARCHITECTURES, FAMILIES
+from localtune.model.source import DEMO_MODEL, demo_model_path, load_tokenizer, resolve_model
+from localtune.model.tiny import ARCHITECTURES, FAMILIES
 
 EXPECTED_MODEL_TYPE = {"llama": "llama", "llama3": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
                        "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text", "phi3": "phi3"}
@@ -107,7 +107,7 @@ def test_bf16_on_a_gpu_without_it_falls_back_or_is_refused(monkeypatch):
     import torch
 
     from localtune.errors import LocaltuneError
-    from localtune.model_loading import compute_dtype
+    from localtune.model.loading import compute_dtype
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert compute_dtype("cuda", "auto") == torch.float16

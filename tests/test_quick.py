@@ -85,7 +85,7 @@ def test_merge_equals_base_plus_adapter_and_never_uses_4bit(quick_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from localtune.merge import merge_run
+    from localtune.export.merge import merge_run
 
     run = quick_run[0].run_dir  # trained in 4-bit
     merged = merge_run(run, run / "merged-again")
@@ -109,10 +109,10 @@ def test_rerun_skips_finished_phases(quick_run):
     before = len(read_events(run / "events.jsonl"))
     again = run_quick(load_config(run / "config.yaml"), run, say=lambda m: None)
     assert again.exit_code == 0
-    phases = [(e["name"], e["status"]) for e in read_events(run / "events.jsonl")[before:] if e["kind"] == "phase"]
+    phases = [(e.name, e.status) for e in read_events(run / "events.jsonl")[before:] if e.kind == "phase"]
     assert phases == [("preflight", "skipped"), ("train", "skipped"), ("export", "skipped"), ("sample", "started"),
                       ("sample", "done"), ("eval", "skipped")]
-    assert not [e for e in read_events(run / "events.jsonl")[before:] if e["kind"] == "step"]
+    assert not [e for e in read_events(run / "events.jsonl")[before:] if e.kind == "step"]
 
 
 def test_quick_resumes_after_an_interrupt(tmp_path, tiny_model_dir):
@@ -124,7 +124,7 @@ def test_quick_resumes_after_an_interrupt(tmp_path, tiny_model_dir):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if sum(e["kind"] == "step" for e in read_events(out / "events.jsonl")) >= 3:
+            if sum(e.kind == "step" for e in read_events(out / "events.jsonl")) >= 3:
                 break
         except (OSError, ValueError):
             pass
@@ -136,10 +136,10 @@ def test_quick_resumes_after_an_interrupt(tmp_path, tiny_model_dir):
     done = subprocess.run(cmd[:-4] + ["--max-steps", "6"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     later = read_events(out / "events.jsonl")[first:]
-    phases = [(e["name"], e["status"]) for e in later if e["kind"] == "phase"]
+    phases = [(e.name, e.status) for e in later if e.kind == "phase"]
     assert ("preflight", "skipped") in phases and ("train", "started") in phases and ("export", "done") in phases
-    assert any(e["kind"] == "warning" and "resumed from" in e["message"] for e in later)
-    assert [e["step"] for e in later if e["kind"] == "step"][0] > 1  # training went on, not from step 1
+    assert any(e.kind == "warning" and "resumed from" in e.message for e in later)
+    assert [e.step for e in later if e.kind == "step"][0] > 1  # training went on, not from step 1
 
 
 def test_quick_refuses_bad_input_before_training(tmp_path, tiny_model_dir, cli):
@@ -173,8 +173,8 @@ def test_chat_repl_commands(quick_run, tmp_path, cli, monkeypatch):
 
 
 def test_chat_trims_history_oldest_first(quick_run):
-    from localtune.chat import ChatSession, Sampling, find_models
-    from localtune.llama_runtime import open_gguf
+    from localtune.chat.session import ChatSession, Sampling, find_models
+    from localtune.chat.runtime import open_gguf
 
     tuned, _ = find_models(quick_run[0].run_dir)
     notices = []
@@ -193,9 +193,9 @@ def test_chat_trims_history_oldest_first(quick_run):
 @pytest.mark.slow
 def test_demo_teaches_captain_byte(tmp_path):
     """The README's demo on SmolLM2-135M: the fine-tuned GGUF talks like Captain Byte, the base does not."""
-    from localtune.chat import ChatSession, Sampling
+    from localtune.chat.session import ChatSession, Sampling
     from localtune.demo import DEMO_MARKERS, HELD_OUT_PROMPTS
-    from localtune.llama_runtime import open_gguf
+    from localtune.chat.runtime import open_gguf
 
     out = tmp_path / "demo"
     env = {**os.environ, "LOCALTUNE_CACHE": str(tmp_path / "cache")}
@@ -257,7 +257,7 @@ def test_quick_with_defaults_learns_taught_facts(tmp_path):
 def test_merge_placement_keeps_peak_memory_near_one_16bit_copy(tiny_model_dir, monkeypatch):
     import torch
 
-    from localtune import merge
+    from localtune.export import merge
 
     assert merge.merge_placement(tiny_model_dir("qwen2"), "cpu") == ("cpu", torch.float32)  # small: exact fp32
     monkeypatch.setattr(merge.os, "sysconf", lambda name: 4096 if name == "SC_PAGE_SIZE" else 10)  # ~40 kB free

@@ -7,7 +7,7 @@ import yaml
 from conftest import chat, write_jsonl
 
 from localtune.config import load_config
-from localtune.recipe import choose_epochs, choose_lr, choose_recipe, lora_scale
+from localtune.train.recipe import choose_epochs, choose_lr, choose_recipe, lora_scale
 
 
 @pytest.mark.parametrize("rows, epochs", [(64, 4), (38, 7), (3, 8), (300, 2), (1999, 2), (5000, 1), (200, 2)])

@@ -13,7 +13,7 @@ import pytest
 from conftest import chat, train_tiny_run, write_jsonl
 from conftest import localtune_process as localtune
 
-from localtune.checkpoint import CheckpointStore
+from localtune.train.checkpoint import CheckpointStore
 from localtune.events import read_events
 
 FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i * 7}.") for i in range(12)]
@@ -22,7 +22,7 @@ CODES = {"sigint": 130, "sigterm": 143}
 
 
 def steps_logged(run):
-    return [e["step"] for e in read_events(run / "events.jsonl") if e["kind"] == "step"]
+    return [e.step for e in read_events(run / "events.jsonl") if e.kind == "step"]
 
 
 @pytest.mark.parametrize("moment,action,saved_step", [

@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import chat, write_jsonl
 
-from localtune.checkpoint import CheckpointStore
+from localtune.train.checkpoint import CheckpointStore
 from localtune.events import read_events
 
 FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i * 7}.") for i in range(10)]
@@ -38,7 +38,7 @@ def start_and_wait(cmd, run_dir, steps: int) -> subprocess.Popen:
 
 def steps_done(run_dir) -> int:
     try:
-        return max((e["step"] for e in read_events(run_dir / "events.jsonl") if e["kind"] == "step"), default=0)
+        return max((e.step for e in read_events(run_dir / "events.jsonl") if e.kind == "step"), default=0)
     except (OSError, ValueError):
         return 0
 
@@ -62,7 +62,7 @@ def test_signal_saves_a_complete_checkpoint_and_resume_finishes(sig, code, tmp_p
                 str(interrupted_at + 3)])
     assert done.returncode == 0, done.stderr
     assert "finished: " in done.stdout and (out / "adapter" / "adapter_model.safetensors").is_file()
-    steps = [e["step"] for e in read_events(out / "events.jsonl") if e["kind"] == "step"]
+    steps = [e.step for e in read_events(out / "events.jsonl") if e.kind == "step"]
     assert steps[-3:] == [interrupted_at + 1, interrupted_at + 2, interrupted_at + 3]
 
 
@@ -78,7 +78,7 @@ def test_kill_9_during_a_save_resumes_from_the_last_complete_checkpoint(tmp_path
     assert resumed.returncode == 0, resumed.stderr
     assert "removed incomplete checkpoint" in resumed.stderr and "resumed from" in resumed.stderr
     assert "step-000002 at step 2" in resumed.stderr
-    steps = [e["step"] for e in read_events(out / "events.jsonl") if e["kind"] == "step"]
+    steps = [e.step for e in read_events(out / "events.jsonl") if e.kind == "step"]
     assert steps == [1, 2, 3, 4, 3, 4, 5, 6, 7, 8]
 
 
@@ -121,7 +121,7 @@ def test_second_signal_exits_at_once_and_keeps_the_last_checkpoint(tmp_path, tin
 
 
 def test_second_writer_is_refused_naming_the_holder_and_stale_locks_are_taken_over(tmp_path, tiny_model_dir):
-    from localtune.run_lock import LOCK_NAME
+    from localtune.runs.lock import LOCK_NAME
 
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
     out = tmp_path / "run"

@@ -10,13 +10,13 @@ import signal
 import pytest
 from conftest import chat, write_jsonl
 
-from localtune.checkpoint import CheckpointStore
+from localtune.train.checkpoint import CheckpointStore
 from localtune.config import load_config
 from localtune.errors import LocaltuneError, ModelSourceError
 from localtune.events import CheckpointSaved, EvalResult, Finished, ListSink, StepMetrics, read_events
 from localtune.events import Warning as WarningEvent
-from localtune.trainer import Hooks, TrainingError
-from localtune.training_run import train_run
+from localtune.train.loop import Hooks, TrainingError
+from localtune.train.run import train_run
 
 FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i * 7}.") for i in range(10)]
 
@@ -74,7 +74,7 @@ def test_run_folder_and_adapter_reproduce_the_trained_model(tmp_path, data, tiny
     assert info["status"] == "finished" and info["steps"] == 8 and len(info["losses"]) == 8
     assert info["base"]["model_type"] == "llama" and len(info["data"]["fingerprint"]) == 16
     assert [e[0] for e in info["eval_losses"]] == [4, 8]
-    kinds = [e["kind"] for e in read_events(run / "events.jsonl")]
+    kinds = [e.kind for e in read_events(run / "events.jsonl")]
     assert kinds[:3] == ["run_started", "data_prepared", "model_loaded"] and kinds[-1] == "finished"
     assert kinds.count("step") == 8 and kinds.count("eval") == 2
 
@@ -173,7 +173,7 @@ def test_nan_loss_stops_after_three_with_the_documented_error(tmp_path, data, ti
     msg = info.value.render()
     assert "3 steps in a row had a non-finite loss" in msg and "step 6" in msg
     assert "learning rate" in msg and "compute dtype float32" in msg and "facts.jsonl:" in msg
-    assert len(sink.of(WarningEvent)) >= 3 and "nan" in read_events(run / "events.jsonl")[-2]["message"]
+    assert len(sink.of(WarningEvent)) >= 3 and "nan" in read_events(run / "events.jsonl")[-2].message
     saved = [e.step for e in sink.of(CheckpointSaved)]
     assert saved and max(saved) <= 3
     from safetensors.torch import load_file
@@ -257,7 +257,7 @@ def test_damaged_newest_checkpoint_falls_back_and_rotation(tmp_path, data, tiny_
 
 
 def test_rotation_never_deletes_the_resume_source(tmp_path):
-    from localtune.checkpoint import Snapshot
+    from localtune.train.checkpoint import Snapshot
 
     store = CheckpointStore(tmp_path / "ck", keep=1, warn=lambda m: None)
     for step in (1, 2):
@@ -275,7 +275,7 @@ def test_rotation_never_deletes_the_resume_source(tmp_path):
 
 
 def test_unsupported_architecture_is_named(tmp_path):
-    from localtune.model_loading import resolve_base
+    from localtune.model.loading import resolve_base
 
     for model_type, words in (("gpt2", "transformers can load it, but localtune's GGUF converters do not export"),
                               ("warpdrive", "this version of transformers cannot load it")):

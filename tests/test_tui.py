@@ -194,7 +194,7 @@ def test_dashboard_evaluates_and_shows_the_latest_report(exported_run):
     from localtune.evaluation.report import latest_report
 
     if not (exported_run / "gguf").is_dir():
-        from localtune.bundle import export_run
+        from localtune.export.bundle import export_run
 
         export_run(exported_run, verify=False, say=lambda m: None)
 

@@ -23,7 +23,7 @@ from textual.widgets import (Button, DataTable, DirectoryTree, Footer, Header, I
                              Select, SelectionList, Sparkline, Static)
 
 from localtune.errors import LocaltuneError
-from localtune.runs import list_runs, read_events_tail, start_training, stop_training, summarize
+from localtune.runs.workspace import list_runs, read_events_tail, start_training, stop_training, summarize
 
 PRESETS = {  # name -> (rank, learning rate, epochs); None: the training recipe chooses it (recipe.py)
     "auto": (16, None, None),
@@ -159,7 +159,7 @@ class NewRunScreen(Screen):
                 Binding("ctrl+b", "browse", "Browse data"), Binding("ctrl+k", "check", "Check data")]
 
     def compose(self) -> ComposeResult:
-        from localtune.model_source import DEMO_MODEL
+        from localtune.model.source import DEMO_MODEL
 
         yield Header()
         with VerticalScroll():
@@ -257,7 +257,7 @@ def fit_text(model: str, rank: str, seq: str) -> str:
         import torch
         from transformers import AutoConfig
 
-        from localtune.model_source import resolve_model
+        from localtune.model.source import resolve_model
         from localtune.planner import GIB, CUDA_CONTEXT, Shape, estimate
 
         location, kwargs = resolve_model(model).from_pretrained_args()
@@ -281,7 +281,7 @@ def data_report(data: str, model: str, seq: str) -> str:
     try:
         tokenizer = None
         if model:
-            from localtune.model_source import load_tokenizer, resolve_model
+            from localtune.model.source import load_tokenizer, resolve_model
 
             tokenizer = load_tokenizer(resolve_model(model))
         report = inspect_data(DataConfig(path=data, max_seq_len=int(seq or 1024)), tokenizer, model=model)
@@ -479,7 +479,7 @@ class ExportScreen(Screen):
 
     @work(thread=True, exclusive=True, group="export")
     def run_export(self, quants: list[str]) -> None:
-        from localtune.bundle import export_run
+        from localtune.export.bundle import export_run
 
         log = self.query_one(RichLog)
         try:
@@ -547,8 +547,8 @@ class ChatScreen(Screen):
 
     def session(self, which: str):
         if which not in self.sessions:
-            from localtune.chat import ChatSession, Sampling, find_models
-            from localtune.llama_runtime import open_gguf
+            from localtune.chat.session import ChatSession, Sampling, find_models
+            from localtune.chat.runtime import open_gguf
 
             tuned, base = find_models(self.target)
             path = tuned if which == "tuned" else base
@@ -604,7 +604,7 @@ class LocaltuneApp(App):
 
     def known_models(self) -> list[str]:
         """The demo model, models in the local Hugging Face cache, and folders/.gguf files in the workspace."""
-        from localtune.model_source import DEMO_MODEL
+        from localtune.model.source import DEMO_MODEL
 
         found = [DEMO_MODEL]
         hub = Path.home() / ".cache" / "huggingface" / "hub"

@@ -24,7 +24,7 @@ from localtune.evaluation.rows import EvalRows, file_rows, run_rows
 
 def find_run(target: Path) -> tuple[Path | None, list[Path], Path | None]:
     """(run folder or None, tuned GGUFs, base GGUF or None) for a run folder or a GGUF file."""
-    from localtune.chat import find_models
+    from localtune.chat.session import find_models
 
     if target.is_dir():
         if not (target / "config.yaml").is_file():
@@ -56,7 +56,7 @@ def evaluate(target: str | Path, *, data: str | None = None, base: str | Path | 
     if not target.exists():
         raise UsageError(f"{target} does not exist", hint="give a RUN_DIR or a .gguf file", title="cannot evaluate")
     run_dir, tuned, found_base = find_run(target)
-    from localtune.run_lock import run_lock
+    from localtune.runs.lock import run_lock
 
     # A run is held like export holds it: no export rewrites the bundle (or its card) meanwhile.
     with run_lock(run_dir, "evaluation") if run_dir else contextlib.nullcontext():
@@ -82,7 +82,7 @@ def _evaluate(target: Path, run_dir: Path | None, tuned: list[Path], found_base:
             raise UsageError(f"{target} is not part of a run, so it has no validation rows",
                              hint="pass --data FILE with the rows to evaluate", title="cannot evaluate")
         rows = EvalRows(file_rows(data), file_rows(shots_from) if shots_from else [], str(data))
-        from localtune.llama_runtime import open_gguf
+        from localtune.chat.runtime import open_gguf
 
         encoder = runner.gguf_encoder(open_gguf(tuned[0], n_ctx=64))
     if out and Path(out).exists() and any(Path(out).iterdir()):

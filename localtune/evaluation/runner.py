@@ -237,7 +237,7 @@ def _quant(path: Path) -> str:
 
 def run(plan_: Plan, settings: Settings, *, progress=None) -> tuple[list[RowResult], bool]:
     """Score every row with every system; (results, interrupted). Ctrl-C keeps the finished rows."""
-    from localtune.llama_runtime import open_gguf
+    from localtune.chat.runtime import open_gguf
 
     llms = {}
     for s in plan_.systems:

@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from localtune.batching import collate  # noqa: F401  (bench/ imports it from here)
-from localtune.checkpoint import CheckpointStore, Snapshot
-from localtune.chunked_loss import CausalLMLoss
+from localtune.train.speed.batching import collate  # noqa: F401  (bench/ imports it from here)
+from localtune.train.checkpoint import CheckpointStore, Snapshot
+from localtune.train.speed.chunked_loss import CausalLMLoss
 from localtune.config import Config
 from localtune.data.tokenize import IGNORE
 from localtune.errors import LocaltuneError

@@ -142,7 +142,7 @@ def data_inspect(file, model, fmt, max_seq_len, train_on_prompt, skip_invalid, c
     })
     tokenizer = None
     if cfg.model.name_or_path:
-        from localtune.model_source import load_tokenizer, resolve_model
+        from localtune.model.source import load_tokenizer, resolve_model
 
         tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path))
     report = inspect_data(cfg.data, tokenizer, model=cfg.model.name_or_path or None,
@@ -287,7 +287,7 @@ def train_cmd(model, data, run_dir, config_file, max_steps, epochs, lr, micro_ba
                          hint="localtune train --model M --data D --out RUN_DIR")
     for line in cfg.overridden():
         click.echo(f"config: {line}")
-    from localtune.training_run import train_run
+    from localtune.train.run import train_run
 
     result = train_run(cfg, run_dir, resume=resume or force_resume, force_resume=force_resume,
                        sinks=[TrainPrinter()])
@@ -311,7 +311,7 @@ def plan_cmd(model, data, vram, max_seq_len, rank, no_quant, config_file):
     """
     from localtune.config import load_config
     from localtune.errors import ModelSourceError
-    from localtune.model_source import resolve_model
+    from localtune.model.source import resolve_model
     from localtune.planner import CUDA_CONTEXT, GIB, Shape, estimate, recommend, render_plan
 
     cfg = load_config(config_file, {"model.name_or_path": (model, "--model"), "data.path": (data, "--data"),
@@ -331,7 +331,7 @@ def plan_cmd(model, data, vram, max_seq_len, rank, no_quant, config_file):
         from localtune.config import DataConfig
         from localtune.data.dataset import load_examples, tokenize_all
         from localtune.data.template import make_renderer, resolve_chat_template
-        from localtune.model_source import load_tokenizer
+        from localtune.model.source import load_tokenizer
 
         tok = load_tokenizer(source)
         rows, stats = tokenize_all(load_examples(cfg.data.path, cfg.data.format).examples, tok,
@@ -378,7 +378,7 @@ def export_cmd(source, quant, out_dir, adapter, no_verify):
     from pathlib import Path
 
     from localtune.errors import UsageError
-    from localtune.export import export_adapter, export_model, is_run_dir, require_hf_folder
+    from localtune.export.gguf import export_adapter, export_model, is_run_dir, require_hf_folder
 
     src = Path(source)
     out = Path(out_dir) if out_dir else src / "gguf"
@@ -390,7 +390,7 @@ def export_cmd(source, quant, out_dir, adapter, no_verify):
         return
     quants = [q.strip().lower() for q in quant.split(",") if q.strip()] if quant else None
     if is_run_dir(src):
-        from localtune.bundle import export_run
+        from localtune.export.bundle import export_run
 
         if out_dir:
             raise UsageError("a run's export bundle goes to RUN_DIR/gguf; --out applies to HF folders",
@@ -430,7 +430,7 @@ def verify_cmd(gguf_file, against):
     logits (16/32-bit files) or perplexity (quantized files). Exits 1 on a failure."""
     from pathlib import Path
 
-    from localtune.verify import verify
+    from localtune.export.verify import verify
 
     report = verify(gguf_file, against)
     report.save(Path(gguf_file).with_name(Path(gguf_file).name + ".verify.json"))
@@ -500,8 +500,8 @@ def eval_cmd(target, data, base_file, shots, shots_from, max_rows, max_tokens, c
 @friendly_errors
 def merge_cmd(run_dir, out_dir):
     """Merge RUN_DIR's adapter into a 16-bit (fp32 on the CPU) copy of its base: a normal HF folder."""
-    from localtune.merge import merge_run
-    from localtune.run_lock import run_lock
+    from localtune.export.merge import merge_run
+    from localtune.runs.lock import run_lock
 
     with run_lock(run_dir, "merge"):
         result = merge_run(run_dir, out_dir)
@@ -533,7 +533,7 @@ def quick_cmd(model, data, run_dir, quant, config_file, max_steps, epochs, lr, m
 
     from localtune.config import load_config
     from localtune.demo import DEMO_DATA
-    from localtune.model_source import DEMO_MODEL
+    from localtune.model.source import DEMO_MODEL
     from localtune.quick import run_quick
 
     data = data or str(DEMO_DATA)
@@ -569,9 +569,9 @@ def quick_cmd(model, data, run_dir, quant, config_file, max_steps, epochs, lr, m
 @friendly_errors
 def chat_cmd(target, prompt, compare, base_file, system, temperature, top_p, max_tokens, ctx):
     """Chat offline with GGUF (or a run's exported model). Commands: /reset, /system TEXT, /save FILE, /quit."""
-    from localtune.chat import ChatSession, Sampling, find_models
+    from localtune.chat.session import ChatSession, Sampling, find_models
     from localtune.errors import UsageError
-    from localtune.llama_runtime import open_gguf
+    from localtune.chat.runtime import open_gguf
 
     tuned, base = find_models(target)
     base = base_file or base

@@ -25,9 +25,9 @@ from localtune.config import Config
 from localtune.converters.architectures import SUPPORTED_ARCHITECTURES
 from localtune.errors import ModelSourceError
 from localtune.faults import signal_point
-from localtune.kernels import use_fused_kernels
-from localtune.model_files import check_model_folder, load_tokenizer
-from localtune.model_source import ModelSource, resolve_model
+from localtune.train.speed.kernels import use_fused_kernels
+from localtune.model.checks import check_model_folder, load_tokenizer
+from localtune.model.source import ModelSource, resolve_model
 
 
 @dataclass
@@ -53,7 +53,7 @@ class LoadedModel:
     dtype: str
     quantized: bool
     seconds: float
-    kernels: str = ""  # fused kernels patched in (localtune/kernels.py), "" for none
+    kernels: str = ""  # fused kernels patched in (localtune/train/speed/kernels.py), "" for none
 
 
 def cache_dir() -> Path:
@@ -252,8 +252,8 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
         raise ModelSourceError(f"cannot add LoRA adapters: {exc}",
                                hint="check lora.target_modules against the model's module names") from None
     if device == "cpu":
-        from localtune import lora_linear
-        from localtune.lora_dropout import replace_lora_dropout
+        from localtune.train.speed import lora_linear
+        from localtune.train.speed.lora_dropout import replace_lora_dropout
 
         replace_lora_dropout(model)  # same distribution, a fraction of the random draws (lora_dropout.py)
         lora_linear.install(model)  # base + LoRA in one autograd function, fewer passes over memory

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from localtune.errors import LocaltuneError, UsageError
 from localtune.faults import disk_full, fault_point, signal_point
-from localtune.model_files import check_adapter, read_safetensors_header, weight_shapes
+from localtune.model.checks import check_adapter, read_safetensors_header, weight_shapes
 
 SAMPLES = ("The quick brown fox jumps over the lazy dog. 12345",
            "What is the capital of France? Answer in one sentence.")
@@ -65,7 +65,7 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
     from transformers import AutoModelForCausalLM
 
     from localtune.config import load_config
-    from localtune.model_loading import pick_device, quiet_progress, resolve_base
+    from localtune.model.loading import pick_device, quiet_progress, resolve_base
 
     run_dir = Path(run_dir)
     adapter = run_dir / "adapter"

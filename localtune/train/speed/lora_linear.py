@@ -31,7 +31,7 @@ from types import MethodType
 
 import torch
 
-from localtune.lora_dropout import SparseDropout, dropped_positions
+from localtune.train.speed.lora_dropout import SparseDropout, dropped_positions
 
 
 def _base_weight(base: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:

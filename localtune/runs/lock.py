@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from localtune.errors import UsageError
-from localtune.runs import pid_alive
+from localtune.runs.workspace import pid_alive
 
 LOCK_NAME = ".localtune.lock"
 

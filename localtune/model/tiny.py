@@ -6,7 +6,7 @@ weights is built in-process. Each family gets a chat template in its own layout,
 quirks that matter to the data pipeline: Gemma 1/2 reject a system role, Gemma 3 and Mistral fold it
 into the first user turn, Qwen3 renders the latest assistant turn with an empty think block.
 
-Run as:  python -m localtune.tiny_models qwen2 /tmp/tiny-qwen2
+Run as:  python -m localtune.model.tiny qwen2 /tmp/tiny-qwen2
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ def cached_tiny_model(arch: str) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in ARCHITECTURES:
-        sys.exit(f"usage: python -m localtune.tiny_models {{{','.join(ARCHITECTURES)}}} OUT_DIR")
+        sys.exit(f"usage: python -m localtune.model.tiny {{{','.join(ARCHITECTURES)}}} OUT_DIR")
     target = Path(sys.argv[2])
     if target.exists():
         shutil.rmtree(target)

@@ -19,7 +19,7 @@ from pathlib import Path
 from localtune.converters.gguf_file import ConversionError
 from localtune.converters.quants import QUANT_TYPES, expected_bytes
 from localtune.errors import UsageError
-from localtune.model_files import check_model_folder, load_tokenizer, weight_shapes
+from localtune.model.checks import check_model_folder, load_tokenizer, weight_shapes
 
 
 @dataclass
@@ -89,7 +89,7 @@ def export_model(folder: str | Path, out_types: list[str], out_dir: str | Path, 
         say(f"wrote {f.path} ({f.path.stat().st_size / 1e6:.1f} MB, {f.mb_per_s:.0f} MB/s)"
             + "".join(f"\n  note: {n}" for n in f.notes))
         if verify:
-            from localtune.verify import verify as run_verify
+            from localtune.export.verify import verify as run_verify
 
             f.verify = run_verify(f.path, folder, chat_template=chat_template)
             f.verify.save(f.path.with_name(f.path.name + ".verify.json"))
@@ -101,7 +101,7 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path, *, out_type: str = 
                    say: Callable[[str], None] = print) -> Path:
     from localtune.config import load_config
     from localtune.converters.lora import convert_adapter
-    from localtune.model_loading import resolve_base
+    from localtune.model.loading import resolve_base
 
     run_dir = Path(run_dir)
     if not (run_dir / "adapter" / "adapter_config.json").is_file():

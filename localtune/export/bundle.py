@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localtune.export import ExportedFile
+from localtune.export.gguf import ExportedFile
 
 SMALL_MODEL_PARAMS = 1_000_000_000
 
@@ -44,7 +44,7 @@ class Bundle:
 
 def export_run(run_dir: str | Path, quants: list[str] | None = None, *, verify: bool = True, say=print) -> Bundle:
     """Merge if needed, export, verify and write the bundle, holding the run folder's lock."""
-    from localtune.run_lock import run_lock
+    from localtune.runs.lock import run_lock
 
     run_dir = Path(run_dir)
     with run_lock(run_dir, "export"):
@@ -53,9 +53,9 @@ def export_run(run_dir: str | Path, quants: list[str] | None = None, *, verify: 
 
 def _export_run(run_dir: Path, quants, verify: bool, say) -> Bundle:
     from localtune.config import load_config
-    from localtune.export import export_adapter, export_model
-    from localtune.merge import merge_run
-    from localtune.model_loading import resolve_base
+    from localtune.export.gguf import export_adapter, export_model
+    from localtune.export.merge import merge_run
+    from localtune.model.loading import resolve_base
 
     bundle = Bundle(run_dir)
     merged = run_dir / "merged"

@@ -19,17 +19,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from localtune.checkpoint import CheckpointError, CheckpointStore
+from localtune.train.checkpoint import CheckpointError, CheckpointStore
 from localtune.config import Config
 from localtune.data.dataset import load_examples, prepare_data
 from localtune.errors import LocaltuneError, UsageError
 from localtune.events import (DataPrepared, Emitter, Failed, Finished, Interrupted, JsonlSink, MemoryPlanned,
                               ModelLoaded, RecipeChosen, RunStarted, Warning, json_safe)
 from localtune.faults import disk_full, fault_point, signal_point
-from localtune.model_loading import load_for_training, memory_in_use, resolve_base
-from localtune.recipe import choose_recipe
-from localtune.run_lock import run_lock
-from localtune.trainer import Hooks, StopFlag, StopRequested, Trainer, TrainingError
+from localtune.model.loading import load_for_training, memory_in_use, resolve_base
+from localtune.train.recipe import choose_recipe
+from localtune.runs.lock import run_lock
+from localtune.train.loop import Hooks, StopFlag, StopRequested, Trainer, TrainingError
 
 # What a checkpoint must share with the run that resumes it; anything else may change.
 IDENTITY_LABELS = {"base": "base model", "data": "training data", "max_seq_len": "data.max_seq_len",
@@ -222,7 +222,7 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
     planned = plan_memory(cfg, shape, lm, max(len(r.input_ids) for r in prepared.train))
     micro, accum, auto = planned.micro_batch, planned.grad_accum, cfg.train.micro_batch_size == 0
     if planned.activation_offload:
-        from localtune.activation_offload import install
+        from localtune.train.speed.offload import install
 
         install(model)
     elif cfg.train.activation_offload == "on":

@@ -109,7 +109,7 @@ def verify(gguf_path: str | os.PathLike, hf_dir: str | os.PathLike, *, chat_temp
 
     from localtune.converters.gguf_file import check_gguf
     from localtune.data.template import resolve_chat_template
-    from localtune.llama_runtime import open_gguf
+    from localtune.chat.runtime import open_gguf
 
     gguf_path, hf_dir = Path(gguf_path), Path(hf_dir)
     info = check_gguf(gguf_path)

@@ -1,6 +1,6 @@
 """The causal-LM loss of a micro-batch, without full-vocabulary logits for the whole micro-batch.
 
-The decoder body runs on the padding-free micro-batch (`localtune.batching`) and gives the last hidden
+The decoder body runs on the padding-free micro-batch (`localtune.train.speed.batching`) and gives the last hidden
 states; only the positions that predict a target are kept. They go through the LM head in chunks of
 tokens, each chunk: lm_head -> float32 -> final-logit soft-capping (Gemma 2/3) -> cross-entropy summed.
 Peak logits memory is one chunk's [chunk, vocab] fp32 (and its gradient), never [tokens, vocab].
@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import functools
 
-from localtune.batching import collate, padding_free
+from localtune.train.speed.batching import collate, padding_free
 from localtune.data.tokenize import IGNORE
-from localtune.row_attention import PREFIX, use_row_attention
+from localtune.train.speed.row_attention import PREFIX, use_row_attention
 
 PADDING_FREE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
 # flash-attention derives per-row (varlen) attention from the restarting position ids by itself
