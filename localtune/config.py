@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -28,9 +29,16 @@ OFFLOAD_MODES = ("auto", "on", "off")
 KERNEL_MODES = ("auto", "liger", "off")
 
 
-def opt(default: Any, doc: str, *, choices: tuple[str, ...] | None = None):
-    """A config field with its documentation (shown by `localtune config`, the TUI and --help)."""
-    meta = {"doc": doc, "choices": choices}
+def opt(default: Any, doc: str, *, choices: tuple[str, ...] | None = None, label: str | None = None,
+        flag: str | None = None, short: str | None = None, auto: Any = None):
+    """A config field with its documentation. The doc is the help of its CLI option, the hint under its
+    TUI field and the comment of `localtune config`; its first sentence is the one-line hint.
+
+    label: the TUI's field label (default: the name, spelled out); flag: the CLI option (default
+    `--name-with-dashes`; a true/false knob gets `--flag/--no-flag`); short: a one-letter alias;
+    auto: the value the word 'auto' stands for in a flag or form field (e.g. 0 for the micro-batch).
+    """
+    meta = {"doc": doc, "choices": choices, "label": label, "flag": flag, "short": short, "auto": auto}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -38,80 +46,106 @@ def opt(default: Any, doc: str, *, choices: tuple[str, ...] | None = None):
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = opt("", "Base model: a hub id, a local Hugging Face folder, or a local .gguf file.")
+    name_or_path: str = opt("", "Base model: a hub id, a local Hugging Face folder, a local .gguf file, or 'smollm2' "
+                                 "for the built-in demo model.", label="Model", flag="--model", short="-m")
     chat_template: str | None = opt(
         None,
         "Chat template to train with (a .jinja file or the template text). Empty: the model's own, "
         "or ChatML when it has none. The export embeds the same template.",
+        label="Chat template",
     )
-    trust_remote_code: bool = opt(False, "Allow model code from the hub to run (only for models you trust).")
+    trust_remote_code: bool = opt(False, "Allow Python code shipped with the model to run (only for authors you trust).",
+                                   label="Trust remote code")
 
 
 @dataclass
 class DataConfig:
-    path: str = opt("", "Training data: a .jsonl/.json/.csv/.tsv/.parquet/.txt file or a folder of them.")
-    format: str = opt("auto", "Row format; 'auto' detects it from the fields of the first row.", choices=DATA_FORMATS)
-    max_seq_len: int = opt(1024, "Longest training sequence in tokens; longer rows are truncated.")
-    train_on_prompt: bool = opt(False, "Also compute the loss on prompt/user tokens (default: assistant tokens only).")
-    packing: bool = opt(False, "Pack several short rows into one sequence, with no attention across rows.")
-    val_file: str | None = opt(None, "Separate validation data file; when set, no rows are split off for validation.")
+    path: str = opt("", "Training data: a .jsonl/.json/.csv/.tsv/.parquet/.txt file or a folder of them.",
+                     label="Training data", flag="--data", short="-d")
+    format: str = opt("auto", "Row format; 'auto' detects it from the fields of the first row.", choices=DATA_FORMATS,
+                 label="Data format")
+    max_seq_len: int = opt(1024, "Longest training sequence in tokens; longer rows are truncated.",
+                           label="Max sequence length")
+    train_on_prompt: bool = opt(False, "Also compute the loss on prompt/user tokens (default: assistant tokens only).",
+                                 label="Train on prompt")
+    packing: bool = opt(False, "Pack several short rows into one sequence, with no attention across rows.",
+                        label="Packing")
+    val_file: str | None = opt(None, "Separate validation data file; when set, no rows are split off for validation.",
+                               label="Validation file")
     val_fraction: float = opt(
-        0.05, "Fraction of rows held out for validation when there is no val_file (0 disables; needs 10+ rows)."
+        0.05, "Fraction of rows held out for validation when there is no val_file (0 disables; needs 10+ rows).",
+        label="Validation fraction",
     )
-    skip_invalid: bool = opt(False, "Drop invalid rows (and report them) instead of stopping at them.")
+    skip_invalid: bool = opt(False, "Drop invalid rows (and report them) instead of stopping at them.", label="Skip invalid rows")
 
 
 @dataclass
 class LoraConfig:
-    r: int = opt(16, "LoRA rank.")
-    alpha: float = opt(32.0, "LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).")
-    dropout: float = opt(0.05, "Dropout on the LoRA input.")
-    target_modules: list[str] = opt(["all-linear"], "Modules to adapt: 'all-linear' or a list of module names.")
-    use_rslora: bool = opt(False, "Rank-stabilised LoRA scaling.")
-    use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).")
+    r: int = opt(16, "LoRA rank: the width of the adapter's low-rank matrices (8-64 is typical).", label="LoRA rank",
+                 flag="--rank")
+    alpha: float = opt(32.0, "LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).", label="LoRA alpha")
+    dropout: float = opt(0.05, "Dropout on the LoRA input.", label="LoRA dropout", flag="--lora-dropout")
+    target_modules: list[str] = opt(["all-linear"], "Modules to adapt: 'all-linear' or a list of module names.",
+                                    label="Target modules")
+    use_rslora: bool = opt(False, "Rank-stabilised LoRA scaling.", label="rsLoRA", flag="--rslora")
+    use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).", label="DoRA", flag="--dora")
 
 
 @dataclass
 class TrainConfig:
     epochs: int = opt(1, "Passes over the training data (ignored when max_steps > 0). Left unset (no flag or file "
                          "value), `train` and `quick` choose it from the data's size: at least 32 optimizer steps, "
-                         "2-8 epochs under 2,000 rows (README: the training recipe).")
-    max_steps: int = opt(0, "Stop after this many optimizer steps (0: train for `epochs`).")
+                         "2-8 epochs under 2,000 rows (README: the training recipe).", label="Epochs")
+    max_steps: int = opt(0, "Stop after this many optimizer steps (0: train for `epochs`).", label="Max steps")
     micro_batch_size: int = opt(
         0, "Rows per forward pass; 0 is auto: the memory planner picks it, and on out-of-memory it halves "
-           "(accumulation doubles) and training continues from the last checkpoint.")
+           "(accumulation doubles) and training continues from the last checkpoint.", label="Micro-batch",
+        flag="--micro-batch", auto=0)
     grad_accum: int = opt(
-        8, "Micro-batches per optimizer step; with an auto micro-batch, the rows per optimizer step.")
-    early_stopping_patience: int = opt(0, "Stop after this many evaluations without a better eval loss (0: off).")
+        8, "Micro-batches per optimizer step; with an auto micro-batch, the rows per optimizer step.",
+        label="Gradient accumulation")
+    early_stopping_patience: int = opt(0, "Stop after this many evaluations without a better eval loss (0: off).",
+                                      label="Early-stopping patience")
     lr: float = opt(2e-4, "Peak learning rate. Left unset, `train` and `quick` choose it from the model's size "
-                          "and the LoRA scale: 2e-4 x sqrt(7B / parameters) within 1e-4..1e-3, x 2 / scale.")
-    lr_scheduler: str = opt("cosine", "Learning-rate schedule after warm-up.", choices=SCHEDULERS)
-    warmup_ratio: float = opt(0.03, "Fraction of steps spent warming up the learning rate.")
-    weight_decay: float = opt(0.0, "AdamW weight decay.")
-    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 disables).")
+                          "and the LoRA scale: 2e-4 x sqrt(7B / parameters) within 1e-4..1e-3, x 2 / scale.",
+                   label="Learning rate")
+    lr_scheduler: str = opt("cosine", "Learning-rate schedule after warm-up.", choices=SCHEDULERS,
+                           label="LR schedule")
+    warmup_ratio: float = opt(0.03, "Fraction of steps spent warming up the learning rate.", label="Warm-up")
+    weight_decay: float = opt(0.0, "AdamW weight decay.", label="Weight decay")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 disables).", label="Max grad norm")
     optimizer: str = opt(
-        "paged_adamw_8bit", "Optimizer; paged variants fall back to unpaged on CPU.", choices=OPTIMIZERS
+        "paged_adamw_8bit", "Optimizer; paged variants fall back to unpaged on CPU.", choices=OPTIMIZERS,
+        label="Optimizer"
     )
-    load_in_4bit: bool = opt(True, "QLoRA: load the base in 4-bit NF4 with double quantization.")
-    gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass to save memory.")
+    load_in_4bit: bool = opt(True, "QLoRA: load the base in 4-bit NF4 with double quantization (--no-quant: plain LoRA on a "
+                                     "16/32-bit base).", label="4-bit base (QLoRA)", flag="--quant")
+    gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass to save memory.",
+                                          label="Gradient checkpointing")
     activation_offload: str = opt(
         "auto", "Keep the checkpointed layer inputs in pinned CPU memory instead of GPU memory (CUDA only); "
-                "'auto' does it when the memory planner finds the run fits only that way.", choices=OFFLOAD_MODES)
+                "'auto' does it when the memory planner finds the run fits only that way.", choices=OFFLOAD_MODES,
+        label="Activation offload")
     kernels: str = opt(
         "auto", "Fused GPU kernels (RoPE, RMSNorm, SwiGLU) from liger-kernel: 'auto' uses them on CUDA when it is "
-                "installed and supports the model, 'liger' requires them, 'off'.", choices=KERNEL_MODES)
-    precision: str = opt("auto", "Compute dtype; 'auto' is bf16 where supported, else fp32.", choices=PRECISIONS)
-    device: str = opt("auto", "Where to train; 'auto' uses CUDA when available.", choices=DEVICES)
-    seed: int = opt(42, "Seed for shuffling, the validation split, LoRA init and dropout.")
-    save_every: int = opt(100, "Save a checkpoint every this many optimizer steps.")
-    keep_checkpoints: int = opt(2, "How many complete checkpoints to keep.")
-    eval_every: int = opt(0, "Evaluate on the validation rows every this many steps (0: at the end only).")
+                "installed and supports the model, 'liger' requires them, 'off'.", choices=KERNEL_MODES,
+        label="Fused kernels")
+    precision: str = opt("auto", "Compute dtype; 'auto' is bf16 where supported, else fp32.", choices=PRECISIONS,
+                       label="Precision")
+    device: str = opt("auto", "Where to train; 'auto' uses CUDA when available.", choices=DEVICES,
+                    label="Device")
+    seed: int = opt(42, "Seed for shuffling, the validation split, LoRA init and dropout.", label="Seed")
+    save_every: int = opt(100, "Save a checkpoint every this many optimizer steps.", label="Save every")
+    keep_checkpoints: int = opt(2, "How many complete checkpoints to keep.", label="Checkpoints kept")
+    eval_every: int = opt(0, "Evaluate on the validation rows every this many steps (0: at the end only).",
+                         label="Eval every")
 
 
 @dataclass
 class ExportConfig:
-    quants: list[str] = opt(["q4_k_m"], "GGUF types to export, e.g. q4_k_m, q8_0, f16.")
-    verify: bool = opt(True, "Check every exported GGUF against the trained model.")
+    quants: list[str] = opt(["q4_k_m"], "GGUF types to export, comma-separated, e.g. q4_k_m,q8_0,f16.", label="GGUF types",
+                            flag="--quant", short="-q")
+    verify: bool = opt(True, "Check every exported GGUF against the trained model.", label="Verify")
 
 
 @dataclass
@@ -146,6 +180,9 @@ class Config:
             problems.append(Problem(where, key, str(exc.args[0]), "use one of the keys `localtune config` lists"))
             return
         typ = typing.get_type_hints(_SECTION_TYPES[section])[name]
+        auto = next(f.metadata["auto"] for f in fields(_SECTION_TYPES[section]) if f.name == name)
+        if auto is not None and isinstance(value, str) and value.strip().lower() == "auto":
+            value = auto
         try:
             converted = _convert(value, typ)
         except (TypeError, ValueError) as exc:
@@ -187,12 +224,10 @@ class Config:
         return "\n".join(out) + "\n"
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the tree as YAML, atomically (temporary name, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(self.to_yaml(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        """Write the tree as YAML, atomically (localtune.files)."""
+        from localtune.files import write_text
+
+        return write_text(path, self.to_yaml())
 
 
 SECTIONS = ("model", "data", "lora", "train", "export")
@@ -432,3 +467,72 @@ def describe_fields() -> list[tuple[str, Any, str]]:
             out.append((f"{section}.{f.name}", default, f.metadata["doc"]))
     return out
 
+
+
+# ---- knobs: the fields as the faces see them ---------------------------------------------------------
+@dataclass(frozen=True)
+class Knob:
+    """One config field as the CLI and the TUI present it; everything here comes from its `opt()`."""
+
+    key: str  # "train.lr"
+    label: str  # "Learning rate" (the TUI's field label)
+    doc: str  # the whole documentation (CLI help, `localtune config`)
+    flag: str  # "--lr"; a true/false knob also has "--no-" + flag[2:]
+    short: str | None  # "-m"
+    default: Any
+    type: Any  # the field's annotation: int, float, str, bool, list[str], str | None
+    choices: tuple[str, ...] | None
+    auto: Any = None  # what the word "auto" means for this knob (None: no such word)
+
+    @property
+    def hint(self) -> str:
+        """The doc's first sentence: the one-line hint under a TUI field."""
+        first = re.split(r"(?<=[a-z0-9)])\. (?=[A-Z])", self.doc, maxsplit=1)[0]
+        return first if first.endswith(".") else first + "."
+
+    @property
+    def is_bool(self) -> bool:
+        return self.type is bool
+
+    def text(self, value: Any) -> str:
+        """A value as a user types it (lists comma-separated, None empty)."""
+        if value is None:
+            return ""
+        if isinstance(value, list):
+            return ",".join(value)
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+
+def knobs() -> list[Knob]:
+    """Every field of the tree, in section order."""
+    out = []
+    for section in SECTIONS:
+        cls = _SECTION_TYPES[section]
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            m = f.metadata
+            default = f.default if f.default is not MISSING else f.default_factory()
+            out.append(Knob(f"{section}.{f.name}", m["label"] or f.name.replace("_", " ").capitalize(), m["doc"],
+                            m["flag"] or "--" + f.name.replace("_", "-"), m["short"], default, hints[f.name],
+                            m["choices"], m["auto"]))
+    return out
+
+
+def knob(key: str) -> Knob:
+    for k in knobs():
+        if k.key == key:
+            return k
+    _split_key(key)  # raises KeyError naming the nearest key
+    raise KeyError(key)
+
+
+# Starting points for the New run form (and anyone building a config): values for some knobs; a knob a
+# preset leaves out keeps its default, and epochs/lr left out are the training recipe's (train/recipe.py).
+PRESETS: dict[str, dict[str, Any]] = {
+    "auto": {"lora.r": 16, "lora.alpha": 32.0},
+    "quick": {"lora.r": 8, "lora.alpha": 16.0, "train.lr": 2e-3, "train.epochs": 1},
+    "balanced": {"lora.r": 16, "lora.alpha": 32.0, "train.lr": 2e-4, "train.epochs": 2},
+    "quality": {"lora.r": 32, "lora.alpha": 64.0, "train.lr": 1e-4, "train.epochs": 3},
+}

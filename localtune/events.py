@@ -239,6 +239,73 @@ def from_dict(d: dict[str, Any]) -> Event | None:
         return None
 
 
+def describe(event: Event) -> str | None:
+    """The one human line for an event, as the CLI prints it and the TUI's log shows it (plain text).
+    None for kinds that are drawn rather than read (progress of rows or tensors, phase markers)."""
+    from localtune.units import format_bytes, format_duration
+
+    e, k = event, event.kind
+    if k == "step":
+        return (f"step {e.step}/{e.total_steps} loss {e.loss:.4f} lr {e.lr:.2e} grad {e.grad_norm:.2f} "
+                f"{e.tokens_per_s:,.0f} tok/s mem {format_bytes(e.peak_memory_bytes)} ETA {format_duration(e.eta_s)}")
+    if k == "run_started":
+        return f"{'resuming' if e.resume else 'starting'} run {e.run_dir}"
+    if k == "data_prepared":
+        return (f"data: {e.train_rows} training rows, {e.val_rows} validation rows, {e.trainable_tokens:,} of "
+                f"{e.train_tokens:,} tokens trained; {e.dropped_rows} dropped, {e.truncated_rows} truncated; "
+                f"chat template: {e.chat_template}")
+    if k == "model_loaded":
+        return (f"model: {e.model} ({e.architecture}) on {e.device}, {e.dtype}{', 4-bit NF4' if e.quantized else ''}; "
+                f"{e.params_trainable:,} of {e.params_total:,} parameters train; {format_bytes(e.memory_bytes)}; "
+                f"loaded in {e.seconds:.1f}s" + (f"; {e.fused_kernels}" if e.fused_kernels else ""))
+    if k == "memory_planned":
+        return (f"memory: micro-batch {e.micro_batch} x {e.grad_accum} accumulated; planned peak "
+                f"{format_bytes(e.estimate_bytes)} of {format_bytes(e.budget_bytes)} available; {e.reason}")
+    if k == "recipe":
+        flags = " and ".join({"train.epochs": "--epochs/--max-steps", "train.lr": "--lr"}.get(c, c) for c in e.chosen)
+        return (f"recipe: {e.total_steps} optimizer steps" + (f" ({e.epochs} epochs)" if e.epochs else "")
+                + f" at lr {e.lr:.1e}, chosen for this data and model: {e.reason} (set {flags} to choose yourself)")
+    if k == "eval":
+        return f"eval at step {e.step}: loss {e.loss:.4f} on {e.rows} rows"
+    if k == "checkpoint":
+        return f"checkpoint: {e.path} ({format_bytes(e.bytes)})"
+    if k == "warning":
+        return f"warning: {e.message}"
+    if k == "interrupted":
+        return f"interrupted by {e.signal}; last checkpoint: {e.checkpoint}\nresume with: {e.resume_command}"
+    if k == "failed":
+        return f"failed{f' at step {e.step}' if e.step else ''}: {e.error}"
+    if k == "finished":
+        return (f"finished: {e.steps} steps in {format_duration(e.seconds)}, final loss {e.final_loss:.4f}"
+                + (f", eval loss {e.eval_loss:.4f}" if e.eval_loss is not None else "")
+                + (" (stopped early)" if e.stopped_early else "") + f"; adapter: {e.adapter_dir}")
+    if k == "eval_finished":
+        return f"eval: {e.verdict}" + (" (partial: interrupted)" if e.partial else "") + f"; report: {e.report_dir}"
+    return None
+
+
+def progress_text(event: Event, width: int = 24) -> str | None:
+    """A bar with counts and ETA for the drawn kinds (training steps, eval rows, long work), or None."""
+    from localtune.units import format_duration
+
+    if event.kind == "step":
+        done, total, eta, label = event.step, event.total_steps, event.eta_s, None
+    elif event.kind == "eval_progress":
+        done, total, eta, label = event.done, event.total, event.eta_s, "eval: row"
+    elif event.kind == "progress":
+        done, total, eta, label = event.done, event.total, event.eta_s, f"{event.phase}:"
+    else:
+        return None
+    filled = int(width * done / max(1, total))
+    bar = f"[{'#' * filled}{'.' * (width - filled)}]"
+    if label is None:  # a step: the bar sits inside the step's own line
+        line = describe(event)
+        head, _, rest = line.partition(" loss ")
+        return f"{head} {bar} loss {rest}"
+    unit = f" {event.unit}" if event.kind == "progress" else ""
+    return f"{label} {done}/{total}{unit} {bar}" + (f" ETA {format_duration(eta)}" if eta is not None else "")
+
+
 class Sink(Protocol):
     def __call__(self, event: Event) -> None: ...
 

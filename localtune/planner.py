@@ -21,8 +21,8 @@ import math
 from dataclasses import dataclass, field
 
 from localtune.train.speed.chunked_loss import chunk_tokens
+from localtune.units import GIB, format_bytes  # noqa: F401 - format_bytes is part of the planner's API
 
-GIB = 1024**3
 NF4_BYTES = 4.127 / 8
 CUDA_CONTEXT = int(0.5 * GIB)
 # Values kept per token by one decoder layer's forward for its backward, in units of hidden width
@@ -152,10 +152,6 @@ def recommend(shape: Shape, budget_bytes: int, *, seq_len: int, rank: int, max_m
             notes.append("does not fit at micro-batch 1, sequence 256 and rank 4: use a smaller model"
                          + ("" if quantized else " or 4-bit loading"))
             return Recommendation(plan, budget_bytes, False, notes)
-
-
-def format_bytes(n: float) -> str:
-    return f"{n / GIB:.2f} GiB" if n >= 0.1 * GIB else f"{n / 1024**2:.1f} MiB"
 
 
 def render_plan(rec: Recommendation, shape: Shape, *, where: str, alternatives: list[Plan]) -> str:

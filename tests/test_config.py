@@ -100,3 +100,63 @@ def test_cli_config_errors_exit_2_without_traceback(tmp_path, cli):
 def test_set_rejects_unknown_keys():
     with pytest.raises(ConfigError, match="did you mean 'train.lr'"):
         Config().set("train.lrr", 1.0, "--set")
+
+
+def _knob_options(command):
+    import click
+
+    from localtune.cli.options import dest
+
+    by_dest = {}
+    for p in command.params:
+        if isinstance(p, click.Option):
+            by_dest[p.name] = p
+    return {name.replace("__", "."): p for name, p in by_dest.items() if "__" in name}, by_dest, dest
+
+
+def test_cli_options_are_the_config_fields():
+    """Every knob flag of every command is generated from its config field: same flag, type, choices and
+    help text; `train` offers every field of the sections it uses; no command that builds a config
+    re-declares a knob's flag with help of its own."""
+    import click
+
+    from localtune.cli import main
+    from localtune.config import knobs
+
+    all_knobs = {k.key: k for k in knobs()}
+    flags = {k.flag: k for k in knobs()}
+
+    def commands(group):
+        for cmd in group.commands.values():
+            yield from commands(cmd) if isinstance(cmd, click.Group) else [cmd]
+
+    seen = set()
+    for cmd in commands(main):
+        generated, _, _ = _knob_options(cmd)
+        for key, param in generated.items():
+            k = all_knobs[key]
+            seen.add(key)
+            assert param.help.startswith(k.doc), (cmd.name, key)
+            assert k.flag in param.opts and (k.short is None or k.short in param.opts)
+            if k.is_bool:
+                assert param.secondary_opts == [f"--no-{k.flag[2:]}"]
+            if k.choices:
+                assert tuple(param.type.choices) == k.choices
+        if cmd.name not in ("train", "quick", "plan", "inspect", "export"):
+            continue  # eval's --data (held-out rows) is not the training data knob
+        for param in cmd.params:  # a command that builds a config may not re-declare a knob with its own help
+            if isinstance(param, click.Option) and "__" not in param.name:
+                for flag in set(param.opts) & set(flags):
+                    assert param.help.startswith(flags[flag].doc), (cmd.name, flag)
+    train = main.commands["train"]
+    expected = {key for key in all_knobs if key.split(".")[0] in ("model", "data", "lora", "train")}
+    assert set(_knob_options(train)[0]) == expected
+    assert seen >= expected
+
+
+def test_cli_flag_values_go_through_config_validation(cli, tmp_path):
+    """A generated flag's value is checked by config validation and named by its flag."""
+    result = cli("train", "--model", "m", "--data", "d", "--out", tmp_path / "run", "--lr", "abc")
+    assert result.exit_code == 2 and "--lr" in result.output and "abc" in result.output
+    result = cli("train", "--model", "m", "--data", "d", "--out", tmp_path / "run", "--micro-batch", "many")
+    assert result.exit_code == 2 and "--micro-batch" in result.output and "many" in result.output

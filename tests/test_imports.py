@@ -84,3 +84,23 @@ def test_wheel_puts_tui_and_converters_inside_localtune(tmp_path):
     assert "localtune/data/dataset.py" in names
     tops = {n.split("/")[0] for n in names}
     assert tops == {"localtune", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
+
+
+def test_layer_contracts_hold():
+    """The static twin of the runtime tests above: import-linter checks every import, lazy ones too,
+    against the layers in pyproject.toml (faces -> quick -> export/eval -> train -> model/data -> core) and
+    that no core module imports textual."""
+    exe = Path(sys.executable).with_name("lint-imports")
+    proc = subprocess.run([str(exe), "--no-cache"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "0 broken" in proc.stdout
+
+
+def test_ruff_lint_and_format_are_clean():
+    """ruff (pinned in the dev extra, configured in pyproject.toml) finds nothing to fix or reformat."""
+    check = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], capture_output=True, text=True,
+                           cwd=REPO)
+    assert check.returncode == 0, check.stdout[-4000:]
+    fmt = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", "--no-cache", "."], capture_output=True,
+                         text=True, cwd=REPO)
+    assert fmt.returncode == 0, fmt.stdout[-4000:]

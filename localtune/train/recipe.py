@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+RECIPE_KEYS = ("train.epochs", "train.lr")  # the knobs this rule chooses when they are left unset
 MIN_STEPS = 32
 MAX_EPOCHS = 8
 LARGE_DATA_ROWS = 2000

@@ -1,0 +1,77 @@
+"""`localtune chat`: talk offline with a GGUF or a run's exported model.
+
+Run as:  localtune chat RUN_DIR|FILE.gguf [--compare] [--prompt TEXT]
+"""
+
+from __future__ import annotations
+
+import click
+
+from localtune.cli.main import friendly_errors, main
+from localtune.errors import LocaltuneError
+
+
+@main.command("chat")
+@click.argument("target", type=click.Path(exists=True))
+@click.option("--prompt", "-p", help="Answer this once and exit.")
+@click.option("--compare", is_flag=True, help="Show the base model's answer next to the fine-tuned one.")
+@click.option("--base", "base_file", type=click.Path(exists=True, dir_okay=False), help="Base GGUF for --compare.")
+@click.option("--system", help="System prompt.")
+@click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.option("--top-p", type=float, default=0.9, show_default=True)
+@click.option("--max-tokens", type=int, default=256, show_default=True)
+@click.option("--ctx", type=int, default=2048, show_default=True, help="Context window in tokens.")
+@friendly_errors
+def chat_cmd(target, prompt, compare, base_file, system, temperature, top_p, max_tokens, ctx):
+    """Chat offline with GGUF (or a run's exported model). Commands: /reset, /system TEXT, /save FILE, /quit."""
+    from localtune.chat.session import ChatSession, Sampling, find_models
+    from localtune.errors import UsageError
+    from localtune.chat.runtime import open_gguf
+
+    tuned, base = find_models(target)
+    base = base_file or base
+    if compare and base is None:
+        raise UsageError("--compare needs a base model", hint="pass --base BASE.gguf, or chat with a RUN_DIR")
+    sampling = Sampling(temperature, top_p, max_tokens)
+    models = [("fine-tuned" if compare else None, tuned)] + ([("base", base)] if compare else [])
+    sessions = [(label, ChatSession(open_gguf(path, n_ctx=ctx), system=system, sampling=sampling,
+                                    notice=lambda m: click.echo(m, err=True))) for label, path in models]
+
+    def answer(text: str) -> None:
+        for label, session in sessions:
+            if label:
+                click.echo(f"[{label}] ", nl=False)
+            session.ask(text, on_token=lambda piece: click.echo(piece, nl=False))
+            click.echo()
+
+    if prompt is not None:
+        answer(prompt)
+        return
+    click.echo(f"chatting with {tuned}" + (f" and {base}" if compare else "") + "; /quit to leave")
+    while True:
+        try:
+            line = input("> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            click.echo()
+            return
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            for _, s in sessions:
+                s.reset()
+            click.echo("(history cleared)")
+        elif line.startswith("/system"):
+            for _, s in sessions:
+                s.system = line[len("/system"):].strip() or None
+                s.reset()
+            click.echo("(system prompt set; history cleared)")
+        elif line.startswith("/save"):
+            path = line[len("/save"):].strip() or "chat.json"
+            click.echo(f"(saved to {sessions[0][1].save(path)})")
+        else:
+            try:
+                answer(line)
+            except LocaltuneError as exc:  # e.g. a prompt too long for the window: say so, keep chatting
+                click.echo(exc.render(), err=True)
