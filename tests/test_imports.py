@@ -50,6 +50,17 @@ def test_data_pipeline_with_a_model_never_imports_textual(tmp_path):
     assert "textual" not in loaded
 
 
+PACKAGES = ("localtune", "localtune.cli", "localtune.data", "localtune.model", "localtune.train", "localtune.train.speed",
+            "localtune.export", "localtune.chat", "localtune.runs", "localtune.evaluation", "localtune.converters")
+
+
+def test_every_package_imports_without_torch():
+    """A package's __init__ re-exports only torch-free names: importing every stage stays fast (the TUI
+    and --help import several of them)."""
+    loaded = loaded_after("\n".join(f"import {p}" for p in PACKAGES))
+    assert not loaded & {"torch", "transformers", "textual", "peft", "llama_cpp"}
+
+
 @pytest.mark.parametrize("argv", [("--help",), ("--version",), ("data", "--help"), ("data", "inspect", "--help"),
                                   ("config",)])
 def test_cli_start_up_does_not_import_torch(argv):

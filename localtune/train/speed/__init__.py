@@ -1,0 +1,10 @@
+"""Speed-ups of a training step, each proven equal to the plain computation by tests/test_fast_path.py,
+tests/test_lora_linear.py, tests/test_lora_dropout.py, tests/test_activation_offload.py and tests/test_kernels.py:
+
+- batching.py: length-grouped batches and padding-free packing of rows;
+- chunked_loss.py: the LM head and cross-entropy in chunks (no full logits tensor);
+- row_attention.py: attention that stays within each packed row;
+- lora_linear.py, lora_dropout.py: one autograd function per LoRA layer; dropout drawn only where it drops;
+- offload.py: checkpointed layer inputs kept in pinned CPU memory (CUDA);
+- kernels.py: liger-kernel's fused RoPE, RMSNorm and SwiGLU (CUDA, optional).
+"""
