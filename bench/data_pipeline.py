@@ -1,6 +1,6 @@
 """Throughput of the data pipeline: validation alone (before any model) and render + tokenize.
 
-Run as:  python bench/data_pipeline.py [--rows 20000] [--no-smollm2]
+Run as:  python -m bench.data_pipeline [--rows 20000] [--no-smollm2]
 Writes bench/results/data_pipeline.json and prints a table.
 """
 

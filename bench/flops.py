@@ -1,4 +1,4 @@
-"""Model shapes, FLOPs per trained token, and GPU peaks: the arithmetic behind MFU in compare_stacks.py.
+"""Model shapes, FLOPs per trained token, and GPU peaks: the arithmetic behind MFU in bench.compare_stacks.
 
 Per trained (non-padding) token of a dense decoder with N matmul parameters (every linear layer plus
 the LM head; the embedding lookup is not a matmul), L layers, attention width d and a row of s tokens
@@ -10,7 +10,7 @@ the LM head; the embedding lookup is not a matmul), L layers, attention width d 
 A batch of rows of different lengths costs sum over rows of n*(4N) + 6*L*d*n^2, so the effective s
 is the token-weighted mean row length sum(n^2)/sum(n), not the padded width.
 
-Run as:  python bench/flops.py      # prints the public shapes' parameter counts and FLOPs per token
+Run as:  python -m bench.flops      # prints the public shapes' parameter counts and FLOPs per token
 """
 
 from __future__ import annotations

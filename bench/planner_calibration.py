@@ -5,7 +5,7 @@ and each (micro-batch, sequence length), it runs one real QLoRA optimizer step t
 own loader and loop pieces, and compares the measured allocator peak with the planner's estimate.
 Goal: every estimate within 15% of the measured peak.
 
-Run as:  python bench/planner_calibration.py [--models qwen2.5-0.5b,llama-3.2-1b] [--seq 512,2048]
+Run as:  python -m bench.planner_calibration [--models qwen2.5-0.5b,llama-3.2-1b] [--seq 512,2048]
 Needs a CUDA GPU. Writes bench/results/planner_calibration.json and prints a table.
 """
 

@@ -1,18 +1,19 @@
 """One measured training run of one stack, in a fresh process (so peak RSS and max_memory_allocated are its own).
 
-compare_stacks.py starts this script once per run with a JSON spec and reads the JSON it writes:
+bench.compare_stacks starts this module once per run with a JSON spec and reads the JSON it writes:
 - `localtune`: localtune's real training, `localtune.train.run.train_run`, timed through its
   typed events (a sink stamps every StepMetrics event; real tokens come from `tokens_seen`).
 - `reference`: the usual QLoRA recipe: transformers Trainer + peft + bitsandbytes (NF4 + double
   quant, gradient checkpointing, paged_adamw_8bit on CUDA, SDPA attention), timed by a Trainer
   callback at every optimizer step; real tokens are the attention masks' sums, counted by the collator.
-- `build`: save a random-weight model of a public shape (bench/flops.py) with a tokenizer, once.
+- `build`: save a random-weight model of a public shape (bench.flops) with a tokenizer, once.
 
-Both stacks get the same token rows in the same order (see compare_stacks.py). A step's time is the
+Both stacks get the same token rows in the same order (see bench/compare_stacks/prepare.py). A step's time is the
 interval between two consecutive step stamps, so it covers everything the loop does (collation,
 forward, backward, clipping, optimizer, logging); on CUDA the stamp synchronises first.
 
-Run as:  python bench/stack_run.py SPEC.json OUT.json      (normally started by compare_stacks.py)
+Run as:  python -m bench.stack_run SPEC.json OUT.json      (from the repository root; normally started by
+         bench.compare_stacks)
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def environment(device: str) -> dict:
 
 
 def read_rows(path: str):
-    """[(input_ids, labels)] from a rows file written by compare_stacks.py."""
+    """[(input_ids, labels)] from a rows file written by bench.compare_stacks."""
     return [(r[0], r[1]) for r in json.loads(Path(path).read_text())["rows"]]
 
 
@@ -80,7 +81,7 @@ def param_dtypes(model) -> dict[str, int]:
 
 # ---- localtune ----------------------------------------------------------------------------------------
 def localtune_config(spec: dict):
-    """The localtune configuration tree of a run (compare_stacks.py prepares the data with it too)."""
+    """The localtune configuration tree of a run (bench.compare_stacks prepares the data with it too)."""
     from localtune.config import load_config
 
     overrides = {

@@ -4,7 +4,7 @@ Enough for benchmark plots (tokens/s and peak memory against sequence length) wi
 The x axis is logarithmic (base 2) when the values span a factor of 4 or more, as sequence
 lengths usually do; the y axis starts at zero so ratios between lines read honestly.
 
-Run as:  python bench/svg_chart.py OUT.svg      # writes a demonstration chart
+Run as:  python -m bench.svg_chart OUT.svg      # writes a demonstration chart
 """
 
 from __future__ import annotations
