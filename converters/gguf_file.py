@@ -15,9 +15,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localtune.train.checkpoint import fsync_dir, fsync_file
 from localtune.errors import LocaltuneError
 from localtune.faults import disk_full, fault_point
+from localtune.files import atomic_path
 
 MAGIC = b"GGUF"
 MAX_COUNT = 1 << 20  # tensors or metadata entries; real models have a few thousand
@@ -38,26 +38,22 @@ class GGUFError(LocaltuneError):
 
 @contextlib.contextmanager
 def safe_output(final: Path, expected_bytes: int | None = None):
-    """Yield a temporary path next to `final`; on success sync, validate and rename, else delete it.
+    """Yield a temporary path next to `final`; on success validate, sync and rename, else delete it.
 
-    The previous good file under the final name is untouched until the rename. `expected_bytes`, when
-    known, is what a full disk's message says the file needs.
+    The previous good file under the final name is untouched until the rename (files.atomic_path: the
+    file is fsync'd before the final name can point at it, so a crash never leaves a hollow file).
+    `expected_bytes`, when known, is what a full disk's message says the file needs.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
     try:
-        yield tmp
-        fsync_file(tmp)  # on disk before the final name can point at it (a crash must not leave a hollow file)
-        fault_point("gguf.validate")
-        check_gguf(tmp)
-        fault_point("gguf.rename")
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(exc, OSError) and (full := disk_full(exc, final.name, final.parent, expected_bytes)):
+        with atomic_path(final) as tmp:
+            yield tmp
+            fault_point("gguf.validate")
+            check_gguf(tmp)
+            fault_point("gguf.rename")
+    except OSError as exc:
+        if full := disk_full(exc, final.name, final.parent, expected_bytes):
             raise full from None
         raise
 
@@ -157,7 +153,8 @@ def check_gguf(path: str | os.PathLike, *, require_model: bool = True) -> GGUFIn
             raise GGUFError(f"{path}: GGUF version {version} is not supported (2 or 3)")
         n_tensors, n_kv = r.unpack("<Q", "the tensor count"), r.unpack("<Q", "the metadata count")
         if n_tensors > MAX_COUNT or n_kv > MAX_COUNT:
-            raise GGUFError(f"{path}: claims {n_tensors} tensors and {n_kv} metadata entries", hint="the file is corrupt")
+            raise GGUFError(f"{path}: claims {n_tensors} tensors and {n_kv} metadata entries",
+                            hint="the file is corrupt")
         info = GGUFInfo(path, version)
         for i in range(n_kv):
             key = r.string(f"metadata key {i}")

@@ -17,6 +17,7 @@ leaves the old copy beside the target, where `recover_folder` puts it back.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -31,15 +32,18 @@ def partial_name(target: str | os.PathLike) -> Path:
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
-    """Make a rename or a new entry in `folder` durable (a no-op where folders cannot be opened)."""
+    """Make a rename or a new entry in `folder` durable. Where a folder cannot be opened (Windows) or
+    synced (FUSE and network mounts answer EINVAL or ENOTSUP) that is no error: the rename has happened and
+    the file's own data was synced. Any other failure (EIO) is raised: the new name may not be on disk."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
     finally:
         os.close(fd)
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from localtune.config import Config
 from localtune.events import Emitter, JsonlSink, Phase
+from localtune.files import write_json
+from localtune.runs.layout import RunDir
 
 PHASES = ("preflight", "train", "export", "sample", "eval")
 QUICK_EVAL_ROWS = 16  # the eval phase's sample of validation rows; `localtune eval` takes them all
@@ -35,35 +37,33 @@ class QuickResult:
     eval_report: object | None = None
 
 
-def _state(run_dir: Path) -> dict:
-    path = run_dir / "quick.json"
-    return json.loads(path.read_text()) if path.is_file() else {"done": []}
+def _state(run: RunDir) -> dict:
+    return json.loads(run.quick_json.read_text()) if run.quick_json.is_file() else {"done": []}
 
 
-def _mark(run_dir: Path, state: dict, phase: str) -> None:
+def _mark(run: RunDir, state: dict, phase: str) -> None:
     state["done"].append(phase)
-    tmp = run_dir / "quick.json.partial"
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, run_dir / "quick.json")
+    write_json(run.quick_json, state, indent=None)
 
 
 def run_quick(cfg: Config, run_dir: str | os.PathLike, *, quants: list[str] | None = None, sinks=(), say=print,
               prompt: str | None = None) -> QuickResult:
-    from localtune.export.bundle import export_run
     from localtune.data.dataset import load_examples
+    from localtune.export.bundle import export_run
     from localtune.model.loading import resolve_base
     from localtune.train.run import check_writable, train_run
 
     run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     check_writable(run_dir)
-    if (run_dir / "config.yaml").is_file() and not (run_dir / "quick.json").is_file():
+    if run.config.is_file() and not run.quick_json.is_file():
         from localtune.errors import UsageError
 
         raise UsageError(f"{run_dir} holds a run that `quick` did not start",
                          hint="choose another --out, or continue it with `localtune train --resume`",
                          title="output folder in use")
-    emit = Emitter(JsonlSink(run_dir / "events.jsonl"), *sinks)
-    state = _state(run_dir)
+    emit = Emitter(JsonlSink(run.events), *sinks)
+    state = _state(run)
     start = time.monotonic()
     result = QuickResult(0, run_dir)
 
@@ -91,7 +91,10 @@ def run_quick(cfg: Config, run_dir: str | os.PathLike, *, quants: list[str] | No
             say(f"data: {len(loaded.examples)} valid rows in {len(loaded.files)} file(s); model: {base.spec} "
                 f"({base.architecture})")
         elif name == "train":
-            resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+            from localtune.train.checkpoint import CheckpointStore
+
+            # Only a complete checkpoint counts: a save cut short leaves just a temporary folder.
+            resume = bool(CheckpointStore(run.checkpoints, 1, warn=say).complete())
             outcome = train_run(cfg, run_dir, resume=resume, sinks=sinks)
             if outcome.exit_code:
                 say(f"interrupted: run `localtune quick --out {run_dir}` again to continue")
@@ -115,7 +118,7 @@ def run_quick(cfg: Config, run_dir: str | os.PathLike, *, quants: list[str] | No
                 return result
         phase(i, name, "done")
         if name != "sample":
-            _mark(run_dir, state, name)
+            _mark(run, state, name)
     from localtune.chat.session import find_models
 
     result.tuned, result.base = find_models(run_dir)
@@ -126,8 +129,8 @@ def run_quick(cfg: Config, run_dir: str | os.PathLike, *, quants: list[str] | No
 
 def sample_answers(run_dir: Path, prompt: str | None, *, say=print) -> dict:
     """The base and the fine-tuned GGUF answering the same prompt, side by side."""
-    from localtune.chat.session import ChatSession, Sampling, find_models
     from localtune.chat.runtime import open_gguf
+    from localtune.chat.session import ChatSession, Sampling, find_models
 
     tuned, base = find_models(run_dir)
     prompt = prompt or _sample_prompt(run_dir)
@@ -163,13 +166,13 @@ def quick_eval(run_dir: Path, emit, *, say=print):
 def _sample_prompt(run_dir: Path) -> str:
     from localtune.demo import DEMO_DATA, HELD_OUT_PROMPTS
 
-    cfg_text = (run_dir / "config.yaml").read_text()
+    cfg_text = RunDir(run_dir).config.read_text()
     if str(DEMO_DATA) in cfg_text:
         return HELD_OUT_PROMPTS[0]
     from localtune.config import load_config
     from localtune.data.dataset import load_examples
 
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(RunDir(run_dir).config)
     for ex in load_examples(cfg.data.path, cfg.data.format, skip_invalid=True, strict=False).examples:
         if ex.messages:
             return next(c for r, c in ex.messages if r == "user")

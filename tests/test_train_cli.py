@@ -12,8 +12,8 @@ import time
 import pytest
 from conftest import chat, write_jsonl
 
-from localtune.train.checkpoint import CheckpointStore
 from localtune.events import read_events
+from localtune.train.checkpoint import CheckpointStore
 
 FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i * 7}.") for i in range(10)]
 
@@ -73,7 +73,7 @@ def test_kill_9_during_a_save_resumes_from_the_last_complete_checkpoint(tmp_path
     killed = run(train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "8", "--save-every", "2"), env=env)
     assert killed.returncode == -signal.SIGKILL
     leftovers = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert len(leftovers) == 2 and leftovers[0].startswith(".tmp-step-000004") and leftovers[1] == "step-000002"
+    assert len(leftovers) == 2 and leftovers[0].startswith(".step-000004.partial-") and leftovers[1] == "step-000002"
     resumed = run([sys.executable, "-m", "localtune", "train", "--resume", "--out", str(out)])
     assert resumed.returncode == 0, resumed.stderr
     assert "removed incomplete checkpoint" in resumed.stderr and "resumed from" in resumed.stderr

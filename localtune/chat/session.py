@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localtune.errors import UsageError
+from localtune.runs.layout import RunDir
 
 
 def find_models(target: str | Path) -> tuple[Path, Path | None]:
@@ -18,10 +19,8 @@ def find_models(target: str | Path) -> tuple[Path, Path | None]:
     target = Path(target)
     if target.is_file():
         return target, None
-    gguf_dir = target / "gguf"
-    files = sorted(gguf_dir.glob("*.gguf")) if gguf_dir.is_dir() else []
-    tuned = [f for f in files if not f.name.startswith("base-") and "-adapter-" not in f.name]
-    base = [f for f in files if f.name.startswith("base-")]
+    run = RunDir(target)
+    tuned, base = run.tuned_ggufs(), run.base_ggufs()
     if not tuned:
         raise UsageError(f"{target} holds no exported GGUF", hint=f"run `localtune export {target}` first, or "
                          "give a .gguf file")
@@ -96,8 +95,7 @@ class ChatSession:
         self.history = []
 
     def save(self, path: str | Path) -> Path:
-        import json
+        """The conversation as JSON, written whole (files.write_json): an interrupted save keeps the old file."""
+        from localtune.files import write_json
 
-        path = Path(path)
-        path.write_text(json.dumps({"system": self.system, "messages": self.history}, indent=1, ensure_ascii=False))
-        return path
+        return write_json(path, {"system": self.system, "messages": self.history}, indent=1)

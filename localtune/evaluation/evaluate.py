@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 from localtune.errors import UsageError
-from localtune.events import EvalFinished, EvalProgress
 from localtune.evaluation import report as rep
 from localtune.evaluation import runner
 from localtune.evaluation.rows import EvalRows, file_rows, run_rows
+from localtune.events import EvalFinished, EvalProgress
+from localtune.runs.layout import RunDir
 
 
 def find_run(target: Path) -> tuple[Path | None, list[Path], Path | None]:
@@ -27,7 +28,7 @@ def find_run(target: Path) -> tuple[Path | None, list[Path], Path | None]:
     from localtune.chat.session import find_models
 
     if target.is_dir():
-        if not (target / "config.yaml").is_file():
+        if not RunDir(target).config.is_file():
             raise UsageError(f"{target} is not a run folder (no config.yaml)", hint="give a RUN_DIR or a .gguf file",
                              title="cannot evaluate")
         tuned, base = find_models(target)
@@ -35,16 +36,14 @@ def find_run(target: Path) -> tuple[Path | None, list[Path], Path | None]:
     if target.suffix != ".gguf":
         raise UsageError(f"{target} is not a .gguf file", hint="give a RUN_DIR or a .gguf file",
                          title="cannot evaluate")
-    run_dir = target.parent.parent
-    if target.parent.name == "gguf" and (run_dir / "config.yaml").is_file():
-        base = next(iter(sorted(target.parent.glob("base-*.gguf"))), None)
-        return run_dir, [target], base
+    run = RunDir(target.parent.parent)
+    if target.parent == run.gguf and run.config.is_file():
+        return run.path, [target], next(iter(run.base_ggufs()), None)
     return None, [target], None
 
 
 def bundle_quants(run_dir: Path) -> list[Path]:
-    return sorted(p for p in (run_dir / "gguf").glob("*.gguf")
-                  if not p.name.startswith("base-") and "-adapter-" not in p.name)
+    return RunDir(run_dir).tuned_ggufs()
 
 
 def evaluate(target: str | Path, *, data: str | None = None, base: str | Path | None = None,
@@ -70,7 +69,7 @@ def _evaluate(target: Path, run_dir: Path | None, tuned: list[Path], found_base:
 
     base_path = Path(base) if base else found_base
     if run_dir is not None:
-        cfg = load_config(run_dir / "config.yaml")
+        cfg = load_config(RunDir(run_dir).config)
         rows = run_rows(run_dir, cfg, data)
         if shots_from:
             rows.train = file_rows(shots_from)
@@ -99,10 +98,10 @@ def _evaluate(target: Path, run_dir: Path | None, tuned: list[Path], found_base:
     report = rep.build_report(plan, results, settings, target=str(target), source=rows.source,
                               tokenization=encoder.origin, partial=interrupted)
     if results:
-        folder = Path(out) if out else _new_folder(run_dir / "eval" if run_dir else target.parent / "eval")
+        folder = Path(out) if out else _new_folder(RunDir(run_dir).eval if run_dir else target.parent / "eval")
         rep.write_report(report, folder)
         if run_dir is not None and update_card:
-            rep.update_card(run_dir / "gguf" / "README.md", report)
+            rep.update_card(RunDir(run_dir).card, report)
     if emit:
         emit(EvalFinished(str(report.folder or ""), len(results), report.verdict, interrupted))
     return report

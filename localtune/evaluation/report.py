@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from localtune.evaluation import metrics
 from localtune.evaluation.runner import Plan, RowResult, Settings, System, row_loss
+from localtune.files import atomic_folder, write_text
+from localtune.runs.layout import RunDir
 
 METRICS = (("loss", "loss", False), ("exact", "exact match", True), ("f1", "token F1", True),
            ("rouge_l", "ROUGE-L", True), ("stopped", "stopped", True))
@@ -139,9 +139,9 @@ def _verdict(tuned, systems, comparisons, n: int, partial: bool) -> tuple[str, b
     for c in comparisons:
         b = by_name[c.baseline]
         label = "the base" if b.role == "base" else f"{b.shots}-shot prompting of the base"
-        w, _, l = c.rouge_l
+        won, _, lost = c.rouge_l
         parts.append(f"{c.outcome} of {label} (loss {b.values['loss']:.3f} -> {tuned.values['loss']:.3f}, ROUGE-L "
-                     f"{b.values['rouge_l']:.2f} -> {tuned.values['rouge_l']:.2f}, {w} row(s) better, {l} worse)")
+                     f"{b.values['rouge_l']:.2f} -> {tuned.values['rouge_l']:.2f}, {won} row(s) better, {lost} worse)")
     if not parts:
         return f"{tuned.name}: loss {tuned.values['loss']:.3f}, ROUGE-L {tuned.values['rouge_l']:.2f} {scope} " \
                "(no baseline to compare with)", True
@@ -172,7 +172,7 @@ def table_rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
 def render_text(report: EvalReport) -> str:
     head, body = table_rows(report)
     widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()  # noqa: E731
     lines = [f"eval {report.target}: {len(report.rows)} row(s) from {report.source}", fmt(head)]
     lines += [fmt(r) for r in body]
     for c in report.comparisons:
@@ -235,10 +235,10 @@ def draw_chart(report: EvalReport, path: Path) -> Path:
     colors = ["#1f77b4" if s.role == "tuned" else "#7f7f7f" if s.role == "base" else "#ff7f0e"
               for s in report.systems]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.6), constrained_layout=True)
-    for ax, (key, label, higher) in zip(axes, METRICS):
+    for ax, (key, label, higher) in zip(axes, METRICS, strict=True):
         values = [s.values[key] for s in report.systems]
-        lo = [max(0.0, v - s.intervals[key][0]) for v, s in zip(values, report.systems)]
-        hi = [max(0.0, s.intervals[key][1] - v) for v, s in zip(values, report.systems)]
+        lo = [max(0.0, v - s.intervals[key][0]) for v, s in zip(values, report.systems, strict=True)]
+        hi = [max(0.0, s.intervals[key][1] - v) for v, s in zip(values, report.systems, strict=True)]
         ax.bar(range(len(names)), values, color=colors, yerr=[lo, hi], capsize=4)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{label} ({'higher' if higher else 'lower'} is better)", fontsize=9)
@@ -252,21 +252,18 @@ def draw_chart(report: EvalReport, path: Path) -> Path:
 
 
 def write_report(report: EvalReport, out_dir: Path) -> Path:
-    """report.md, report.json and chart.png in out_dir, written to a temporary folder and renamed."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    """report.md, report.json and chart.png in out_dir, written to a temporary folder, fsync'd and renamed
+    (files.atomic_folder): a reader (latest_report, the TUI) sees a whole report or none."""
     try:
-        report.folder = out_dir
-        (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
-        (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
-        if report.systems:
-            draw_chart(report, tmp / "chart.png")
-        os.replace(tmp, out_dir)
+        with atomic_folder(out_dir) as tmp:
+            report.folder = out_dir
+            (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False),
+                                             encoding="utf-8")
+            (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
+            if report.systems:
+                draw_chart(report, tmp / "chart.png")
     except BaseException:
         report.folder = None
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
 
@@ -290,14 +287,12 @@ def update_card(card: Path, report: EvalReport) -> None:
     at = text.find("## Use")
     section = card_section(report) + "\n"
     text = text[:at] + section + text[at:] if at >= 0 else text.rstrip("\n") + "\n\n" + section
-    tmp = card.with_name(card.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, card)
+    write_text(card, text)
 
 
 def latest_report(run_dir: Path) -> dict | None:
     """The newest complete report.json under RUN_DIR/eval, or None."""
-    folder = run_dir / "eval"
+    folder = RunDir(run_dir).eval
     found = sorted((p for p in folder.glob("*/report.json") if not p.parent.name.startswith(".")),
                    key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     for path in reversed(found):

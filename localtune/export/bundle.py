@@ -9,12 +9,13 @@ the most, and the file stays small), q4_k_m otherwise.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from localtune.export.gguf import ExportedFile
+from localtune.files import write_text
+from localtune.runs.layout import BASE_STEM, RunDir
 
 SMALL_MODEL_PARAMS = 1_000_000_000
 
@@ -39,7 +40,7 @@ class Bundle:
 
     @property
     def gguf_dir(self) -> Path:
-        return self.run_dir / "gguf"
+        return RunDir(self.run_dir).gguf
 
 
 def export_run(run_dir: str | Path, quants: list[str] | None = None, *, verify: bool = True, say=print) -> Bundle:
@@ -58,21 +59,23 @@ def _export_run(run_dir: Path, quants, verify: bool, say) -> Bundle:
     from localtune.model.loading import resolve_base
 
     bundle = Bundle(run_dir)
-    merged = run_dir / "merged"
-    if not (merged / "config.json").is_file():
+    run = RunDir(run_dir)
+    for line in run.recover():  # a merged/ replacement cut short by a crash: the old one is complete
+        say(f"note: {line}")
+    merged = run.merged
+    if not run.has_merged:
         say("merging the adapter into a 16-bit copy of the base ...")
         result = merge_run(run_dir)
         say(f"merged into {result.folder} ({result.dtype}; max |Δlogit| vs base+adapter {result.max_delta:.2e})")
-    cfg = load_config(run_dir / "config.yaml")
-    template_file = run_dir / "chat_template.jinja"
-    template = template_file.read_text(encoding="utf-8") if template_file.is_file() else None
+    cfg = load_config(run.config)
+    template = run.chat_template.read_text(encoding="utf-8") if run.chat_template.is_file() else None
     quants = quants or [default_quant(merged)]
     name = run_dir.name
     bundle.tuned = export_model(merged, quants, bundle.gguf_dir, chat_template=template, verify=verify, stem=name,
                                 say=say)
     base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     bundle.base = export_model(base.folder, quants[:1], bundle.gguf_dir, chat_template=template, verify=False,
-                               stem="base", say=say)
+                               stem=BASE_STEM, say=say)
     try:
         bundle.adapter = export_adapter(run_dir, bundle.gguf_dir, say=say)
     except Exception as exc:  # DoRA or per-module patterns: the merged export still stands
@@ -80,7 +83,7 @@ def _export_run(run_dir: Path, quants, verify: bool, say) -> Bundle:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(merged)
-    bundle.modelfile = write_modelfile(bundle.gguf_dir / "Modelfile", bundle.tuned[0].path, template or "", tok)
+    bundle.modelfile = write_modelfile(run.modelfile, bundle.tuned[0].path, template or "", tok)
     bundle.card = write_card(run_dir, bundle, cfg)
     return bundle
 
@@ -107,21 +110,21 @@ def write_modelfile(path: Path, gguf: Path, template: str, tok) -> Path:
     else:
         lines += ["# TEMPLATE: Ollama reads the chat template embedded in the GGUF", ""]
     lines += [f'PARAMETER stop "{s}"' for s in sorted(stops)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def write_card(run_dir: Path, bundle: Bundle, cfg) -> Path:
-    info = json.loads((run_dir / "run.json").read_text())
-    lines = [f"# {run_dir.name}", "",
+    run = RunDir(run_dir)
+    info = run.load_info()
+    data = info.data
+    lines = [f"# {run.name}", "",
              f"LoRA fine-tune of `{cfg.model.name_or_path}` made with localtune.", "",
              "## Training", "",
-             f"- data: `{cfg.data.path}` ({info.get('data', {}).get('train_rows', '?')} training rows, "
-             f"{info.get('data', {}).get('val_rows', '?')} validation rows)",
-             f"- steps: {info.get('steps')}, final training loss {info.get('final_loss')}, "
-             f"eval loss {info.get('eval_loss')}",
-             f"- LoRA rank {cfg.lora.r}, alpha {cfg.lora.alpha}, {'4-bit QLoRA' if info.get('quantized') else 'LoRA'} "
-             f"on {info.get('device')}, {info.get('seconds')} s", "",
+             f"- data: `{cfg.data.path}` ({data.train_rows if data else '?'} training rows, "
+             f"{data.val_rows if data else '?'} validation rows)",
+             f"- steps: {info.steps}, final training loss {info.final_loss}, eval loss {info.eval_loss}",
+             f"- LoRA rank {cfg.lora.r}, alpha {cfg.lora.alpha}, {'4-bit QLoRA' if info.quantized else 'LoRA'} "
+             f"on {info.device}, {info.seconds} s", "",
              "## Files", ""]
     for f in bundle.tuned + bundle.base:
         lines.append(f"- `{f.path.name}` ({f.path.stat().st_size / 1e6:.1f} MB)")
@@ -135,6 +138,4 @@ def write_card(run_dir: Path, bundle: Bundle, cfg) -> Path:
             lines.append(f"| {f.path.name} | {c.name} | {'PASS' if c.passed else 'FAIL'} | {c.detail} |")
     lines += ["", "## Use", "", f"    localtune chat {run_dir}", f"    cd {bundle.gguf_dir} && ollama create "
               f"{run_dir.name.lower()} -f Modelfile", ""]
-    path = bundle.gguf_dir / "README.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return write_text(run.card, "\n".join(lines))

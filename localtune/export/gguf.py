@@ -20,6 +20,7 @@ from localtune.converters.gguf_file import ConversionError
 from localtune.converters.quants import QUANT_TYPES, expected_bytes
 from localtune.errors import UsageError
 from localtune.model.checks import check_model_folder, load_tokenizer, weight_shapes
+from localtune.runs.layout import RunDir, adapter_gguf_name, gguf_name
 
 
 @dataclass
@@ -29,10 +30,6 @@ class ExportedFile:
     mb_per_s: float
     notes: list[str] = field(default_factory=list)
     verify: object = None  # VerifyReport
-
-
-def _file_name(stem: str, out_type: str) -> str:
-    return f"{stem}-{out_type.upper()}.gguf"
 
 
 def estimate_bytes(folder: Path, out_types: list[str]) -> int:
@@ -68,14 +65,14 @@ def export_model(folder: str | Path, out_types: list[str], out_dir: str | Path, 
     results: list[ExportedFile] = []
     intermediate: Path | None = None
     for out_type in out_types:
-        target = out_dir / _file_name(stem, out_type)
+        target = out_dir / gguf_name(stem, out_type)
         cb = (lambda done, total, t=out_type: progress(t, done, total)) if progress else None
         if out_type in DIRECT_TYPES:
             rep = convert(folder, target, out_type=out_type, chat_template=chat_template, progress=cb)
             results.append(ExportedFile(target, out_type, rep.mb_per_s, rep.fallbacks))
             continue
         if intermediate is None:
-            done_f16 = out_dir / _file_name(stem, "f16")
+            done_f16 = out_dir / gguf_name(stem, "f16")
             if done_f16.is_file() and "f16" in out_types[: out_types.index(out_type)]:
                 intermediate = done_f16
             else:
@@ -103,21 +100,22 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path, *, out_type: str = 
     from localtune.converters.lora import convert_adapter
     from localtune.model.loading import resolve_base
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "adapter" / "adapter_config.json").is_file():
+    run = RunDir(run_dir)
+    if not run.has_adapter:
         raise UsageError(f"{run_dir} has no trained adapter (adapter/adapter_config.json)",
                          hint="finish the training run first (localtune train ... --resume)")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run.config)
     base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
-    target = Path(out_dir) / f"{run_dir.name}-adapter-{out_type.upper()}.gguf"
-    info = convert_adapter(run_dir / "adapter", base.folder, target, out_type=out_type)
+    target = Path(out_dir) / adapter_gguf_name(run.name, out_type)
+    info = convert_adapter(run.adapter, base.folder, target, out_type=out_type)
     say(f"wrote {target}: LoRA adapter, {info['tensors']} tensors, rank {info['rank']}, alpha {info['alpha']:g}; "
         f"load it with llama-cpp-python's lora_path over a GGUF of {base.spec}")
     return target
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and (path / "run.json").is_file()
+    """Whether `path` is a training run's folder (RunDir.is_run; kept for the CLI's import)."""
+    return RunDir.is_run(path)
 
 
 def require_hf_folder(path: Path) -> None:

@@ -4,7 +4,8 @@ The base is reloaded unquantized (bf16/fp16 on a GPU, fp32 on the CPU), the adap
 logits on sample rows recorded, then merged and compared again: a merge that moves the logits past
 tolerance fails loudly. The result is a normal Hugging Face folder (sharded safetensors, tokenizer
 files with the original tokenizer.model, the chat template used in training, generation config),
-written to a temporary folder and renamed.
+written to a temporary folder and renamed in whole (files.atomic_folder): an earlier merged/ stays in
+place until the new one is complete.
 
 The whole model is loaded at once (no layer-by-layer streaming yet): on the CPU, large models merge
 in bf16 so peak RAM stays near one 16-bit copy.
@@ -14,7 +15,6 @@ Run as:  localtune merge RUN_DIR [--out DIR]
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -23,7 +23,9 @@ from pathlib import Path
 
 from localtune.errors import LocaltuneError, UsageError
 from localtune.faults import disk_full, fault_point, signal_point
+from localtune.files import atomic_folder
 from localtune.model.checks import check_adapter, read_safetensors_header, weight_shapes
+from localtune.runs.layout import RunDir
 
 SAMPLES = ("The quick brown fox jumps over the lazy dog. 12345",
            "What is the capital of France? Answer in one sentence.")
@@ -67,14 +69,15 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
     from localtune.config import load_config
     from localtune.model.loading import pick_device, quiet_progress, resolve_base
 
-    run_dir = Path(run_dir)
-    adapter = run_dir / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
+    run = RunDir(run_dir)
+    run.recover()  # an adapter/ or merged/ replacement cut short by a crash: the old copy goes back first
+    adapter = run.adapter
+    if not run.has_adapter:
         raise UsageError(f"{run_dir} has no finished adapter to merge", hint="finish training first (--resume)")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run.config)
     base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
-    recorded = json.loads((run_dir / "run.json").read_text()).get("base", {})
-    if recorded.get("fingerprint") and recorded["fingerprint"] != base.identity["fingerprint"]:
+    recorded = run.load_info().base
+    if recorded and recorded.fingerprint and recorded.fingerprint != base.identity["fingerprint"]:
         raise UsageError(f"the adapter in {run_dir} was trained on a different base than {cfg.model.name_or_path!r} "
                          "is now", hint="merge with the base model the run was trained on",
                          title="adapter from a different base")
@@ -93,31 +96,25 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
         before = [model(x).logits.float() for x in ids]
         merged = model.merge_and_unload()
         after = [merged(x).logits.float() for x in ids]
-    delta = max(float((a - b).abs().max()) for a, b in zip(after, before))
+    delta = max(float((a - b).abs().max()) for a, b in zip(after, before, strict=True))
     tolerance = 1e-3 if dtype == torch.float32 else 5e-2
     if delta > tolerance:
         raise MergeError(f"the merged model's logits differ from base+adapter by {delta:.3g} (tolerance {tolerance})",
                          hint="report this with the run folder; the adapter itself (RUN_DIR/adapter) is unaffected")
-    out = Path(out_dir) if out_dir else run_dir / "merged"
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    out = Path(out_dir) if out_dir else run.merged
     try:
-        with quiet_progress():
-            merged.save_pretrained(tmp, max_shard_size="2GB")
-        tokenizer.save_pretrained(tmp)
-        if (base.folder / "tokenizer.model").is_file():  # transformers 5 does not save it; GGUF export needs it
-            shutil.copy2(base.folder / "tokenizer.model", tmp / "tokenizer.model")
-        template = run_dir / "chat_template.jinja"
-        if template.is_file():  # the template training rendered with, so the export embeds the same
-            shutil.copy2(template, tmp / "chat_template.jinja")
-        fault_point("merge.rename")
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            need = sum(math.prod(t.shape) for t in weight_shapes(base.folder).values()) * dtype.itemsize
-            if full := disk_full(exc, "the merged model", out.parent, need):
-                raise full from None
+        with atomic_folder(out) as tmp:
+            with quiet_progress():
+                merged.save_pretrained(tmp, max_shard_size="2GB")
+            tokenizer.save_pretrained(tmp)
+            if (base.folder / "tokenizer.model").is_file():  # transformers 5 does not save it; GGUF export needs it
+                shutil.copy2(base.folder / "tokenizer.model", tmp / "tokenizer.model")
+            if run.chat_template.is_file():  # the template training rendered with, so the export embeds the same
+                shutil.copy2(run.chat_template, tmp / "chat_template.jinja")
+            fault_point("merge.rename")
+    except OSError as exc:
+        need = sum(math.prod(t.shape) for t in weight_shapes(base.folder).values()) * dtype.itemsize
+        if full := disk_full(exc, "the merged model", out.parent, need):
+            raise full from None
         raise
     return MergeResult(out, delta, str(dtype).removeprefix("torch."))

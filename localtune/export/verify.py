@@ -66,16 +66,16 @@ class VerifyReport:
                 "checks": [asdict(c) for c in self.checks]}
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".partial")
+        """The report as JSON under `path`, written whole (files.atomic_file) or not at all."""
         from localtune.faults import disk_full, fault_point
+        from localtune.files import atomic_file
 
+        path = Path(path)
         try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=1))
-            fault_point("verify.save")
-            os.replace(tmp, path)
+            with atomic_file(path) as fh:
+                fh.write(json.dumps(self.to_dict(), indent=1))
+                fault_point("verify.save")
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise disk_full(exc, path.name, path.parent) or exc from None
         return path
 
@@ -107,9 +107,9 @@ def verify(gguf_path: str | os.PathLike, hf_dir: str | os.PathLike, *, chat_temp
     """Compare the GGUF with the Hugging Face model in hf_dir. Raises GGUFError for unloadable files."""
     from transformers import AutoTokenizer
 
+    from localtune.chat.runtime import open_gguf
     from localtune.converters.gguf_file import check_gguf
     from localtune.data.template import resolve_chat_template
-    from localtune.chat.runtime import open_gguf
 
     gguf_path, hf_dir = Path(gguf_path), Path(hf_dir)
     info = check_gguf(gguf_path)

@@ -16,7 +16,6 @@ import contextlib
 
 import hashlib
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,38 +92,26 @@ def model_folder(source: ModelSource, *, trust_remote_code: bool = False) -> Pat
     return import_gguf(Path(source.location) / source.gguf_file)
 
 
-@contextlib.contextmanager
 def quiet_progress():
-    """No transformers progress bars while local files load or save (what the terminal shows is ours;
-    hub downloads happen before, in model_folder, and keep theirs), and no deprecation notice that peft
-    triggers in transformers 5 (`is_gradient_checkpointing`): nothing a user can act on."""
-    import warnings
+    """Around a transformers/peft call that loads or saves local files: their bars become localtune
+    progress lines and their warnings go to the run's log (localtune/console.py)."""
+    from localtune.console import library_output
 
-    from transformers.utils import logging
-
-    was = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            yield
-    finally:
-        if was:
-            logging.enable_progress_bar()
+    return library_output()
 
 
 def import_gguf(path: Path) -> Path:
     """Dequantize a GGUF through transformers and keep it as a Hugging Face folder (cached)."""
+    from localtune.files import atomic_folder, recover_folder
+
     target = cache_dir() / "gguf-imports" / f"{path.stem}-{fingerprint([path])}"
+    recover_folder(target)  # an import replaced by a crashed one: the moved-aside copy is complete
     if (target / "config.json").is_file():
         return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tmp = target.with_name(target.name + f".partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     import functools
 
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
     bar = gguf_utils.tqdm  # its dequantizing bar ignores transformers' switch: silence it for this call
@@ -143,11 +130,11 @@ def import_gguf(path: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with quiet_progress():
+    # Saved under a temporary name and renamed whole: a crash mid-save never leaves a folder that the
+    # config.json check above would take for a finished import.
+    with quiet_progress(), atomic_folder(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
     return target
 
 

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from localtune.errors import UsageError
-from localtune.runs.workspace import pid_alive
+from localtune.runs.layout import LOCK_NAME, RunDir, pid_alive
 
-LOCK_NAME = ".localtune.lock"
+__all__ = ["LOCK_NAME", "RunBusy", "run_lock"]
+HOLDER_WRITE_S = 2.0  # a lock file younger than this with no pid in it yet is still being written
 
 
 class RunBusy(UsageError):
@@ -25,9 +26,17 @@ class RunBusy(UsageError):
 
 def _holder(lock: Path) -> dict:
     try:
-        return json.loads(lock.read_text())
+        holder = json.loads(lock.read_text())
     except (OSError, ValueError):
         return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _age(lock: Path) -> float:
+    try:
+        return time.time() - lock.stat().st_mtime
+    except OSError:
+        return HOLDER_WRITE_S  # gone already: the next attempt creates it
 
 
 @contextlib.contextmanager
@@ -35,13 +44,18 @@ def run_lock(run_dir: str | os.PathLike, what: str):
     """Hold RUN_DIR's lock while `what` (e.g. "training") runs. Raises RunBusy if someone else holds it."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / LOCK_NAME
+    lock = RunDir(run_dir).lock
     me = {"pid": os.getpid(), "what": what, "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    for _attempt in range(3):
+    takeovers = 0
+    while takeovers < 3:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = _holder(lock)
+            if not holder and _age(lock) < HOLDER_WRITE_S:
+                # Its owner created it a moment ago and is writing its pid: an empty holder is not a stale one.
+                time.sleep(0.05)
+                continue
             if holder.get("pid") == os.getpid():  # re-entrant within one process (quick: train, then export)
                 yield
                 return
@@ -54,7 +68,10 @@ def run_lock(run_dir: str | os.PathLike, what: str):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(lock, stale)  # atomic: only one taker succeeds with this exact file
                 stale.unlink()
+            takeovers += 1
             continue
+        # Created exclusively, so not through files.atomic_file (a rename would replace another's lock);
+        # a reader that finds it still empty waits (above).
         with os.fdopen(fd, "w") as fh:
             json.dump(me, fh)
         try:

@@ -14,21 +14,22 @@ pickle in a checkpoint folder is an error, never an execution.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from localtune.faults import disk_full, fault_point
+from localtune.files import atomic_folder, recover_folder
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"
-TMP_PREFIX = ".tmp-"
 FORMAT_VERSION = 1
+_OLD = re.compile(rf"^\.(?P<name>{PREFIX}\d+)\.old-\d+$")  # files.replace_folder's moved-aside copy
 
 
 class CheckpointError(Exception):
@@ -60,24 +61,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in `path` durable. Some filesystems (FUSE and network mounts) cannot sync a folder and
-    say EINVAL or ENOTSUP: the rename has happened and the file's own data was synced, so that is not an error."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
-
-
 class CheckpointStore:
     def __init__(self, root: Path, keep: int, warn: Callable[[str], None]):
         self.root = Path(root)
@@ -94,11 +77,17 @@ class CheckpointStore:
                       if p.is_dir() and p.name.startswith(PREFIX) and (p / MANIFEST).is_file())
 
     def remove_stale(self) -> None:
-        """Delete partial saves left by a crash: temporary folders and step folders without a manifest."""
+        """Undo what a crash left: a checkpoint moved aside while the same step was saved again is put back
+        if its replacement never arrived; temporary folders (every hidden one here: `.step-N.partial-PID`,
+        `.step-N.old-PID`, and older versions' `.tmp-*`) and step folders without a manifest are deleted."""
         if not self.root.is_dir():
             return
-        for p in self.root.iterdir():
-            partial = p.name.startswith(TMP_PREFIX) or (p.name.startswith(PREFIX) and not (p / MANIFEST).is_file())
+        for p in sorted(self.root.iterdir()):
+            m = _OLD.match(p.name)
+            if m and p.is_dir() and recover_folder(self.root / m["name"]):
+                self.warn(f"restored checkpoint {self.root / m['name']} (its replacement was interrupted)")
+        for p in sorted(self.root.iterdir()):
+            partial = p.name.startswith(".") or (p.name.startswith(PREFIX) and not (p / MANIFEST).is_file())
             if p.is_dir() and partial:
                 shutil.rmtree(p, ignore_errors=True)
                 self.warn(f"removed incomplete checkpoint {p} (left by an interrupted save)")
@@ -109,39 +98,24 @@ class CheckpointStore:
         self.saves += 1
         self.root.mkdir(parents=True, exist_ok=True)
         final = step_dir(self.root, snap.step)
-        tmp = self.root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         try:
-            write_adapter(tmp)
-            fault_point("checkpoint.adapter")
-            torch.save(snap.optimizer, tmp / "optimizer.pt")
-            fault_point("checkpoint.optimizer")
-            torch.save(snap.scheduler, tmp / "scheduler.pt")
-            torch.save(_rng_to_tensors(snap.rng), tmp / "rng.pt")
-            (tmp / "loop_state.json").write_text(json.dumps(snap.loop, indent=1))
-            files = {}
-            for f in sorted(tmp.iterdir()):
-                fsync_file(f)
-                files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
-            manifest = {"format": FORMAT_VERSION, "step": snap.step, "files": files, "identity": snap.identity}
-            fault_point("checkpoint.manifest")
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-            fsync_file(tmp / MANIFEST)
-            fsync_dir(tmp)
-            fault_point("checkpoint.rename")
-            if final.exists():  # the same step saved again (after an OOM restart): swap atomically
-                old = self.root / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-            fsync_dir(self.root)
-        except BaseException as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, OSError) and (full := disk_full(exc, f"checkpoint {final.name}", self.root,
-                                                               self._expected_bytes(snap))):
+            # Filled under a temporary name, every file fsync'd, then one rename (files.atomic_folder). The same
+            # step saved again (after an OOM restart) replaces the old copy only once the new one is complete.
+            with atomic_folder(final) as tmp:
+                write_adapter(tmp)
+                fault_point("checkpoint.adapter")
+                torch.save(snap.optimizer, tmp / "optimizer.pt")
+                fault_point("checkpoint.optimizer")
+                torch.save(snap.scheduler, tmp / "scheduler.pt")
+                torch.save(_rng_to_tensors(snap.rng), tmp / "rng.pt")
+                (tmp / "loop_state.json").write_text(json.dumps(snap.loop, indent=1))
+                listed = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
+                manifest = {"format": FORMAT_VERSION, "step": snap.step, "files": listed, "identity": snap.identity}
+                fault_point("checkpoint.manifest")
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))  # last: it marks the folder complete
+                fault_point("checkpoint.rename")
+        except OSError as exc:
+            if full := disk_full(exc, f"checkpoint {final.name}", self.root, self._expected_bytes(snap)):
                 raise full from None
             raise
         self._rotate()
@@ -171,6 +145,8 @@ class CheckpointStore:
         done = self.complete()
         for old in done[: max(0, len(done) - self.keep)]:
             if old.name not in self.protected:
+                # The manifest goes first: a crash mid-delete leaves a folder that no longer claims to be complete.
+                (old / MANIFEST).unlink(missing_ok=True)
                 shutil.rmtree(old, ignore_errors=True)
 
     def verify(self, folder: Path) -> dict:

@@ -4,7 +4,8 @@ Order matters: the data is validated before any model is loaded, the disk is che
 training, and every stage checks for a stop request. Everything that happens is an event, sent to
 the caller's sinks and appended to `RUN_DIR/events.jsonl`.
 
-Run folder: config.yaml, events.jsonl, run.json, checkpoints/step-NNNNNN/, adapter/.
+Run folder (runs/layout.py): config.yaml, events.jsonl, run.json (RunInfo), chat_template.jinja,
+checkpoints/step-NNNNNN/, adapter/ (replaced whole, the old one kept until the new one is in place).
 
 Run as:  localtune train --model M --data D --out RUN_DIR [--resume]
 """
@@ -19,17 +20,30 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from localtune.train.checkpoint import CheckpointError, CheckpointStore
 from localtune.config import Config
 from localtune.data.dataset import load_examples, prepare_data
 from localtune.errors import LocaltuneError, UsageError
-from localtune.events import (DataPrepared, Emitter, Failed, Finished, Interrupted, JsonlSink, MemoryPlanned,
-                              ModelLoaded, RecipeChosen, RunStarted, Warning, json_safe)
+from localtune.events import (
+    DataPrepared,
+    Emitter,
+    Failed,
+    Finished,
+    Interrupted,
+    JsonlSink,
+    MemoryPlanned,
+    ModelLoaded,
+    RecipeChosen,
+    RunStarted,
+    Warning,
+)
 from localtune.faults import disk_full, fault_point, signal_point
+from localtune.files import atomic_folder, write_text
 from localtune.model.loading import load_for_training, memory_in_use, resolve_base
-from localtune.train.recipe import choose_recipe
+from localtune.runs.layout import FAILED, INTERRUPTED, RUNNING, STARTING, BaseInfo, DataInfo, RunDir, RunInfo
 from localtune.runs.lock import run_lock
+from localtune.train.checkpoint import CheckpointError, CheckpointStore
 from localtune.train.loop import Hooks, StopFlag, StopRequested, Trainer, TrainingError
+from localtune.train.recipe import choose_recipe
 
 # What a checkpoint must share with the run that resumes it; anything else may change.
 IDENTITY_LABELS = {"base": "base model", "data": "training data", "max_seq_len": "data.max_seq_len",
@@ -52,16 +66,10 @@ def data_fingerprint(rows) -> str:
     return h.hexdigest()[:16]
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(json_safe(data), indent=1, default=str))  # "nan" as text: strict JSON
-    os.replace(tmp, path)
-
-
 def check_writable(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = RunDir(run_dir).write_probe
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
@@ -103,18 +111,33 @@ def train_run(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, 
         return _locked_train_run(cfg, run_dir, resume, force_resume, sinks, hooks)
 
 
+def _new_info(run: RunDir, resume: bool) -> RunInfo:
+    """This process's run.json, STARTING: a resumed run keeps its record (base, data) until it writes its
+    own; where start_training launched this process, the train.log offset it recorded is kept."""
+    prior = run.read_info()
+    info = prior if resume and prior is not None else RunInfo()
+    info.log_offset = prior.log_offset if prior is not None and prior.pid == os.getpid() else None
+    info.status, info.pid, info.error = STARTING, os.getpid(), ""
+    info.started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return info
+
+
 def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks) -> RunResult:
-    store = CheckpointStore(run_dir / "checkpoints", cfg.train.keep_checkpoints, warn=lambda m: emit(Warning(m)))
-    if not resume and (store.complete() or (run_dir / "adapter").exists()):
+    run = RunDir(run_dir)
+    recovered = run.recover()  # an adapter replacement cut short by a crash: put the old one back first
+    store = CheckpointStore(run.checkpoints, cfg.train.keep_checkpoints, warn=lambda m: emit(Warning(m)))
+    if not resume and (store.complete() or run.adapter.exists()):
         raise UsageError(f"{run_dir} already holds a training run",
                          hint="continue it with --resume, or choose a new --out", title="run folder in use")
-    emit = Emitter(JsonlSink(run_dir / "events.jsonl"), *sinks)
+    emit = Emitter(JsonlSink(run.events), *sinks)
+    for line in recovered:
+        emit(Warning(line))
     stop = StopFlag()
     stop.install()
     started = time.monotonic()
-    run_info: dict = {"status": "starting", "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid()}
+    run_info = _new_info(run, resume)
     try:
-        return _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_info, started)
+        return _train(cfg, run, store, emit, stop, resume, force_resume, hooks, run_info, started)
     except StopRequested:  # before the loop started (data preparation, model loading)
         latest = store.latest_valid()
         if latest is None:
@@ -123,14 +146,13 @@ def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks) ->
         else:
             emit(Interrupted(step=latest[1]["step"], signal=stop.signal, checkpoint=str(latest[0]),
                              resume_command=resume_command(cfg, run_dir)))
-        run_info["status"] = "interrupted"
-        _write_json_atomic(run_dir / "run.json", run_info)
-        return RunResult("interrupted", stop.exit_code, run_dir)
+        run_info.status = INTERRUPTED
+        run.save_info(run_info)
+        return RunResult(INTERRUPTED, stop.exit_code, run_dir)
     except LocaltuneError as exc:
         emit(Failed(exc.render()))
-        run_info["status"] = "failed"
-        run_info["error"] = exc.render()
-        _write_json_atomic(run_dir / "run.json", run_info)
+        run_info.status, run_info.error = FAILED, exc.render()
+        run.save_info(run_info)
         raise
     finally:
         stop.restore()
@@ -151,9 +173,9 @@ def plan_memory(cfg: Config, shape, lm, longest: int) -> MemoryPlanned:
     else:
         budget = int((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 2 + in_use) * 0.9)
     offload = cfg.train.activation_offload if cuda and cfg.train.gradient_checkpointing else "off"
-    kw = dict(rank=cfg.lora.r, targets=cfg.lora.target_modules, quantized=cfg.train.load_in_4bit,
-              checkpointing=cfg.train.gradient_checkpointing, optimizer=cfg.train.optimizer,
-              weight_bytes=2 if cuda else 4)
+    kw = {"rank": cfg.lora.r, "targets": cfg.lora.target_modules, "quantized": cfg.train.load_in_4bit,
+          "checkpointing": cfg.train.gradient_checkpointing, "optimizer": cfg.train.optimizer,
+          "weight_bytes": 2 if cuda else 4}
     if micro == 0:  # the planner picks the micro-batch; rows per step stay grad_accum
         plan = recommend(shape, budget, seq_len=longest, max_micro_batch=accum, offload=offload, **kw).plan
         micro, accum = plan.micro_batch, -(-accum // plan.micro_batch)
@@ -169,13 +191,15 @@ def plan_memory(cfg: Config, shape, lm, longest: int) -> MemoryPlanned:
     return MemoryPlanned(micro, accum, plan.total, budget, plan.offload, reason)
 
 
-def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_info, started) -> RunResult:
+def _train(cfg, run: RunDir, store, emit, stop, resume, force_resume, hooks, run_info: RunInfo,
+           started) -> RunResult:
     import torch
 
     from localtune.planner import Shape
 
-    cfg.save(run_dir / "config.yaml")
-    _write_json_atomic(run_dir / "run.json", run_info)  # status "starting" and our pid, for watchers
+    run_dir = run.path
+    cfg.save(run.config)
+    run.save_info(run_info)  # status "starting" and our pid, for watchers
     emit(RunStarted(str(run_dir), cfg.to_dict(), resume=resume))
     loaded = load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
     stop.check()
@@ -187,7 +211,7 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
     ts = prepared.train_stats
     emit(DataPrepared(len(prepared.train), len(prepared.val), ts.total_tokens, ts.trainable_tokens,
                       len(ts.dropped_no_trainable), ts.truncated, prepared.template.origin))
-    (run_dir / "chat_template.jinja").write_text(prepared.template.text, encoding="utf-8")
+    write_text(run.chat_template, prepared.template.text)
     stop.check()
 
     from transformers import AutoConfig
@@ -205,7 +229,7 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
     if resume:
         latest = store.latest_valid()
         if latest is None:
-            raise UsageError(f"{run_dir / 'checkpoints'} holds no complete checkpoint to resume from",
+            raise UsageError(f"{run.checkpoints} holds no complete checkpoint to resume from",
                              hint="start the run without --resume", title="nothing to resume")
         source, manifest = latest
         check_resume_identity(manifest["identity"], identity, force_resume, lambda m: emit(Warning(m)))
@@ -234,7 +258,7 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
     if recipe is not None:  # what the user left unset; saved, so a resumed run keeps it
         for key in recipe.chosen:
             cfg.set(key, recipe.epochs if key == "train.epochs" else recipe.lr, "recipe")
-        cfg.save(run_dir / "config.yaml")
+        cfg.save(run.config)
         emit(RecipeChosen(recipe.epochs, recipe.lr, recipe.total_steps, list(recipe.chosen), recipe.reason))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
     trainer = Trainer(cfg, model, prepared.train, prepared.val, device=lm.device, dtype=lm.dtype, pad_id=pad_id,
@@ -250,40 +274,40 @@ def _train(cfg, run_dir, store, emit, stop, resume, force_resume, hooks, run_inf
         trainer.last_checkpoint = str(source)
         emit(Warning(f"resumed from {source} at step {trainer.state.step}"))
 
-    run_info.update(status="running", base=base.identity, data={"fingerprint": identity["data"],
-                    "train_rows": len(prepared.train), "val_rows": len(prepared.val)},
-                    device=lm.device, dtype=lm.dtype, quantized=lm.quantized, micro_batch=micro, grad_accum=accum)
-    _write_json_atomic(run_dir / "run.json", run_info)
+    run_info.status = RUNNING
+    run_info.base = BaseInfo(**{k: v for k, v in base.identity.items() if k in ("model", "model_type", "fingerprint")})
+    run_info.data = DataInfo(identity["data"], len(prepared.train), len(prepared.val))
+    run_info.device, run_info.dtype, run_info.quantized = lm.device, lm.dtype, lm.quantized
+    run_info.micro_batch, run_info.grad_accum = micro, accum
+    run.save_info(run_info)
     try:
         status = trainer.run()
     except TrainingError:
-        run_info.update(steps=trainer.state.step, losses=trainer.state.losses)
+        run_info.steps, run_info.losses = trainer.state.step, list(trainer.state.losses)
         raise
     if hooks and hooks.trained:
         hooks.trained(model)
     st = trainer.state
-    run_info.update(steps=st.step, tokens_seen=st.tokens_seen, peak_memory_bytes=trainer.peak_memory(),
-                    final_loss=st.losses[-1] if st.losses else None, losses=st.losses, eval_losses=st.eval_losses,
-                    seconds=round(time.monotonic() - started, 2))
-    if status == "interrupted":
+    run_info.steps, run_info.tokens_seen, run_info.peak_memory_bytes = st.step, st.tokens_seen, trainer.peak_memory()
+    run_info.final_loss = st.losses[-1] if st.losses else None
+    run_info.losses, run_info.eval_losses = list(st.losses), [tuple(p) for p in st.eval_losses]
+    run_info.seconds = round(time.monotonic() - started, 2)
+    if status == INTERRUPTED:
         emit(Interrupted(st.step, stop.signal, trainer.last_checkpoint, resume_command(cfg, run_dir)))
-        run_info["status"] = "interrupted"
-        _write_json_atomic(run_dir / "run.json", run_info)
-        return RunResult("interrupted", stop.exit_code, run_dir, final_loss=run_info["final_loss"])
-    adapter_dir = run_dir / "adapter"
-    tmp = run_dir / ".adapter.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+        run_info.status = INTERRUPTED
+        run.save_info(run_info)
+        return RunResult(INTERRUPTED, stop.exit_code, run_dir, final_loss=run_info.final_loss)
     try:
-        model.save_pretrained(tmp)
-        fault_point("adapter.rename")
+        # Saved under a temporary name and renamed in whole; a previous adapter (a resumed, finished run)
+        # stays in place until the new one is complete.
+        with atomic_folder(run.adapter) as tmp:
+            model.save_pretrained(tmp)
+            fault_point("adapter.rename")
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise disk_full(exc, "the final adapter", run_dir, trainable * 4) or exc from None
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    os.replace(tmp, adapter_dir)
     eval_loss = st.eval_losses[-1][1] if st.eval_losses else None
-    run_info.update(status=status, adapter=str(adapter_dir), eval_loss=eval_loss)
-    _write_json_atomic(run_dir / "run.json", run_info)
-    emit(Finished(st.step, run_info["final_loss"], eval_loss, str(adapter_dir), run_info["seconds"],
+    run_info.status, run_info.adapter, run_info.eval_loss = status, str(run.adapter), eval_loss
+    run.save_info(run_info)
+    emit(Finished(st.step, run_info.final_loss, eval_loss, str(run.adapter), run_info.seconds,
                   stopped_early=status == "stopped_early"))
-    return RunResult(status, 0, run_dir, adapter_dir, run_info["final_loss"])
+    return RunResult(status, 0, run_dir, run.adapter, run_info.final_loss)
