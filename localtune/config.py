@@ -202,14 +202,19 @@ class Config:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {s: {f.name: getattr(getattr(self, s), f.name) for f in fields(getattr(self, s))} for s in SECTIONS}
 
-    def to_yaml(self, *, with_docs: bool = False) -> str:
-        """YAML text of the whole tree; with_docs adds each field's documentation as a comment."""
+    def to_yaml(self, *, with_docs: bool = False, only_set: bool = False) -> str:
+        """YAML text of the whole tree; with_docs adds each field's documentation as a comment; only_set
+        keeps just the values that came from a file, a flag or a form (a config that leaves the rest to
+        the defaults and the training recipe)."""
         import yaml
 
         out: list[str] = []
         for section in SECTIONS:
+            keys = [f for f in fields(getattr(self, section)) if not only_set or f"{section}.{f.name}" in self.sources]
+            if not keys:
+                continue
             out.append(f"{section}:")
-            for f in fields(getattr(self, section)):
+            for f in keys:
                 key = f"{section}.{f.name}"
                 value = yaml.safe_dump({f.name: getattr(getattr(self, section), f.name)}, default_flow_style=True)
                 value = value.strip()[1:-1]  # "{a: 1}" -> "a: 1": one key per line, flow values
@@ -223,11 +228,12 @@ class Config:
                 out.append(line)
         return "\n".join(out) + "\n"
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the tree as YAML, atomically (localtune.files)."""
+    def save(self, path: str | os.PathLike, *, only_set: bool = False) -> Path:
+        """Write the tree as YAML, atomically (localtune.files). only_set: just the values that were set,
+        so that what was left unset stays the defaults' and the recipe's when the file is read back."""
         from localtune.files import write_text
 
-        return write_text(path, self.to_yaml())
+        return write_text(path, self.to_yaml(only_set=only_set))
 
 
 SECTIONS = ("model", "data", "lora", "train", "export")

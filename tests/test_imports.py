@@ -92,6 +92,7 @@ def test_wheel_puts_tui_and_converters_inside_localtune(tmp_path):
     (wheel,) = tmp_path.glob("localtune-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "localtune/tui/__init__.py" in names and "localtune/converters/quants.py" in names
+    assert "localtune/tui/app.tcss" in names and "localtune/tui/screens/new_run.py" in names  # CSS and screens ship
     assert "localtune/data/dataset.py" in names
     tops = {n.split("/")[0] for n in names}
     assert tops == {"localtune", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}

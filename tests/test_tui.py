@@ -13,15 +13,33 @@ from pathlib import Path
 import pytest
 from conftest import chat, train_tiny_run, write_jsonl
 
-from localtune.tui.app import ChatScreen, DashboardScreen, ExportScreen, LocaltuneApp, NewRunScreen, RunsScreen
+from localtune.config import load_config
+from localtune.events import DataPrepared, Failed, Finished, RunStarted
+from localtune.tui.app import LocaltuneApp
+from localtune.tui.screens.chat import ChatScreen
+from localtune.tui.screens.dashboard import DashboardScreen
+from localtune.tui.screens.export import ExportScreen
+from localtune.tui.screens.new_run import NewRunScreen
+from localtune.tui.screens.runs import RunsScreen
 
 FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i * 7}.") for i in range(12)]
 
 
 def step_event(step, total, loss):
-    return {"kind": "step", "time": 0, "step": step, "total_steps": total, "epoch": 0, "loss": loss, "lr": 1e-3,
-            "grad_norm": 1.5, "tokens_per_s": 1000.0, "tokens_seen": step * 100, "peak_memory_bytes": 2 ** 30,
-            "eta_s": float(total - step)}
+    return {
+        "kind": "step",
+        "time": 0,
+        "step": step,
+        "total_steps": total,
+        "epoch": 0,
+        "loss": loss,
+        "lr": 1e-3,
+        "grad_norm": 1.5,
+        "tokens_per_s": 1000.0,
+        "tokens_seen": step * 100,
+        "peak_memory_bytes": 2**30,
+        "eta_s": float(total - step),
+    }
 
 
 def recorded_run(root: Path, name: str, status: str, steps: int, total: int, pid=None) -> Path:
@@ -30,11 +48,11 @@ def recorded_run(root: Path, name: str, status: str, steps: int, total: int, pid
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("model:\n  name_or_path: smollm2\ndata:\n  path: data/facts.jsonl\n")
     (run / "run.json").write_text(json.dumps({"status": status, "pid": pid}))
-    events = [{"kind": "run_started", "time": 0}, {"kind": "data_prepared", "time": 0, "train_rows": 10,
-                                                    "val_rows": 1}]
+    # paths as the trainer would write them from inside the workspace: the same text in every snapshot
+    events = [RunStarted(name, {}, time=0).to_dict(), DataPrepared(10, 1, 1000, 800, 0, 0, "model", time=0).to_dict()]
     events += [step_event(s, total, 5.0 / s) for s in range(1, steps + 1)]
     if status == "finished":
-        events.append({"kind": "finished", "time": 0, "steps": steps})
+        events.append(Finished(steps, 5.0 / steps, None, f"{name}/adapter", 12.0, time=0).to_dict())
     (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     return run
 
@@ -55,8 +73,11 @@ def test_runs_screen_lists_runs_with_status(tmp_path):
     async def body(pilot):
         table = pilot.app.screen.query_one("DataTable")
         rows = [table.get_row_at(i) for i in range(table.row_count)]
-        assert [(r[0], r[1], r[4]) for r in rows] == [("alpha", "finished", "5/5"), ("beta", "interrupted", "2/8"),
-                                                     ("gamma", "crashed", "1/4")]
+        assert [(r[0], r[1], r[4]) for r in rows] == [
+            ("alpha", "finished", "5/5"),
+            ("beta", "interrupted", "2/8"),
+            ("gamma", "crashed", "1/4"),
+        ]
         assert rows[0][5] == "1.0000"
 
     drive(LocaltuneApp(tmp_path), body)
@@ -86,14 +107,46 @@ def test_dashboard_follows_a_growing_event_stream(tmp_path):
     drive(LocaltuneApp(tmp_path), body)
 
 
+def test_progress_messages_from_a_worker_thread_coalesce(tmp_path, monkeypatch):
+    """A burst of eval-progress messages posted from a thread redraws a few times, ending at the last one."""
+    import threading
+
+    from localtune.tui.messages import ChatStreamed, EvalProgressed
+
+    assert ChatStreamed("tuned", "a").can_replace(ChatStreamed("tuned", "ab"))
+    assert not ChatStreamed("tuned", "a").can_replace(ChatStreamed("base", "a"))
+    recorded_run(tmp_path, "alpha", "finished", 2, 2)
+    shown = []
+    monkeypatch.setattr(DashboardScreen, "on_eval_progressed", lambda self, message: shown.append(message.text))
+
+    async def body(pilot):
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        screen = pilot.app.screen
+        burst = threading.Thread(target=lambda: [screen.post_message(EvalProgressed(f"row {i}")) for i in range(500)])
+        burst.start()
+        burst.join()
+        await pilot.pause(0.3)
+
+    drive(LocaltuneApp(tmp_path), body)
+    assert shown and shown[-1] == "row 499" and len(shown) < 500
+
+
 def test_stop_sends_the_graceful_interrupt(tmp_path):
     flag = tmp_path / "got-sigint"
-    proc = subprocess.Popen([sys.executable, "-c", f"import signal, time\n"
-                             f"signal.signal(signal.SIGINT, lambda *a: open({str(flag)!r}, 'w').write('x'))\n"
-                             "time.sleep(30)"])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import signal, time\n"
+            f"signal.signal(signal.SIGINT, lambda *a: open({str(flag)!r}, 'w').write('x'))\n"
+            "time.sleep(30)",
+        ]
+    )
     time.sleep(0.5)
     recorded_run(tmp_path, "busy", "running", 3, 10, pid=proc.pid)
     try:
+
         async def body(pilot):
             await pilot.press("enter")
             await pilot.pause(0.3)
@@ -125,16 +178,19 @@ def test_new_run_checks_data_and_starts(tmp_path, monkeypatch, tiny_model_dir):
     data = write_jsonl(tmp_path / "facts.jsonl", FACTS + [{"messages": []}])
     model = tiny_model_dir("qwen2")
     started = []
-    monkeypatch.setattr("localtune.tui.app.start_training", lambda args, run_dir: started.append((args, run_dir)))
+    monkeypatch.setattr(
+        "localtune.tui.screens.new_run.start_training", lambda args, run_dir: started.append((args, run_dir))
+    )
     ws = tmp_path / "runs"
 
     async def body(pilot):
         await pilot.press("n")
         screen = pilot.app.screen
         assert isinstance(screen, NewRunScreen)
-        screen.query_one("#model").value = str(model)
-        screen.query_one("#data").value = str(data)
+        screen.query_one("#knob-model-name_or_path").value = str(model)
+        screen.query_one("#knob-data-path").value = str(data)
         screen.query_one("#name").value = "mine"
+        screen.query_one("#knob-data-path").focus()  # ctrl+k checks the data even while typing in a field
         await pilot.press("ctrl+k")
         await pilot.app.workers.wait_for_complete()
         await pilot.pause(0.2)
@@ -142,14 +198,123 @@ def test_new_run_checks_data_and_starts(tmp_path, monkeypatch, tiny_model_dir):
         assert "format: chat" in report and f"{data}:13" in report and "token lengths:" in report
         assert "memory:" in str(screen.query_one("#fit").render())
         await pilot.press("ctrl+s")
+        await pilot.app.workers.wait_for_complete()
         await pilot.pause(0.3)
         assert isinstance(pilot.app.screen, DashboardScreen)
 
     drive(LocaltuneApp(ws), body)
     ((args, run_dir),) = started
-    assert run_dir == ws / "mine" and args[args.index("--data") + 1] == str(data) and "--config" in args
-    assert "r: 16" in (ws / ".mine.tui.yaml").read_text()
-    assert "--lr" not in args and "--epochs" not in args  # the auto preset: the training recipe chooses
+    config = ws / "mine" / "config.yaml"
+    assert run_dir == ws / "mine" and args[args.index("--data") + 1] == str(data)
+    assert args[args.index("--config") + 1] == str(config) and args[args.index("--out") + 1] == str(run_dir)
+    assert "--lr" not in args and "--epochs" not in args
+    cfg = load_config(config)  # what `localtune train --config` reads
+    assert cfg.model.name_or_path == str(model) and cfg.data.path == str(data)
+    assert (cfg.lora.r, cfg.lora.alpha) == (16, 32.0)
+    # the auto preset leaves epochs and lr unset: the training recipe chooses them (train/recipe.py)
+    assert cfg.source_of("train.lr") == "default" and cfg.source_of("train.epochs") == "default"
+    assert cfg.source_of("train.max_steps") == "default"
+
+
+def test_new_run_preset_and_rank_set_the_saved_config(tmp_path, monkeypatch):
+    monkeypatch.setattr("localtune.tui.screens.new_run.start_training", lambda args, run_dir: None)
+    ws = tmp_path / "runs"
+
+    async def body(pilot):
+        await pilot.press("n")
+        screen = pilot.app.screen
+        screen.query_one("#preset").value = "quick"
+        await pilot.pause(0.2)
+        assert screen.query_one("#knob-lora-r").value == "8" and screen.query_one("#knob-lora-alpha").value == "16.0"
+        assert (
+            screen.query_one("#knob-train-lr").value == "0.002" and screen.query_one("#knob-train-epochs").value == "1"
+        )
+        screen.query_one("#knob-lora-r").value = "12"  # the alpha follows the rank: twice it
+        await pilot.pause(0.2)
+        assert screen.query_one("#knob-lora-alpha").value == "24.0"
+        await pilot.press("ctrl+s")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.3)
+        assert isinstance(pilot.app.screen, DashboardScreen)
+
+    drive(LocaltuneApp(ws), body)
+    cfg = load_config(ws / "run-1" / "config.yaml")
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.train.lr, cfg.train.epochs) == (12, 24.0, 2e-3, 1)
+    assert cfg.source_of("train.lr") != "default"
+
+
+TRAINER_ERROR = (
+    "error: cannot read data\n"
+    "data/facts.jsonl:3: messages[1].role: unknown role 'bot'\n"
+    "    fix: use one of: system, user, assistant"
+)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("when", ["before-training", "in-training"])
+def test_a_failed_start_shows_failed_with_its_message(tmp_path, when):
+    """A start that exits with an error is "failed" with the trainer's message, in the Runs list and the
+    dashboard, not a dashboard waiting for a first step forever."""
+    run = tmp_path / "bad"
+    run.mkdir()
+    (run / "config.yaml").write_text("model:\n  name_or_path: smollm2\ndata:\n  path: data/facts.jsonl\n")
+    if when == "before-training":  # the CLI stopped it (a flag, the data): only train.log says why
+        (run / "run.json").write_text(json.dumps({"status": "starting", "pid": dead_pid(), "log_offset": 0}))
+        (run / "train.log").write_text("config: data.path = 'data/facts.jsonl'  (--data)\n" + TRAINER_ERROR + "\n")
+    else:  # the trainer recorded it: run.json and a Failed event
+        (run / "run.json").write_text(json.dumps({"status": "failed", "pid": dead_pid(), "error": TRAINER_ERROR}))
+        events = [RunStarted(run.name, {}, time=0), Failed(TRAINER_ERROR, time=0)]
+        (run / "events.jsonl").write_text("".join(json.dumps(e.to_dict()) + "\n" for e in events))
+
+    async def body(pilot):
+        table = pilot.app.screen.query_one("DataTable")
+        assert table.get_row_at(0)[:2] == ["bad", "failed"]
+        message = pilot.app.screen.query_one("#message")
+        assert message.display and "unknown role 'bot'" in str(message.render())
+        await pilot.press("enter")
+        await pilot.pause(0.5)
+        screen = pilot.app.screen
+        assert isinstance(screen, DashboardScreen) and screen.sub_title == "failed"
+        status = str(screen.query_one("#status").render())
+        assert status.startswith("failed: error: cannot read data") and "unknown role 'bot'" in status
+        assert "waiting for the first step" not in status
+        log = "\n".join(str(line.text) for line in screen.query_one("RichLog").lines)
+        assert "unknown role 'bot'" in log
+
+    drive(LocaltuneApp(tmp_path), body)
+
+
+def test_a_real_start_that_the_trainer_refuses_shows_failed(tmp_path):
+    """The form passes (the file is there), the trainer finds a bad row: the dashboard says failed and why."""
+    data = write_jsonl(tmp_path / "facts.jsonl", FACTS[:3] + [{"messages": [{"role": "bot", "content": "hi"}]}])
+    ws = tmp_path / "runs"
+
+    async def body(pilot):
+        await pilot.press("n")
+        screen = pilot.app.screen
+        screen.query_one("#knob-data-path").value = str(data)
+        screen.query_one("#name").value = "broken"
+        await pilot.press("ctrl+s")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.2)
+        dashboard = pilot.app.screen
+        assert isinstance(dashboard, DashboardScreen)
+        deadline = time.monotonic() + 120
+        while dashboard.sub_title != "failed" and time.monotonic() < deadline:
+            await pilot.pause(0.5)
+        status = str(dashboard.query_one("#status").render())
+        assert dashboard.sub_title == "failed", (ws / "broken" / "train.log").read_text()[-2000:]
+        assert status.startswith("failed: error:") and "bot" in status, status
+        await pilot.press("escape")
+        await pilot.pause(0.3)
+        assert pilot.app.screen.query_one("DataTable").get_row_at(0)[:2] == ["broken", "failed"]
+
+    drive(LocaltuneApp(ws), body)
 
 
 @pytest.fixture(scope="module")
@@ -225,12 +390,14 @@ def test_real_run_started_from_the_tui_outlives_the_app(tmp_path, tiny_model_dir
     async def start(pilot):
         await pilot.press("n")
         screen = pilot.app.screen
-        screen.query_one("#model").value = str(model)
-        screen.query_one("#data").value = str(data)
+        screen.query_one("#knob-model-name_or_path").value = str(model)
+        screen.query_one("#knob-data-path").value = str(data)
         screen.query_one("#name").value = "real"
-        screen.query_one("#steps").value = "4"
+        screen.query_one("#knob-train-max_steps").value = "4"
         await pilot.press("ctrl+s")
+        await pilot.app.workers.wait_for_complete()
         await pilot.pause(0.2)
+        assert isinstance(pilot.app.screen, DashboardScreen)
 
     drive(LocaltuneApp(ws), start)  # the app closes right after starting the run
     deadline = time.monotonic() + 180
@@ -250,9 +417,14 @@ def test_real_run_started_from_the_tui_outlives_the_app(tmp_path, tiny_model_dir
 
 def test_every_screen_fits_80x24(tmp_path, exported_run):
     """Nothing essential is cut off at 80x24: each screen's key widgets are inside the terminal."""
+
     async def body(pilot):
-        for key, screen_type in (("n", NewRunScreen), ("enter", DashboardScreen), ("e", ExportScreen),
-                                 ("c", ChatScreen)):
+        for key, screen_type in (
+            ("n", NewRunScreen),
+            ("enter", DashboardScreen),
+            ("e", ExportScreen),
+            ("c", ChatScreen),
+        ):
             await pilot.press(key)
             await pilot.pause(0.3)
             screen = pilot.app.screen
