@@ -80,7 +80,7 @@ def test_plan_command_on_a_config_folder(arch, tmp_path, cli):
 
 
 def test_plan_with_data_uses_the_longest_row(tmp_path, cli, tiny_model_dir):
-    from conftest import chat, write_jsonl
+    from helpers import chat, write_jsonl
 
     data = write_jsonl(tmp_path / "d.jsonl", [chat("hi", "hello"), chat("word " * 30, "x")])
     result = cli("plan", "--model", tiny_model_dir("qwen2"), "--data", data, "--vram", "8")

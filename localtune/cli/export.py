@@ -13,7 +13,8 @@ import sys
 import click
 
 from localtune.cli.main import friendly_errors, main
-from localtune.cli.printers import LIBRARY_LOG, EventPrinter
+from localtune.cli.printers import EventPrinter
+from localtune.runs.layout import LIBRARY_LOG, RunDir
 from localtune.config import knob
 
 _quants = knob("export.quants")
@@ -44,7 +45,8 @@ def export_cmd(source, quant, out_dir, adapter, no_verify):
 
     from localtune.console import report_to
 
-    log = (Path(source) if is_run_dir(Path(source)) else Path(out_dir or Path(source) / "gguf")) / LIBRARY_LOG
+    # library warnings: into the run folder's library.log, or beside the GGUF files of a model folder
+    log = RunDir(source).library_log if is_run_dir(Path(source)) else Path(out_dir or Path(source) / "gguf") / LIBRARY_LOG
     with report_to(EventPrinter(err=True, kinds=("progress",)), log):
         src = Path(source)
         out = Path(out_dir) if out_dir else src / "gguf"
@@ -129,7 +131,7 @@ def merge_cmd(run_dir, out_dir):
 
     from localtune.console import report_to
 
-    with run_lock(run_dir, "merge"), report_to(EventPrinter(err=True, kinds=("progress",)), Path(run_dir) / LIBRARY_LOG):
+    with run_lock(run_dir, "merge"), report_to(EventPrinter(err=True, kinds=("progress",)), RunDir(run_dir).library_log):
         result = merge_run(run_dir, out_dir)
     click.echo(f"merged into {result.folder} ({result.dtype}); max |Δlogit| vs base+adapter "
                f"{result.max_delta:.2e}")

@@ -15,7 +15,6 @@ import click
 from localtune.events import describe, progress_text
 
 LIVE_KINDS = ("step", "eval_progress", "progress")
-LIBRARY_LOG = "library.log"  # where library warnings go, inside the run (or output) folder
 
 
 class EventPrinter:

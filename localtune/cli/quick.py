@@ -13,7 +13,8 @@ from localtune.cli.main import friendly_errors, main
 from localtune.cli.data import CONFIG_FILE
 from localtune.cli.export import QUANT
 from localtune.cli.options import QUICK_KNOBS, knob_options, overrides
-from localtune.cli.printers import LIBRARY_LOG, EvalPrinter, TrainPrinter
+from localtune.cli.printers import EvalPrinter, TrainPrinter
+from localtune.runs.layout import RunDir
 
 
 @main.command("quick")
@@ -41,9 +42,9 @@ def quick_cmd(run_dir, quant, config_file, prompt, **knobs):
     data = knobs["data__path"] = knobs["data__path"] or str(DEMO_DATA)
     knobs["model__name_or_path"] = knobs["model__name_or_path"] or DEMO_MODEL
     run_dir = run_dir or str(Path("runs") / Path(data).stem)
-    saved = Path(run_dir) / "config.yaml"
-    if config_file is None and (Path(run_dir) / "quick.json").is_file() and saved.is_file():
-        config_file = str(saved)  # continuing: the run's own configuration
+    run = RunDir(run_dir)
+    if config_file is None and run.quick_json.is_file() and run.config.is_file():
+        config_file = str(run.config)  # continuing: the run's own configuration
     cfg = load_config(config_file, overrides(knobs))
     import torch
 
@@ -53,7 +54,7 @@ def quick_cmd(run_dir, quant, config_file, prompt, **knobs):
     from localtune.console import report_to
 
     train_printer = TrainPrinter()
-    with report_to(train_printer, Path(run_dir) / LIBRARY_LOG):
+    with report_to(train_printer, run.library_log):
         result = run_quick(cfg, run_dir, quants=[q.strip() for q in quant.split(",")] if quant else None,
                            sinks=[train_printer, EvalPrinter()], say=click.echo, prompt=prompt)
     sys.exit(result.exit_code)

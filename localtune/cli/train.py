@@ -13,7 +13,8 @@ import click
 from localtune.cli.data import CONFIG_FILE
 from localtune.cli.main import friendly_errors, main
 from localtune.cli.options import PLAN_KNOBS, TRAIN_KNOBS, knob_options, overrides
-from localtune.cli.printers import LIBRARY_LOG, TrainPrinter
+from localtune.cli.printers import TrainPrinter
+from localtune.runs.layout import RunDir
 
 
 @main.command("train")
@@ -37,9 +38,9 @@ def train_cmd(run_dir, config_file, resume, force_resume, **knobs):
     from localtune.config import load_config
     from localtune.errors import UsageError
 
-    saved = Path(run_dir) / "config.yaml"
-    if config_file is None and (resume or force_resume) and saved.is_file():
-        config_file = str(saved)  # a resumed run starts from its own saved configuration
+    run = RunDir(run_dir)
+    if config_file is None and (resume or force_resume) and run.config.is_file():
+        config_file = str(run.config)  # a resumed run starts from its own saved configuration
     cfg = load_config(config_file, overrides(knobs))
     missing = [flag for flag, value in (("--model", cfg.model.name_or_path), ("--data", cfg.data.path)) if not value]
     if missing:
@@ -52,7 +53,7 @@ def train_cmd(run_dir, config_file, resume, force_resume, **knobs):
     from localtune.console import report_to
 
     printer = TrainPrinter()
-    with report_to(printer, Path(run_dir) / LIBRARY_LOG):
+    with report_to(printer, run.library_log):
         result = train_run(cfg, run_dir, resume=resume or force_resume, force_resume=force_resume, sinks=[printer])
     sys.exit(result.exit_code)
 

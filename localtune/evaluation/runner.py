@@ -22,6 +22,7 @@ from localtune.data.formats import Example
 from localtune.errors import UsageError
 from localtune.evaluation import metrics
 from localtune.evaluation.rows import EvalRows, NothingToEvaluate, pick_shots, reference, with_shots
+from localtune.runs.layout import RunDir
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,13 @@ def run_encoder(run_dir: Path) -> Encoder:
 
     from localtune.data.template import make_renderer, resolve_chat_template
 
-    merged = run_dir / "merged"
-    if not (merged / "config.json").is_file():
+    run = RunDir(run_dir)
+    merged = run.merged
+    if not run.has_merged:
         raise UsageError(f"{run_dir} has not been exported yet", hint=f"run `localtune export {run_dir}` first",
                          title="cannot evaluate")
     tok = AutoTokenizer.from_pretrained(merged)
-    template_file = run_dir / "chat_template.jinja"
+    template_file = run.chat_template
     template = resolve_chat_template(tok, str(template_file) if template_file.is_file() else None)
     return Encoder(tok, make_renderer(tok, template), "the run's tokenizer (merged/) and chat template")
 

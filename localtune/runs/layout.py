@@ -217,6 +217,8 @@ class RunInfo:
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
 
 
+LIBRARY_LOG = "library.log"  # library warnings, in a run folder or beside exported GGUFs
+
 class RunDir:
     """A run folder: the path of everything in it. Creating one touches nothing on disk."""
 
@@ -258,6 +260,11 @@ class RunDir:
     @property
     def train_log(self) -> Path:
         return self.path / "train.log"
+
+    @property
+    def library_log(self) -> Path:
+        """Warnings and log records of transformers/peft during this run's commands (localtune/console.py)."""
+        return self.path / LIBRARY_LOG
 
     @property
     def chat_template(self) -> Path:

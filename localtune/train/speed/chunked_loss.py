@@ -17,7 +17,7 @@ optimizer step (as transformers' `num_items_in_batch`), so accumulated micro-bat
 full-batch gradient. Soft-capping runs in fp32 here; transformers caps in the compute dtype and then
 upcasts, so in bf16/fp16 the two differ by rounding only (in fp32 they are the same computation).
 
-Model types whose padding-free path is verified against the padded one (tests/test_fast_path.py), and
+Model types whose padding-free path is verified against the padded one (tests/train/speed/test_fast_path.py), and
 the decoder / LM-head layout this module assumes: Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3
 (text) and Phi-3. Anything else (Gemma 3 multimodal checkpoints, remote code, attention implementations
 other than sdpa, eager and flash-attention) runs the model's own padded forward and loss, as before.

@@ -8,7 +8,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import chat, train_tiny_run, write_jsonl
+from helpers import chat, train_tiny_run, write_jsonl
 
 from localtune.converters.gguf_file import ConversionError, GGUFError, check_gguf
 from localtune.converters.hf_to_gguf import convert

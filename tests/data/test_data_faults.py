@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import chat, write_jsonl
+from helpers import chat, write_jsonl
 
 from localtune.config import DataConfig
 from localtune.data.dataset import load_examples, prepare_data

@@ -8,7 +8,7 @@ import math
 import shutil
 
 import pytest
-from conftest import chat, write_jsonl
+from helpers import chat, write_jsonl
 
 from localtune.evaluation import metrics
 

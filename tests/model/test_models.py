@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import chat, write_jsonl
+from helpers import chat, write_jsonl
 
 from localtune.errors import ModelSourceError
 from localtune.model.source import DEMO_MODEL, demo_model_path, load_tokenizer, resolve_model

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import chat, write_jsonl
+from helpers import chat, write_jsonl
 
 from localtune.events import Failed, JsonlSink, RunStarted, StepMetrics, Warning
 from localtune.runs import RunDir, RunFolderError, RunInfo

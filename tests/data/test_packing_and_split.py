@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import chat, write_jsonl
+from helpers import chat, write_jsonl
 
 from localtune.config import DataConfig
 from localtune.data.dataset import load_examples, prepare_data, split_examples

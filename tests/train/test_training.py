@@ -8,7 +8,7 @@ import os
 import signal
 
 import pytest
-from conftest import chat, write_jsonl
+from helpers import chat, write_jsonl
 
 from localtune.train.checkpoint import CheckpointStore
 from localtune.config import load_config

@@ -13,13 +13,13 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import chat, train_tiny_run, write_jsonl
-from conftest import localtune_process as localtune
+from helpers import chat, train_tiny_run, write_jsonl
+from helpers import localtune_process as localtune
 
 from localtune.train.checkpoint import CheckpointStore
 from localtune.converters.gguf_file import check_gguf
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 POINTS = sorted({m for f in list((REPO / "localtune").rglob("*.py")) + list((REPO / "converters").rglob("*.py"))
                  for m in re.findall(r'fault_point\("([\w.]+)"\)', f.read_text())})
 TRAIN_POINTS = [p for p in POINTS if p.startswith(("checkpoint.", "adapter."))]

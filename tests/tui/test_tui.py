@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import chat, train_tiny_run, write_jsonl
+from helpers import chat, train_tiny_run, write_jsonl
 
 from localtune.config import load_config
 from localtune.events import DataPrepared, Failed, Finished, RunStarted

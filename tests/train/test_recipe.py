@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import chat, write_jsonl
+from helpers import chat, write_jsonl
 
 from localtune.config import load_config
 from localtune.train.recipe import choose_epochs, choose_lr, choose_recipe, lora_scale

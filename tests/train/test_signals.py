@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import chat, train_tiny_run, write_jsonl
-from conftest import localtune_process as localtune
+from helpers import chat, train_tiny_run, write_jsonl
+from helpers import localtune_process as localtune
 
 from localtune.train.checkpoint import CheckpointStore
 from localtune.events import read_events

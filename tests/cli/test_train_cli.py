@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import chat, write_jsonl
+from helpers import chat, write_jsonl
 
 from localtune.events import read_events
 from localtune.train.checkpoint import CheckpointStore

@@ -8,7 +8,7 @@ generous guards against a hang or a runaway allocation (a header that claims 2**
 a billion layers), not speed targets.
 
 GGUF files (bad magic, huge dimensions, data beyond the end, a renamed safetensors) are covered in
-tests/test_export.py.
+tests/export/test_export.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import chat, localtune_process, train_tiny_run, write_jsonl
+from helpers import chat, localtune_process, train_tiny_run, write_jsonl
 
 MAX_SECONDS = 45  # a hang detector; these cases take 3-10 s on a 2-core CI machine
 MAX_RSS_MB = 1000  # measured 16-400 MB (the CLI alone, or with torch imported); an allocation would exceed it
