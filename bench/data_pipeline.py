@@ -57,18 +57,34 @@ def main() -> None:
     results = {"rows": args.rows, "file_mb": round(data.stat().st_size / 1e6, 2), "runs": []}
 
     secs, loaded = measure(lambda: load_examples(str(data)))
-    results["runs"].append({"stage": "read + validate (no model)", "tokenizer": "-", "seconds": round(secs, 3),
-                            "rows_per_s": round(args.rows / secs), "tokens_per_s": None})
-    tokenizers = {"tiny qwen2 (BPE)": AutoTokenizer.from_pretrained(cached_tiny_model("qwen2")),
-                  "tiny llama (SentencePiece)": AutoTokenizer.from_pretrained(cached_tiny_model("llama"))}
+    results["runs"].append(
+        {
+            "stage": "read + validate (no model)",
+            "tokenizer": "-",
+            "seconds": round(secs, 3),
+            "rows_per_s": round(args.rows / secs),
+            "tokens_per_s": None,
+        }
+    )
+    tokenizers = {
+        "tiny qwen2 (BPE)": AutoTokenizer.from_pretrained(cached_tiny_model("qwen2")),
+        "tiny llama (SentencePiece)": AutoTokenizer.from_pretrained(cached_tiny_model("llama")),
+    }
     if not args.no_smollm2:
         tokenizers["SmolLM2-135M"] = load_tokenizer(resolve_model(DEMO_MODEL))
     cfg = DataConfig(path=str(data), max_seq_len=2048, val_fraction=0)
     for name, tok in tokenizers.items():
-        secs, prepared = measure(lambda: prepare_data(cfg, tok, seed=0, loaded=loaded))
+        secs, prepared = measure(lambda tok=tok: prepare_data(cfg, tok, seed=0, loaded=loaded))
         tokens = prepared.train_stats.total_tokens
-        results["runs"].append({"stage": "render + tokenize + mask", "tokenizer": name, "seconds": round(secs, 3),
-                                "rows_per_s": round(args.rows / secs), "tokens_per_s": round(tokens / secs)})
+        results["runs"].append(
+            {
+                "stage": "render + tokenize + mask",
+                "tokenizer": name,
+                "seconds": round(secs, 3),
+                "rows_per_s": round(args.rows / secs),
+                "tokens_per_s": round(tokens / secs),
+            }
+        )
 
     out = Path(__file__).parent / "results" / "data_pipeline.json"
     out.parent.mkdir(exist_ok=True)

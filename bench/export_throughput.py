@@ -107,7 +107,7 @@ def random_model(name: str, out: Path) -> Path:
             shard, shard_bytes = {}, 0
 
     for key, shape in shapes.items():
-        t = (torch.ones(shape) if key.endswith("norm.weight") else torch.randn(shape, generator=gen) * 0.02)
+        t = torch.ones(shape) if key.endswith("norm.weight") else torch.randn(shape, generator=gen) * 0.02
         shard[key] = t.to(torch.bfloat16)
         shard_bytes += shard[key].numel() * 2
         if shard_bytes >= 2 << 30:
@@ -124,7 +124,7 @@ def random_model(name: str, out: Path) -> Path:
         weight_map = {}
         for p in sorted(out.glob("model-*-of-*.safetensors")):
             with safe_open(p, framework="pt") as st:
-                weight_map.update({k: p.name for k in st.keys()})
+                weight_map.update(dict.fromkeys(st.keys(), p.name))
         (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     config.save_pretrained(out)
     return out
@@ -139,8 +139,7 @@ def model_folder(name: str, work: Path) -> tuple[Path, str]:
 
 
 def run_one(folder: Path, out: Path, kind: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(out), kind],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(out), kind], capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"conversion to {kind} failed:\n{proc.stderr[-3000:]}")
     row = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -151,21 +150,28 @@ def run_one(folder: Path, out: Path, kind: str) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"Export throughput, {report['when']} ({report['host']}); disk: {report['disk_note']}", "",
-             "| model | source | type | output MB | convert s (all) | tensor data s | plain write of the same "
-             "bytes s | convert vs plain write | quantize s | imports s | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Export throughput, {report['when']} ({report['host']}); disk: {report['disk_note']}",
+        "",
+        "| model | source | type | output MB | convert s (all) | tensor data s | plain write of the same "
+        "bytes s | convert vs plain write | quantize s | imports s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["rows"]:
         lines.append(
             f"| {r['model']} | {r['source_mb']:,.0f} MB {r['source_dtype']} | {r['type']} | {r['output_mb']:,.1f} | "
             f"{r['convert_s']:.2f} | {r['data_s']:.2f} | {r['plain_write_s']:.2f} ({r['data_mb']:,.0f} MB) | "
-            f"{r['vs_plain_write']:.2f}x | {r['quantize_s']:.2f} | {r['imports_s']:.1f} | {r['peak_rss_mb']:,.0f} |")
-    lines += ["", f"Medians over {report['repeats']} runs (the ratio: median of the per-run ratios). convert s: all "
-              "of convert() in a fresh process after its imports: vocabulary, tensors, fsync, validation, rename; "
-              "for K-quants, the f16 step (llama.cpp's quantizer is the quantize column). tensor data s: reading, "
-              "casting and writing the tensors. plain write: the same number of bytes written to a new file and "
-              "fsync'd, right after each export; convert vs plain write = plain write s / convert s (1.00x: the "
-              "export takes as long as the disk needs for its bytes)."]
+            f"{r['vs_plain_write']:.2f}x | {r['quantize_s']:.2f} | {r['imports_s']:.1f} | {r['peak_rss_mb']:,.0f} |"
+        )
+    lines += [
+        "",
+        f"Medians over {report['repeats']} runs (the ratio: median of the per-run ratios). convert s: all "
+        "of convert() in a fresh process after its imports: vocabulary, tensors, fsync, validation, rename; "
+        "for K-quants, the f16 step (llama.cpp's quantizer is the quantize column). tensor data s: reading, "
+        "casting and writing the tensors. plain write: the same number of bytes written to a new file and "
+        "fsync'd, right after each export; convert vs plain write = plain write s / convert s (1.00x: the "
+        "export takes as long as the disk needs for its bytes).",
+    ]
     return "\n".join(lines)
 
 
@@ -192,15 +198,22 @@ def main(argv=None) -> None:
                     run["plain_write_s"] = plain_write_seconds(work, int(run["data_mb"] * 1e6))
                     run["vs_plain_write"] = run["plain_write_s"] / run["convert_s"]
                     runs.append(run)
-                    print(f"  {name} {kind} run {i + 1}: convert {run['convert_s']:.2f}s (tensor data "
-                          f"{run['data_s']:.2f}s), plain write of {run['data_mb']:,.0f} MB {run['plain_write_s']:.2f}s",
-                          flush=True)
+                    print(
+                        f"  {name} {kind} run {i + 1}: convert {run['convert_s']:.2f}s (tensor data "
+                        f"{run['data_s']:.2f}s), plain write of {run['data_mb']:,.0f} MB {run['plain_write_s']:.2f}s",
+                        flush=True,
+                    )
                 med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-                rows.append({"model": name, "source_dtype": dtype, "source_mb": source_mb, "type": kind, **med,
-                             "runs": runs})
-    report = {"when": time.strftime("%Y-%m-%d %H:%M"), "repeats": args.repeats, "rows": rows,
-              "host": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-              "disk_note": "a plain write + fsync of the same bytes, alternating with the exports"}
+                rows.append(
+                    {"model": name, "source_dtype": dtype, "source_mb": source_mb, "type": kind, **med, "runs": runs}
+                )
+    report = {
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "repeats": args.repeats,
+        "rows": rows,
+        "host": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "disk_note": "a plain write + fsync of the same bytes, alternating with the exports",
+    }
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
     stem = out_dir / f"export-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -19,18 +19,50 @@ import re
 
 # Published config.json values of the public checkpoints (no download needed to build them).
 PUBLIC_SHAPES = {
-    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
-                         max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
-                         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-                         bos_token_id=128000, eos_token_id=128001),
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False,
-                         max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
-                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-                         bos_token_id=128000, eos_token_id=128001),
+    "llama-3.2-1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
+    "llama-3.1-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
 }
 # Total parameter counts of the released checkpoints, to check the shapes above against.
 PUBLISHED_PARAMS = {"llama-3.2-1b": 1_235_814_400, "llama-3.1-8b": 8_030_261_248}
@@ -112,10 +144,12 @@ def check_public_shapes() -> list[str]:
         shape = Shape.from_config(config)
         assert total == PUBLISHED_PARAMS[name], f"{name}: {total:,} parameters, published {PUBLISHED_PARAMS[name]:,}"
         assert linear == matmul_params(shape), f"{name}: linear weights {linear:,} vs N {matmul_params(shape):,}"
-        lines.append(f"{name}: {total / 1e9:.3f} B parameters (published {PUBLISHED_PARAMS[name] / 1e9:.3f} B), "
-                     f"N = {linear / 1e9:.3f} B matmul parameters, L*d = {shape.layers}*{attention_width(shape)}; "
-                     f"FLOPs/token at s=512: {flops_per_token(shape, 512) / 1e9:.2f} G, "
-                     f"s=8192: {flops_per_token(shape, 8192) / 1e9:.2f} G")
+        lines.append(
+            f"{name}: {total / 1e9:.3f} B parameters (published {PUBLISHED_PARAMS[name] / 1e9:.3f} B), "
+            f"N = {linear / 1e9:.3f} B matmul parameters, L*d = {shape.layers}*{attention_width(shape)}; "
+            f"FLOPs/token at s=512: {flops_per_token(shape, 512) / 1e9:.2f} G, "
+            f"s=8192: {flops_per_token(shape, 8192) / 1e9:.2f} G"
+        )
     return lines
 
 

@@ -18,17 +18,53 @@ from pathlib import Path
 
 # Published shapes (config.json values of the public checkpoints).
 SHAPES = {
-    "qwen2.5-0.5b": ("Qwen2Config", dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
-                                         num_key_value_heads=2, intermediate_size=4864, vocab_size=151936,
-                                         tie_word_embeddings=True)),
-    "llama-3.2-1b": ("LlamaConfig", dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
-                                         num_key_value_heads=8, intermediate_size=8192, vocab_size=128256,
-                                         tie_word_embeddings=True)),
-    "llama-3.2-3b": ("LlamaConfig", dict(hidden_size=3072, num_hidden_layers=28, num_attention_heads=24,
-                                         num_key_value_heads=8, intermediate_size=8192, vocab_size=128256,
-                                         tie_word_embeddings=True)),
-    "llama-3.1-8b": ("LlamaConfig", dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-                                         num_key_value_heads=8, intermediate_size=14336, vocab_size=128256)),
+    "qwen2.5-0.5b": (
+        "Qwen2Config",
+        dict(
+            hidden_size=896,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            intermediate_size=4864,
+            vocab_size=151936,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "llama-3.2-1b": (
+        "LlamaConfig",
+        dict(
+            hidden_size=2048,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            intermediate_size=8192,
+            vocab_size=128256,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "llama-3.2-3b": (
+        "LlamaConfig",
+        dict(
+            hidden_size=3072,
+            num_hidden_layers=28,
+            num_attention_heads=24,
+            num_key_value_heads=8,
+            intermediate_size=8192,
+            vocab_size=128256,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "llama-3.1-8b": (
+        "LlamaConfig",
+        dict(
+            hidden_size=4096,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            intermediate_size=14336,
+            vocab_size=128256,
+        ),
+    ),
 }
 
 
@@ -50,9 +86,9 @@ def measure(folder: Path, micro_batch: int, seq_len: int, rank: int) -> int:
     import torch
 
     from localtune.config import load_config
+    from localtune.data.tokenize import TokenizedRow
     from localtune.model.loading import Base, load_for_training
     from localtune.train.loop import collate
-    from localtune.data.tokenize import TokenizedRow
 
     cfg = load_config(None, {"lora.r": (rank, "bench")})
     torch.cuda.empty_cache()
@@ -63,8 +99,9 @@ def measure(folder: Path, micro_batch: int, seq_len: int, rank: int) -> int:
 
     opt = bnb.optim.PagedAdamW8bit([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     vocab = model.config.vocab_size
-    rows = [TokenizedRow("bench", ids, ids, seq_len) for ids in
-            torch.randint(0, vocab, (micro_batch, seq_len)).tolist()]
+    rows = [
+        TokenizedRow("bench", ids, ids, seq_len) for ids in torch.randint(0, vocab, (micro_batch, seq_len)).tolist()
+    ]
     out = model(**collate(rows, 0, "cuda"))
     out.loss.backward()
     opt.step()
@@ -101,12 +138,22 @@ def main() -> None:
                         peak = measure(folder, mb, seq, args.rank)
                     except torch.OutOfMemoryError:
                         peak = None
-                    results.append({"model": name, "micro_batch": mb, "seq_len": seq, "estimate_gib": est / GIB,
-                                    "measured_gib": peak / GIB if peak else None,
-                                    "error_pct": 100 * (est - peak) / peak if peak else None})
+                    results.append(
+                        {
+                            "model": name,
+                            "micro_batch": mb,
+                            "seq_len": seq,
+                            "estimate_gib": est / GIB,
+                            "measured_gib": peak / GIB if peak else None,
+                            "error_pct": 100 * (est - peak) / peak if peak else None,
+                        }
+                    )
                     r = results[-1]
-                    print(f"{name:<14} mb {mb:>2} seq {seq:>5}: estimate {r['estimate_gib']:.2f} GiB, measured "
-                          + (f"{r['measured_gib']:.2f} GiB ({r['error_pct']:+.1f}%)" if peak else "OOM"), flush=True)
+                    print(
+                        f"{name:<14} mb {mb:>2} seq {seq:>5}: estimate {r['estimate_gib']:.2f} GiB, measured "
+                        + (f"{r['measured_gib']:.2f} GiB ({r['error_pct']:+.1f}%)" if peak else "OOM"),
+                        flush=True,
+                    )
     out = Path(__file__).parent / "results" / "planner_calibration.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "results": results}, indent=2))

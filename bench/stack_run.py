@@ -60,8 +60,12 @@ def environment(device: str) -> dict:
             env[name] = None
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
-        env.update(gpu=torch.cuda.get_device_name(0), gpu_memory_bytes=props.total_memory, cuda=torch.version.cuda,
-                   gpu_capability=f"{props.major}.{props.minor}")
+        env.update(
+            gpu=torch.cuda.get_device_name(0),
+            gpu_memory_bytes=props.total_memory,
+            cuda=torch.version.cuda,
+            gpu_capability=f"{props.major}.{props.minor}",
+        )
     return env
 
 
@@ -85,16 +89,32 @@ def localtune_config(spec: dict):
     from localtune.config import load_config
 
     overrides = {
-        "model.name_or_path": spec["model_dir"], "data.path": spec["data_spec"],
-        "data.max_seq_len": spec["seq_len"], "data.val_fraction": 0.0, "data.packing": False,
-        "lora.r": spec["rank"], "lora.alpha": spec["alpha"], "lora.dropout": spec["dropout"],
+        "model.name_or_path": spec["model_dir"],
+        "data.path": spec["data_spec"],
+        "data.max_seq_len": spec["seq_len"],
+        "data.val_fraction": 0.0,
+        "data.packing": False,
+        "lora.r": spec["rank"],
+        "lora.alpha": spec["alpha"],
+        "lora.dropout": spec["dropout"],
         "lora.target_modules": spec["targets"],
-        "train.max_steps": spec["steps"], "train.micro_batch_size": spec["micro_batch"],
-        "train.grad_accum": spec["grad_accum"], "train.lr": spec["lr"], "train.lr_scheduler": "cosine",
-        "train.warmup_ratio": spec["warmup_ratio"], "train.weight_decay": 0.0, "train.max_grad_norm": 1.0,
-        "train.optimizer": spec["optimizer"], "train.load_in_4bit": spec["mode"] == "qlora",
-        "train.gradient_checkpointing": True, "train.precision": spec["precision"], "train.device": spec["device"],
-        "train.seed": spec["seed"], "train.save_every": 10**9, "train.keep_checkpoints": 1, "train.eval_every": 0,
+        "train.max_steps": spec["steps"],
+        "train.micro_batch_size": spec["micro_batch"],
+        "train.grad_accum": spec["grad_accum"],
+        "train.lr": spec["lr"],
+        "train.lr_scheduler": "cosine",
+        "train.warmup_ratio": spec["warmup_ratio"],
+        "train.weight_decay": 0.0,
+        "train.max_grad_norm": 1.0,
+        "train.optimizer": spec["optimizer"],
+        "train.load_in_4bit": spec["mode"] == "qlora",
+        "train.gradient_checkpointing": True,
+        "train.precision": spec["precision"],
+        "train.device": spec["device"],
+        "train.seed": spec["seed"],
+        "train.save_every": 10**9,
+        "train.keep_checkpoints": 1,
+        "train.eval_every": 0,
     }
     return load_config(None, {k: (v, "compare_stacks") for k, v in overrides.items()})
 
@@ -113,11 +133,16 @@ def run_localtune(spec: dict) -> dict:
     def sink(event) -> None:
         if isinstance(event, StepMetrics):
             sync()
-            steps.append({"step": event.step, "t": time.perf_counter(), "tokens_seen": event.tokens_seen,
-                          "loss": event.loss})
+            steps.append(
+                {"step": event.step, "t": time.perf_counter(), "tokens_seen": event.tokens_seen, "loss": event.loss}
+            )
         elif isinstance(event, ModelLoaded):
-            info.update(load_seconds=event.seconds, params_trainable=event.params_trainable,
-                        dtype=event.dtype, quantized=event.quantized)
+            info.update(
+                load_seconds=event.seconds,
+                params_trainable=event.params_trainable,
+                dtype=event.dtype,
+                quantized=event.quantized,
+            )
         elif isinstance(event, Warning):
             warnings.append(event.message)
 
@@ -130,25 +155,34 @@ def run_localtune(spec: dict) -> dict:
     prev = 0
     for s in steps:
         s["tokens"], prev = s["tokens_seen"] - prev, s["tokens_seen"]
-    return {"steps": steps, "wall_s": time.perf_counter() - t0, "warnings": warnings,
-            "data_fingerprint": run_json["data"]["fingerprint"], "micro_batch": run_json["micro_batch"],
-            "grad_accum": run_json["grad_accum"], **info}
+    return {
+        "steps": steps,
+        "wall_s": time.perf_counter() - t0,
+        "warnings": warnings,
+        "data_fingerprint": run_json["data"]["fingerprint"],
+        "micro_batch": run_json["micro_batch"],
+        "grad_accum": run_json["grad_accum"],
+        **info,
+    }
 
 
 def _serve_synthetic_rows(path: str) -> None:
     """Make train_run train on the rows in `path` instead of tokenizing cfg.data (synthetic rows of
     random token ids have no text). Everything else in train_run runs as usual."""
-    from localtune.train import run as training_run
     from localtune.data.dataset import PreparedData, TokenStats
     from localtune.data.template import resolve_chat_template
     from localtune.data.tokenize import TokenizedRow
+    from localtune.train import run as training_run
 
     rows = [TokenizedRow(f"synthetic:{i}", ids, labels, len(ids)) for i, (ids, labels) in enumerate(read_rows(path))]
 
     def prepare_synthetic(cfg, tokenizer, *, seed, loaded=None, chat_template=None):
-        stats = TokenStats(rows=len(rows), lengths=[len(r.input_ids) for r in rows],
-                           trainable_tokens=sum(r.trainable for r in rows),
-                           total_tokens=sum(len(r.input_ids) for r in rows))
+        stats = TokenStats(
+            rows=len(rows),
+            lengths=[len(r.input_ids) for r in rows],
+            trainable_tokens=sum(r.trainable for r in rows),
+            total_tokens=sum(len(r.input_ids) for r in rows),
+        )
         return PreparedData(rows, [], resolve_chat_template(tokenizer, chat_template), stats, TokenStats(), [])
 
     training_run.prepare_data = prepare_synthetic
@@ -158,8 +192,15 @@ def _serve_synthetic_rows(path: str) -> None:
 def run_reference(spec: dict) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DataCollatorForSeq2Seq,
-                              Trainer, TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        BitsAndBytesConfig,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     device, qlora = spec["device"], spec["mode"] == "qlora"
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["precision"]]
@@ -171,18 +212,26 @@ def run_reference(spec: dict) -> dict:
     kwargs = {"dtype": dtype, "attn_implementation": "sdpa", "device_map": {"": 0 if device == "cuda" else "cpu"}}
     if qlora:
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype)
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], **kwargs)
     model.config.use_cache = False
     if qlora:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     torch.manual_seed(spec["seed"])
     targets = spec["targets"]
-    model = get_peft_model(model, LoraConfig(
-        r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"], task_type="CAUSAL_LM",
-        target_modules="all-linear" if targets == ["all-linear"] else list(targets)))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=spec["rank"],
+            lora_alpha=spec["alpha"],
+            lora_dropout=spec["dropout"],
+            task_type="CAUSAL_LM",
+            target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+        ),
+    )
     load_seconds = time.perf_counter() - t0
 
     rows = read_rows(spec["step_rows_file"])
@@ -218,26 +267,54 @@ def run_reference(spec: dict) -> dict:
                 losses[st.global_step] = logs["loss"]
 
     args = TrainingArguments(
-        output_dir=spec["run_dir"], per_device_train_batch_size=spec["micro_batch"],
-        gradient_accumulation_steps=spec["grad_accum"], max_steps=spec["steps"], learning_rate=spec["lr"],
-        lr_scheduler_type="cosine", weight_decay=0.0,
+        output_dir=spec["run_dir"],
+        per_device_train_batch_size=spec["micro_batch"],
+        gradient_accumulation_steps=spec["grad_accum"],
+        max_steps=spec["steps"],
+        learning_rate=spec["lr"],
+        lr_scheduler_type="cosine",
+        weight_decay=0.0,
         warmup_steps=int(spec["warmup_ratio"] * spec["steps"]),  # whole steps, rounded down as localtune does
         max_grad_norm=1.0,
-        optim=spec["reference_optim"], bf16=spec["precision"] == "bf16", fp16=spec["precision"] == "fp16",
-        logging_strategy="steps", logging_steps=1, report_to=[], save_strategy="no", eval_strategy="no",
-        seed=spec["seed"], use_cpu=device == "cpu", dataloader_num_workers=0, remove_unused_columns=False,
-        disable_tqdm=True, **_checkpointing_args(TrainingArguments))
-    trainer = OrderedTrainer(model=model, args=args, train_dataset=dataset, data_collator=collate,
-                             processing_class=tokenizer, callbacks=[StepClock()])
+        optim=spec["reference_optim"],
+        bf16=spec["precision"] == "bf16",
+        fp16=spec["precision"] == "fp16",
+        logging_strategy="steps",
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        eval_strategy="no",
+        seed=spec["seed"],
+        use_cpu=device == "cpu",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        **_checkpointing_args(TrainingArguments),
+    )
+    trainer = OrderedTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collate,
+        processing_class=tokenizer,
+        callbacks=[StepClock()],
+    )
     trainer.train()
     for s in steps:
         s["loss"] = losses.get(s["step"])
-    return {"steps": steps, "wall_s": time.perf_counter() - t0, "load_seconds": round(load_seconds, 2),
-            "attn_implementation": model.config._attn_implementation, "param_bytes": param_dtypes(model),
-            "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
-                              else trainer.optimizer).__name__,
-            "micro_batch": spec["micro_batch"], "grad_accum": spec["grad_accum"]}
+    return {
+        "steps": steps,
+        "wall_s": time.perf_counter() - t0,
+        "load_seconds": round(load_seconds, 2),
+        "attn_implementation": model.config._attn_implementation,
+        "param_bytes": param_dtypes(model),
+        "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "optimizer": type(
+            trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+        ).__name__,
+        "micro_batch": spec["micro_batch"],
+        "grad_accum": spec["grad_accum"],
+    }
 
 
 def _checkpointing_args(training_args_cls) -> dict:
@@ -271,8 +348,11 @@ def build_model(spec: dict) -> dict:
     with torch.device(device):  # initialising 8B weights on the CPU takes minutes; on a GPU, seconds
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
     model.save_pretrained(out)
-    return {"seconds": time.perf_counter() - t0, "params": sum(p.numel() for p in model.parameters()),
-            "bytes": sum(f.stat().st_size for f in out.glob("*.safetensors"))}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "params": sum(p.numel() for p in model.parameters()),
+        "bytes": sum(f.stat().st_size for f in out.glob("*.safetensors")),
+    }
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -297,8 +377,11 @@ def main() -> int:
             result.update(run(spec), status="ok")
     except BaseException as exc:  # noqa: BLE001 - the parent decides; OOM is a result in the longest-sequence search
         oom = not isinstance(exc, KeyboardInterrupt) and _is_oom(exc)
-        result.update(status="oom" if oom else "error", error=f"{type(exc).__name__}: {exc}",
-                      traceback=traceback.format_exc(limit=8))
+        result.update(
+            status="oom" if oom else "error",
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(limit=8),
+        )
     if spec["stack"] != "build":
         result["peak_memory_bytes"] = peak_memory(spec["device"])
     Path(out_path).write_text(json.dumps(result, indent=1, default=str))

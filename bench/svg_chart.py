@@ -53,8 +53,10 @@ def _fmt(v: float) -> str:
 
 def _panel_svg(panel: Panel, x0: float, y0: float, w: float, h: float) -> list[str]:
     pts = [(x, y) for s in panel.series for x, y in s.points if y is not None]
-    out = [f'<text x="{x0 + w / 2:.1f}" y="{y0 - 12:.1f}" text-anchor="middle" font-weight="bold">'
-           f'{escape(panel.title)}</text>']
+    out = [
+        f'<text x="{x0 + w / 2:.1f}" y="{y0 - 12:.1f}" text-anchor="middle" font-weight="bold">'
+        f"{escape(panel.title)}</text>"
+    ]
     if not pts:
         return out + [f'<text x="{x0 + w / 2:.1f}" y="{y0 + h / 2:.1f}" text-anchor="middle">no data</text>']
     xs = sorted({x for x, _ in pts})
@@ -78,10 +80,15 @@ def _panel_svg(panel: Panel, x0: float, y0: float, w: float, h: float) -> list[s
     for x in xs:
         out.append(f'<line x1="{px(x):.1f}" y1="{y0 + h}" x2="{px(x):.1f}" y2="{y0 + h + 4}" stroke="#999"/>')
         out.append(f'<text x="{px(x):.1f}" y="{y0 + h + 17}" text-anchor="middle">{_fmt(x)}</text>')
-    out.append(f'<text x="{x0 + w / 2:.1f}" y="{y0 + h + 36}" text-anchor="middle">{escape(panel.x_label)}'
-               + (" (log scale)" if log_x else "") + "</text>")
-    out.append(f'<text transform="translate({x0 - 46},{y0 + h / 2:.1f}) rotate(-90)" text-anchor="middle">'
-               f'{escape(panel.y_label)}</text>')
+    out.append(
+        f'<text x="{x0 + w / 2:.1f}" y="{y0 + h + 36}" text-anchor="middle">{escape(panel.x_label)}'
+        + (" (log scale)" if log_x else "")
+        + "</text>"
+    )
+    out.append(
+        f'<text transform="translate({x0 - 46},{y0 + h / 2:.1f}) rotate(-90)" text-anchor="middle">'
+        f"{escape(panel.y_label)}</text>"
+    )
     for s in panel.series:
         line = [(px(x), py(y)) for x, y in sorted(s.points) if y is not None]
         if not line:
@@ -108,12 +115,16 @@ def line_chart(panels: list[Panel], title: str = "", *, panel_w: int = 360, pane
     legend_h = 20 * len(names) + 10
     width = left + len(panels) * panel_w + (len(panels) - 1) * gap + 30
     height = top + panel_h + 50 + legend_h
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{width}" height="{height}" fill="white"/>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
     if title:
-        out.append(f'<text x="{width / 2:.1f}" y="22" text-anchor="middle" font-size="15" font-weight="bold">'
-                   f'{escape(title)}</text>')
+        out.append(
+            f'<text x="{width / 2:.1f}" y="22" text-anchor="middle" font-size="15" font-weight="bold">'
+            f"{escape(title)}</text>"
+        )
     for i, p in enumerate(panels):
         out += _panel_svg(p, left + i * (panel_w + gap), top, panel_w, panel_h)
     ly = top + panel_h + 55
@@ -130,12 +141,26 @@ def line_chart(panels: list[Panel], title: str = "", *, panel_w: int = 360, pane
 if __name__ == "__main__":
     import sys
 
-    demo = [Panel("tokens/s", "sequence length", "tokens/s",
-                  [Series("a", [(128, 900), (256, 1500), (512, 2100)]),
-                   Series("b", [(128, 700), (256, 1100), (512, 1400)], dash="6,4")]),
-            Panel("peak memory", "sequence length", "GiB",
-                  [Series("a", [(128, 1.1), (256, 1.3), (512, 1.9)]),
-                   Series("b", [(128, 1.4), (256, 1.9), (512, 3.0)], dash="6,4")])]
+    demo = [
+        Panel(
+            "tokens/s",
+            "sequence length",
+            "tokens/s",
+            [
+                Series("a", [(128, 900), (256, 1500), (512, 2100)]),
+                Series("b", [(128, 700), (256, 1100), (512, 1400)], dash="6,4"),
+            ],
+        ),
+        Panel(
+            "peak memory",
+            "sequence length",
+            "GiB",
+            [
+                Series("a", [(128, 1.1), (256, 1.3), (512, 1.9)]),
+                Series("b", [(128, 1.4), (256, 1.9), (512, 3.0)], dash="6,4"),
+            ],
+        ),
+    ]
     out = sys.argv[1] if len(sys.argv) > 1 else "chart-demo.svg"
     with open(out, "w", encoding="utf-8") as fh:
         fh.write(line_chart(demo, "demonstration"))

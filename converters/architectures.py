@@ -35,12 +35,15 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen2": ArchSpec("qwen2"),
     "qwen3": ArchSpec("qwen3"),
     "gemma": ArchSpec("gemma", norm_plus_one=True, drop_lm_head=True, add_space_prefix=False),
-    "gemma2": ArchSpec("gemma2", norm_plus_one=True, drop_lm_head=True, add_space_prefix=False, softcapping=True,
-                       sliding_window=True),
-    "gemma3_text": ArchSpec("gemma3", norm_plus_one=True, drop_lm_head=True, add_space_prefix=False,
-                            softcapping=True, sliding_window=True),
-    "gemma3": ArchSpec("gemma3", norm_plus_one=True, drop_lm_head=True, add_space_prefix=False, softcapping=True,
-                       sliding_window=True),
+    "gemma2": ArchSpec(
+        "gemma2", norm_plus_one=True, drop_lm_head=True, add_space_prefix=False, softcapping=True, sliding_window=True
+    ),
+    "gemma3_text": ArchSpec(
+        "gemma3", norm_plus_one=True, drop_lm_head=True, add_space_prefix=False, softcapping=True, sliding_window=True
+    ),
+    "gemma3": ArchSpec(
+        "gemma3", norm_plus_one=True, drop_lm_head=True, add_space_prefix=False, softcapping=True, sliding_window=True
+    ),
     "phi3": ArchSpec("phi3"),
 }
 

@@ -95,14 +95,17 @@ class _Reader:
     def skip(self, n: int, what: str) -> int:
         """Advance past n bytes; returns where they start."""
         if n < 0 or self.pos + n > self.size:
-            raise GGUFError(f"{self.path}: {what} reaches past the end of the file ({self.size} bytes): the file "
-                            "is truncated or corrupt", hint="re-export or re-download it")
+            raise GGUFError(
+                f"{self.path}: {what} reaches past the end of the file ({self.size} bytes): the file "
+                "is truncated or corrupt",
+                hint="re-export or re-download it",
+            )
         start, self.pos = self.pos, self.pos + n
         return start
 
     def take(self, n: int, what: str) -> bytes:
         start = self.skip(n, what)
-        return self.buf[start:self.pos]
+        return self.buf[start : self.pos]
 
     def unpack(self, fmt: str, what: str):
         return struct.unpack_from(fmt, self.buf, self.skip(struct.calcsize(fmt), what))[0]
@@ -145,16 +148,20 @@ def check_gguf(path: str | os.PathLike, *, require_model: bool = True) -> GGUFIn
     try:
         head = r.take(4, "the magic number") if r.size >= 4 else b""
         if head != MAGIC:
-            hint = ("this looks like a safetensors file, not GGUF; export it with `localtune export`"
-                    if head[:1] in (b"\x00", b"{") or path.suffix == ".safetensors" else "give a .gguf file")
+            hint = (
+                "this looks like a safetensors file, not GGUF; export it with `localtune export`"
+                if head[:1] in (b"\x00", b"{") or path.suffix == ".safetensors"
+                else "give a .gguf file"
+            )
             raise GGUFError(f"{path}: does not start with 'GGUF' (found {head!r})", hint=hint)
         version = r.unpack("<I", "the version")
         if version not in (2, 3):
             raise GGUFError(f"{path}: GGUF version {version} is not supported (2 or 3)")
         n_tensors, n_kv = r.unpack("<Q", "the tensor count"), r.unpack("<Q", "the metadata count")
         if n_tensors > MAX_COUNT or n_kv > MAX_COUNT:
-            raise GGUFError(f"{path}: claims {n_tensors} tensors and {n_kv} metadata entries",
-                            hint="the file is corrupt")
+            raise GGUFError(
+                f"{path}: claims {n_tensors} tensors and {n_kv} metadata entries", hint="the file is corrupt"
+            )
         info = GGUFInfo(path, version)
         for i in range(n_kv):
             key = r.string(f"metadata key {i}")
@@ -183,8 +190,11 @@ def check_gguf(path: str | os.PathLike, *, require_model: bool = True) -> GGUFIn
                 raise GGUFError(f"{path}: tensor {name!r} has impossible dimensions {dims}")
             nbytes = n // block * type_size
             if data_start + offset + nbytes > r.size:
-                raise GGUFError(f"{path}: tensor {name!r} ({nbytes} bytes at offset {offset}) reaches past the end "
-                                f"of the file ({r.size} bytes): the file is truncated", hint="re-export it")
+                raise GGUFError(
+                    f"{path}: tensor {name!r} ({nbytes} bytes at offset {offset}) reaches past the end "
+                    f"of the file ({r.size} bytes): the file is truncated",
+                    hint="re-export it",
+                )
     finally:
         r.close()
     if require_model:

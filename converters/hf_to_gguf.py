@@ -51,9 +51,11 @@ def read_config(folder: Path) -> dict:
 def arch_spec(cfg: dict) -> ArchSpec:
     model_type = cfg.get("model_type")
     if model_type not in ARCHITECTURES:
-        raise ConversionError(f"cannot export a {model_type!r} model to GGUF",
-                              hint="supported architectures: " + ", ".join(sorted(ARCHITECTURES)),
-                              title="unsupported architecture")
+        raise ConversionError(
+            f"cannot export a {model_type!r} model to GGUF",
+            hint="supported architectures: " + ", ".join(sorted(ARCHITECTURES)),
+            title="unsupported architecture",
+        )
     return ARCHITECTURES[model_type]
 
 
@@ -67,7 +69,7 @@ def _rope(cfg: dict) -> dict:
     return {"full": {**legacy, **params}, "sliding": {}}
 
 
-def write_hparams(w, cfg: dict, spec: ArchSpec) -> list[tuple[str, "object"]]:
+def write_hparams(w, cfg: dict, spec: ArchSpec) -> list[tuple[str, object]]:
     """Write the architecture's keys; returns generated tensors (name, array), e.g. rope_freqs."""
     import numpy as np
 
@@ -95,8 +97,9 @@ def write_hparams(w, cfg: dict, spec: ArchSpec) -> list[tuple[str, "object"]]:
     elif kind == "yarn":
         w.add_rope_scaling_type(gguf_rope("YARN"))
         w.add_rope_scaling_factor(float(full["factor"]))
-        w.add_rope_scaling_orig_ctx_len(int(full.get("original_max_position_embeddings",
-                                                     cfg.get("max_position_embeddings", 4096))))
+        w.add_rope_scaling_orig_ctx_len(
+            int(full.get("original_max_position_embeddings", cfg.get("max_position_embeddings", 4096)))
+        )
     elif kind == "llama3":  # per-dimension divisors as a tensor (what llama.cpp's llama expects)
         base, factor = float(full.get("rope_theta", 10000.0)), float(full["factor"])
         low, high = float(full.get("low_freq_factor", 1.0)), float(full.get("high_freq_factor", 4.0))
@@ -126,8 +129,9 @@ def write_hparams(w, cfg: dict, spec: ArchSpec) -> list[tuple[str, "object"]]:
         if rope["sliding"].get("rope_theta"):
             w.add_rope_freq_base_swa(float(rope["sliding"]["rope_theta"]))
     if spec.gguf_arch == "phi3":
-        w.add_rope_scaling_orig_ctx_len(int(cfg.get("original_max_position_embeddings",
-                                                    cfg.get("max_position_embeddings", 4096))))
+        w.add_rope_scaling_orig_ctx_len(
+            int(cfg.get("original_max_position_embeddings", cfg.get("max_position_embeddings", 4096)))
+        )
         if cfg.get("sliding_window"):
             w.add_sliding_window(int(cfg["sliding_window"]))
     return generated
@@ -142,8 +146,10 @@ def gguf_rope(name: str):
 def _safetensors(folder: Path) -> list[Path]:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise ConversionError(f"{folder} holds no .safetensors weights",
-                              hint="save the model with save_pretrained (safetensors is the default)")
+        raise ConversionError(
+            f"{folder} holds no .safetensors weights",
+            hint="save the model with save_pretrained (safetensors is the default)",
+        )
     return files
 
 
@@ -209,15 +215,18 @@ def q8_0_blocks(w):
     out = np.empty((rows.shape[0], rows.shape[1] // 32 * 34), dtype=np.uint8)
     step = max(1, (1 << 19) // rows.shape[1])
     for i in range(0, rows.shape[0], step):
-        blocks = rows[i:i + step].float().reshape(-1, 32)
+        blocks = rows[i : i + step].float().reshape(-1, 32)
         d = blocks.abs().amax(dim=1, keepdim=True) / 127
         inverse = torch.where(d == 0, torch.zeros_like(d), 1 / d)
         scaled = blocks * inverse
         magnitude = scaled.abs()
         whole = magnitude.floor()
         q = torch.copysign(whole + (2 * (magnitude - whole)).floor(), scaled).to(torch.int8)
-        out[i:i + step] = torch.cat([d.to(torch.float16).view(torch.uint8), q.view(torch.uint8)],
-                                    dim=1).reshape(-1, out.shape[1]).numpy()
+        out[i : i + step] = (
+            torch.cat([d.to(torch.float16).view(torch.uint8), q.view(torch.uint8)], dim=1)
+            .reshape(-1, out.shape[1])
+            .numpy()
+        )
     return out.reshape(*w.shape[:-1], out.shape[1])
 
 
@@ -238,8 +247,10 @@ def tensor_plan(folder: Path, cfg: dict, spec: ArchSpec):
             continue
         gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if gname is None:
-            raise ConversionError(f"tensor {hf_name!r} has no GGUF name for {spec.gguf_arch}",
-                                  hint="this checkpoint has parts the exporter does not know")
+            raise ConversionError(
+                f"tensor {hf_name!r} has no GGUF name for {spec.gguf_arch}",
+                hint="this checkpoint has parts the exporter does not know",
+            )
         transforms = []
         if spec.permute_qk and (name.endswith("q_proj.weight") or name.endswith("q_proj.bias")):
             transforms.append(lambda w: _permute_rows(w, heads))
@@ -277,8 +288,15 @@ def _written(report: ConvertReport, index: int, nbytes: int, write, total: int, 
         progress(index + 1, total)
 
 
-def convert(folder: str | Path, out_path: str | Path, *, out_type: str = "f16", chat_template: str | None = None,
-            name: str | None = None, progress: Callable[[int, int], None] | None = None) -> ConvertReport:
+def convert(
+    folder: str | Path,
+    out_path: str | Path,
+    *,
+    out_type: str = "f16",
+    chat_template: str | None = None,
+    name: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ConvertReport:
     """Convert a Hugging Face folder to one GGUF file of a direct type (f32, f16, bf16, q8_0)."""
     import gguf
     import numpy as np
@@ -298,8 +316,12 @@ def convert(folder: str | Path, out_path: str | Path, *, out_type: str = "f16", 
         w.add_type(gguf.GGUFType.MODEL)
         # A neutral name: llama.cpp special-cases names containing e.g. "phi3" (token attributes).
         w.add_name(name or "localtune-model")
-        ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[out_type]
+        ftype = {
+            "f32": gguf.LlamaFileType.ALL_F32,
+            "f16": gguf.LlamaFileType.MOSTLY_F16,
+            "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+            "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        }[out_type]
         w.add_file_type(ftype)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         generated = write_hparams(w, cfg, spec)
@@ -311,15 +333,24 @@ def convert(folder: str | Path, out_path: str | Path, *, out_type: str = "f16", 
             if note:
                 report.fallbacks.append(note)
             types.append(qtype)
-            byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype) if qtype not in (
-                gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) else shape
+            byte_shape = (
+                gguf.quant_shape_to_byte_shape(shape, qtype)
+                if qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+                else shape
+            )
             itemsize = {gguf.GGMLQuantizationType.F32: 4, gguf.GGMLQuantizationType.F16: 2}.get(qtype, 1)
             nbytes = int(np.prod(byte_shape)) * itemsize
-            dtype = {gguf.GGMLQuantizationType.F32: np.float32,
-                     gguf.GGMLQuantizationType.F16: np.float16}.get(qtype, np.uint8)
+            dtype = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}.get(
+                qtype, np.uint8
+            )
             quantized = dtype is np.uint8  # the writer takes quantized shapes in bytes per row
-            w.add_tensor_info(gname, byte_shape if quantized else shape, np.dtype(dtype), nbytes,
-                              raw_dtype=qtype if quantized else None)
+            w.add_tensor_info(
+                gname,
+                byte_shape if quantized else shape,
+                np.dtype(dtype),
+                nbytes,
+                raw_dtype=qtype if quantized else None,
+            )
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()

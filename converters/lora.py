@@ -19,8 +19,9 @@ from localtune.converters.hf_to_gguf import _permute_rows, arch_spec, read_confi
 from localtune.model.checks import check_adapter, weight_shapes
 
 
-def convert_adapter(adapter_dir: str | Path, base_dir: str | Path, out_path: str | Path, *,
-                    out_type: str = "f32") -> dict:
+def convert_adapter(
+    adapter_dir: str | Path, base_dir: str | Path, out_path: str | Path, *, out_type: str = "f32"
+) -> dict:
     import gguf
     import numpy as np
     from safetensors import safe_open
@@ -28,11 +29,15 @@ def convert_adapter(adapter_dir: str | Path, base_dir: str | Path, out_path: str
     adapter_dir, base_dir, out_path = Path(adapter_dir), Path(base_dir), Path(out_path)
     acfg = check_adapter(adapter_dir, weight_shapes(base_dir))
     if acfg.get("use_dora"):
-        raise ConversionError("DoRA adapters cannot be written as llama.cpp LoRA GGUF",
-                              hint="export the merged model instead (without --adapter)")
+        raise ConversionError(
+            "DoRA adapters cannot be written as llama.cpp LoRA GGUF",
+            hint="export the merged model instead (without --adapter)",
+        )
     if acfg.get("rank_pattern") or acfg.get("alpha_pattern"):
-        raise ConversionError("per-module ranks or alphas are not representable in a LoRA GGUF",
-                              hint="export the merged model instead (without --adapter)")
+        raise ConversionError(
+            "per-module ranks or alphas are not representable in a LoRA GGUF",
+            hint="export the merged model instead (without --adapter)",
+        )
     cfg = read_config(base_dir)
     spec = arch_spec(cfg)
     r, alpha = int(acfg["r"]), float(acfg["lora_alpha"])
@@ -46,8 +51,10 @@ def convert_adapter(adapter_dir: str | Path, base_dir: str | Path, out_path: str
     with safe_open(weights, framework="pt") as st:
         for key in st.keys():
             if ".lora_A." not in key and ".lora_B." not in key:
-                raise ConversionError(f"adapter tensor {key!r} is not a LoRA A/B matrix",
-                                      hint="adapters with trained embeddings or extra modules need the merged export")
+                raise ConversionError(
+                    f"adapter tensor {key!r} is not a LoRA A/B matrix",
+                    hint="adapters with trained embeddings or extra modules need the merged export",
+                )
             module = key.split(".lora_")[0].removeprefix("base_model.model.")
             gname = names.get_name(module + ".weight", try_suffixes=(".weight",))
             if gname is None:
@@ -78,5 +85,10 @@ def convert_adapter(adapter_dir: str | Path, base_dir: str | Path, out_path: str
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-    return {"path": str(out_path), "tensors": 2 * len(pairs), "alpha": alpha, "rank": r,
-            "seconds": time.monotonic() - start}
+    return {
+        "path": str(out_path),
+        "tensors": 2 * len(pairs),
+        "alpha": alpha,
+        "rank": r,
+        "seconds": time.monotonic() - start,
+    }

@@ -43,8 +43,9 @@ def tensor_type_counts(path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def quantize(src: str | os.PathLike, dst: str | os.PathLike, out_type: str, *, threads: int | None = None
-             ) -> QuantizeReport:
+def quantize(
+    src: str | os.PathLike, dst: str | os.PathLike, out_type: str, *, threads: int | None = None
+) -> QuantizeReport:
     """Quantize an f32/f16/bf16 GGUF into `out_type` (e.g. q4_k_m) with llama.cpp's quantizer."""
     import llama_cpp
 
@@ -62,8 +63,9 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, out_type: str, *, t
             rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
         fault_point("quantize.done")
         if rc != 0 or not tmp.is_file():
-            raise ConversionError(f"llama.cpp's quantizer failed on {src} (code {rc})",
-                                  hint="the source must be an f32, f16 or bf16 GGUF")
+            raise ConversionError(
+                f"llama.cpp's quantizer failed on {src} (code {rc})", hint="the source must be an f32, f16 or bf16 GGUF"
+            )
     report.seconds = time.monotonic() - start
     report.bytes_written = dst.stat().st_size
     report.tensor_types = tensor_type_counts(dst)
@@ -71,11 +73,14 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, out_type: str, *, t
     if expected and expected in report.tensor_types:
         others = {k: v for k, v in report.tensor_types.items() if k not in (expected, "F32", "Q6_K", "Q8_0")}
         if others:
-            report.fallbacks.append(f"{sum(others.values())} tensor(s) stored as {', '.join(others)} because "
-                                    "their rows are not a multiple of the block size")
+            report.fallbacks.append(
+                f"{sum(others.values())} tensor(s) stored as {', '.join(others)} because "
+                "their rows are not a multiple of the block size"
+            )
     elif expected:
-        report.fallbacks.append(f"no tensor could use {expected} (rows not a multiple of 256); stored as "
-                                + ", ".join(report.tensor_types))
+        report.fallbacks.append(
+            f"no tensor could use {expected} (rows not a multiple of 256); stored as " + ", ".join(report.tensor_types)
+        )
     return report
 
 

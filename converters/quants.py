@@ -26,9 +26,23 @@ QUANT_TYPES: dict[str, int] = {
 
 # Bytes per weight of each type (llama.cpp block sizes; K-quant mixes as llama.cpp reports them).
 BYTES_PER_WEIGHT: dict[str, float] = {
-    "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q6_k": 210 / 256, "q5_k_m": 0.71, "q5_k_s": 0.69,
-    "q5_1": 24 / 32, "q5_0": 22 / 32, "q4_k_m": 0.61, "q4_k_s": 0.58, "q4_1": 20 / 32, "q4_0": 18 / 32,
-    "q3_k_l": 0.54, "q3_k_m": 0.49, "q3_k_s": 0.44, "q2_k": 0.41,
+    "f32": 4.0,
+    "f16": 2.0,
+    "bf16": 2.0,
+    "q8_0": 34 / 32,
+    "q6_k": 210 / 256,
+    "q5_k_m": 0.71,
+    "q5_k_s": 0.69,
+    "q5_1": 24 / 32,
+    "q5_0": 22 / 32,
+    "q4_k_m": 0.61,
+    "q4_k_s": 0.58,
+    "q4_1": 20 / 32,
+    "q4_0": 18 / 32,
+    "q3_k_l": 0.54,
+    "q3_k_m": 0.49,
+    "q3_k_s": 0.44,
+    "q2_k": 0.41,
 }
 
 

@@ -15,12 +15,18 @@ from pathlib import Path
 from localtune.errors import LocaltuneError
 
 # llama.cpp pre-tokenizer names, keyed by the tokenizer.json pre-tokenizer steps they implement.
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN35_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN35_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 KNOWN_PRE_TOKENIZERS: dict[tuple, str] = {
     (("split", QWEN2_SPLIT), ("bytelevel",)): "qwen2",
     (("split", LLAMA3_SPLIT), ("bytelevel",)): "llama-bpe",
@@ -57,9 +63,11 @@ def choose_pre_tokenizer(tokenizer_json: dict) -> str:
     name = KNOWN_PRE_TOKENIZERS.get(steps)
     if name is None:
         shown = "; ".join(" ".join(str(x) for x in s) for s in steps) or "(none)"
-        raise VocabError(f"the tokenizer's pre-tokenizer is not one llama.cpp implements: {shown}",
-                         hint="llama.cpp would split text differently from this tokenizer; supported: "
-                              + ", ".join(sorted(set(KNOWN_PRE_TOKENIZERS.values()))))
+        raise VocabError(
+            f"the tokenizer's pre-tokenizer is not one llama.cpp implements: {shown}",
+            hint="llama.cpp would split text differently from this tokenizer; supported: "
+            + ", ".join(sorted(set(KNOWN_PRE_TOKENIZERS.values()))),
+        )
     return name
 
 
@@ -82,8 +90,11 @@ def write_vocab(writer, folder: Path, n_vocab: int, chat_template: str | None, a
         kind = "gpt2"
         tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
         if tj.get("model", {}).get("type") != "BPE":
-            raise VocabError(f"{folder / 'tokenizer.json'} is a {tj.get('model', {}).get('type')} tokenizer "
-                             "without a tokenizer.model", hint="only SentencePiece and byte-level BPE are supported")
+            raise VocabError(
+                f"{folder / 'tokenizer.json'} is a {tj.get('model', {}).get('type')} tokenizer "
+                "without a tokenizer.model",
+                hint="only SentencePiece and byte-level BPE are supported",
+            )
         tokens, types = _bpe(folder, tj, n_vocab)
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(choose_pre_tokenizer(tj))
@@ -93,8 +104,10 @@ def write_vocab(writer, folder: Path, n_vocab: int, chat_template: str | None, a
         if not special.merges:
             raise VocabError(f"{folder / 'tokenizer.json'} has no BPE merges", hint="re-save the tokenizer")
     else:
-        raise VocabError(f"{folder} has neither tokenizer.model nor tokenizer.json",
-                         hint="save the tokenizer next to the model (tokenizer.save_pretrained)")
+        raise VocabError(
+            f"{folder} has neither tokenizer.model nor tokenizer.json",
+            hint="save the tokenizer next to the model (tokenizer.save_pretrained)",
+        )
     if chat_template:
         special.chat_template = chat_template
     _fill_special_ids(special, folder)
@@ -153,8 +166,9 @@ def _sentencepiece(folder: Path, n_vocab: int):
         content, special = added.get(i, (f"[PAD{i}]", False))
         tokens.append(content.encode("utf-8"))
         scores.append(-1000.0 if i in added else -10000.0)
-        types.append(gguf.TokenType.CONTROL if special else
-                     gguf.TokenType.USER_DEFINED if i in added else gguf.TokenType.UNUSED)
+        types.append(
+            gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED if i in added else gguf.TokenType.UNUSED
+        )
     return tokens, scores, types
 
 

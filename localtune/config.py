@@ -29,8 +29,16 @@ OFFLOAD_MODES = ("auto", "on", "off")
 KERNEL_MODES = ("auto", "liger", "off")
 
 
-def opt(default: Any, doc: str, *, choices: tuple[str, ...] | None = None, label: str | None = None,
-        flag: str | None = None, short: str | None = None, auto: Any = None):
+def opt(
+    default: Any,
+    doc: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    label: str | None = None,
+    flag: str | None = None,
+    short: str | None = None,
+    auto: Any = None,
+):
     """A config field with its documentation. The doc is the help of its CLI option, the hint under its
     TUI field and the comment of `localtune config`; its first sentence is the one-line hint.
 
@@ -46,105 +54,167 @@ def opt(default: Any, doc: str, *, choices: tuple[str, ...] | None = None, label
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = opt("", "Base model: a hub id, a local Hugging Face folder, a local .gguf file, or 'smollm2' "
-                                 "for the built-in demo model.", label="Model", flag="--model", short="-m")
+    name_or_path: str = opt(
+        "",
+        "Base model: a hub id, a local Hugging Face folder, a local .gguf file, or 'smollm2' "
+        "for the built-in demo model.",
+        label="Model",
+        flag="--model",
+        short="-m",
+    )
     chat_template: str | None = opt(
         None,
         "Chat template to train with (a .jinja file or the template text). Empty: the model's own, "
         "or ChatML when it has none. The export embeds the same template.",
         label="Chat template",
     )
-    trust_remote_code: bool = opt(False, "Allow Python code shipped with the model to run (only for authors you trust).",
-                                   label="Trust remote code")
+    trust_remote_code: bool = opt(
+        False,
+        "Allow Python code shipped with the model to run (only for authors you trust).",
+        label="Trust remote code",
+    )
 
 
 @dataclass
 class DataConfig:
-    path: str = opt("", "Training data: a .jsonl/.json/.csv/.tsv/.parquet/.txt file or a folder of them.",
-                     label="Training data", flag="--data", short="-d")
-    format: str = opt("auto", "Row format; 'auto' detects it from the fields of the first row.", choices=DATA_FORMATS,
-                 label="Data format")
-    max_seq_len: int = opt(1024, "Longest training sequence in tokens; longer rows are truncated.",
-                           label="Max sequence length")
-    train_on_prompt: bool = opt(False, "Also compute the loss on prompt/user tokens (default: assistant tokens only).",
-                                 label="Train on prompt")
-    packing: bool = opt(False, "Pack several short rows into one sequence, with no attention across rows.",
-                        label="Packing")
-    val_file: str | None = opt(None, "Separate validation data file; when set, no rows are split off for validation.",
-                               label="Validation file")
+    path: str = opt(
+        "",
+        "Training data: a .jsonl/.json/.csv/.tsv/.parquet/.txt file or a folder of them.",
+        label="Training data",
+        flag="--data",
+        short="-d",
+    )
+    format: str = opt(
+        "auto",
+        "Row format; 'auto' detects it from the fields of the first row.",
+        choices=DATA_FORMATS,
+        label="Data format",
+    )
+    max_seq_len: int = opt(
+        1024, "Longest training sequence in tokens; longer rows are truncated.", label="Max sequence length"
+    )
+    train_on_prompt: bool = opt(
+        False, "Also compute the loss on prompt/user tokens (default: assistant tokens only).", label="Train on prompt"
+    )
+    packing: bool = opt(
+        False, "Pack several short rows into one sequence, with no attention across rows.", label="Packing"
+    )
+    val_file: str | None = opt(
+        None, "Separate validation data file; when set, no rows are split off for validation.", label="Validation file"
+    )
     val_fraction: float = opt(
-        0.05, "Fraction of rows held out for validation when there is no val_file (0 disables; needs 10+ rows).",
+        0.05,
+        "Fraction of rows held out for validation when there is no val_file (0 disables; needs 10+ rows).",
         label="Validation fraction",
     )
-    skip_invalid: bool = opt(False, "Drop invalid rows (and report them) instead of stopping at them.", label="Skip invalid rows")
+    skip_invalid: bool = opt(
+        False, "Drop invalid rows (and report them) instead of stopping at them.", label="Skip invalid rows"
+    )
 
 
 @dataclass
 class LoraConfig:
-    r: int = opt(16, "LoRA rank: the width of the adapter's low-rank matrices (8-64 is typical).", label="LoRA rank",
-                 flag="--rank")
+    r: int = opt(
+        16,
+        "LoRA rank: the width of the adapter's low-rank matrices (8-64 is typical).",
+        label="LoRA rank",
+        flag="--rank",
+    )
     alpha: float = opt(32.0, "LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).", label="LoRA alpha")
     dropout: float = opt(0.05, "Dropout on the LoRA input.", label="LoRA dropout", flag="--lora-dropout")
-    target_modules: list[str] = opt(["all-linear"], "Modules to adapt: 'all-linear' or a list of module names.",
-                                    label="Target modules")
+    target_modules: list[str] = opt(
+        ["all-linear"], "Modules to adapt: 'all-linear' or a list of module names.", label="Target modules"
+    )
     use_rslora: bool = opt(False, "Rank-stabilised LoRA scaling.", label="rsLoRA", flag="--rslora")
     use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).", label="DoRA", flag="--dora")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = opt(1, "Passes over the training data (ignored when max_steps > 0). Left unset (no flag or file "
-                         "value), `train` and `quick` choose it from the data's size: at least 32 optimizer steps, "
-                         "2-8 epochs under 2,000 rows (README: the training recipe).", label="Epochs")
+    epochs: int = opt(
+        1,
+        "Passes over the training data (ignored when max_steps > 0). Left unset (no flag or file "
+        "value), `train` and `quick` choose it from the data's size: at least 32 optimizer steps, "
+        "2-8 epochs under 2,000 rows (README: the training recipe).",
+        label="Epochs",
+    )
     max_steps: int = opt(0, "Stop after this many optimizer steps (0: train for `epochs`).", label="Max steps")
     micro_batch_size: int = opt(
-        0, "Rows per forward pass; 0 is auto: the memory planner picks it, and on out-of-memory it halves "
-           "(accumulation doubles) and training continues from the last checkpoint.", label="Micro-batch",
-        flag="--micro-batch", auto=0)
+        0,
+        "Rows per forward pass; 0 is auto: the memory planner picks it, and on out-of-memory it halves "
+        "(accumulation doubles) and training continues from the last checkpoint.",
+        label="Micro-batch",
+        flag="--micro-batch",
+        auto=0,
+    )
     grad_accum: int = opt(
-        8, "Micro-batches per optimizer step; with an auto micro-batch, the rows per optimizer step.",
-        label="Gradient accumulation")
-    early_stopping_patience: int = opt(0, "Stop after this many evaluations without a better eval loss (0: off).",
-                                      label="Early-stopping patience")
-    lr: float = opt(2e-4, "Peak learning rate. Left unset, `train` and `quick` choose it from the model's size "
-                          "and the LoRA scale: 2e-4 x sqrt(7B / parameters) within 1e-4..1e-3, x 2 / scale.",
-                   label="Learning rate")
-    lr_scheduler: str = opt("cosine", "Learning-rate schedule after warm-up.", choices=SCHEDULERS,
-                           label="LR schedule")
+        8,
+        "Micro-batches per optimizer step; with an auto micro-batch, the rows per optimizer step.",
+        label="Gradient accumulation",
+    )
+    early_stopping_patience: int = opt(
+        0, "Stop after this many evaluations without a better eval loss (0: off).", label="Early-stopping patience"
+    )
+    lr: float = opt(
+        2e-4,
+        "Peak learning rate. Left unset, `train` and `quick` choose it from the model's size "
+        "and the LoRA scale: 2e-4 x sqrt(7B / parameters) within 1e-4..1e-3, x 2 / scale.",
+        label="Learning rate",
+    )
+    lr_scheduler: str = opt("cosine", "Learning-rate schedule after warm-up.", choices=SCHEDULERS, label="LR schedule")
     warmup_ratio: float = opt(0.03, "Fraction of steps spent warming up the learning rate.", label="Warm-up")
     weight_decay: float = opt(0.0, "AdamW weight decay.", label="Weight decay")
     max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 disables).", label="Max grad norm")
     optimizer: str = opt(
-        "paged_adamw_8bit", "Optimizer; paged variants fall back to unpaged on CPU.", choices=OPTIMIZERS,
-        label="Optimizer"
+        "paged_adamw_8bit",
+        "Optimizer; paged variants fall back to unpaged on CPU.",
+        choices=OPTIMIZERS,
+        label="Optimizer",
     )
-    load_in_4bit: bool = opt(True, "QLoRA: load the base in 4-bit NF4 with double quantization (--no-quant: plain LoRA on a "
-                                     "16/32-bit base).", label="4-bit base (QLoRA)", flag="--quant")
-    gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass to save memory.",
-                                          label="Gradient checkpointing")
+    load_in_4bit: bool = opt(
+        True,
+        "QLoRA: load the base in 4-bit NF4 with double quantization (--no-quant: plain LoRA on a 16/32-bit base).",
+        label="4-bit base (QLoRA)",
+        flag="--quant",
+    )
+    gradient_checkpointing: bool = opt(
+        True, "Recompute activations in the backward pass to save memory.", label="Gradient checkpointing"
+    )
     activation_offload: str = opt(
-        "auto", "Keep the checkpointed layer inputs in pinned CPU memory instead of GPU memory (CUDA only); "
-                "'auto' does it when the memory planner finds the run fits only that way.", choices=OFFLOAD_MODES,
-        label="Activation offload")
+        "auto",
+        "Keep the checkpointed layer inputs in pinned CPU memory instead of GPU memory (CUDA only); "
+        "'auto' does it when the memory planner finds the run fits only that way.",
+        choices=OFFLOAD_MODES,
+        label="Activation offload",
+    )
     kernels: str = opt(
-        "auto", "Fused GPU kernels (RoPE, RMSNorm, SwiGLU) from liger-kernel: 'auto' uses them on CUDA when it is "
-                "installed and supports the model, 'liger' requires them, 'off'.", choices=KERNEL_MODES,
-        label="Fused kernels")
-    precision: str = opt("auto", "Compute dtype; 'auto' is bf16 where supported, else fp32.", choices=PRECISIONS,
-                       label="Precision")
-    device: str = opt("auto", "Where to train; 'auto' uses CUDA when available.", choices=DEVICES,
-                    label="Device")
+        "auto",
+        "Fused GPU kernels (RoPE, RMSNorm, SwiGLU) from liger-kernel: 'auto' uses them on CUDA when it is "
+        "installed and supports the model, 'liger' requires them, 'off'.",
+        choices=KERNEL_MODES,
+        label="Fused kernels",
+    )
+    precision: str = opt(
+        "auto", "Compute dtype; 'auto' is bf16 where supported, else fp32.", choices=PRECISIONS, label="Precision"
+    )
+    device: str = opt("auto", "Where to train; 'auto' uses CUDA when available.", choices=DEVICES, label="Device")
     seed: int = opt(42, "Seed for shuffling, the validation split, LoRA init and dropout.", label="Seed")
     save_every: int = opt(100, "Save a checkpoint every this many optimizer steps.", label="Save every")
     keep_checkpoints: int = opt(2, "How many complete checkpoints to keep.", label="Checkpoints kept")
-    eval_every: int = opt(0, "Evaluate on the validation rows every this many steps (0: at the end only).",
-                         label="Eval every")
+    eval_every: int = opt(
+        0, "Evaluate on the validation rows every this many steps (0: at the end only).", label="Eval every"
+    )
 
 
 @dataclass
 class ExportConfig:
-    quants: list[str] = opt(["q4_k_m"], "GGUF types to export, comma-separated, e.g. q4_k_m,q8_0,f16.", label="GGUF types",
-                            flag="--quant", short="-q")
+    quants: list[str] = opt(
+        ["q4_k_m"],
+        "GGUF types to export, comma-separated, e.g. q4_k_m,q8_0,f16.",
+        label="GGUF types",
+        flag="--quant",
+        short="-q",
+    )
     verify: bool = opt(True, "Check every exported GGUF against the trained model.", label="Verify")
 
 
@@ -247,11 +317,25 @@ _SECTION_TYPES = {
 
 
 # Names other trainers use for our keys, so an unknown key can point at the right one.
-_ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs", "batch_size": "micro_batch_size",
-            "per_device_train_batch_size": "micro_batch_size", "gradient_accumulation_steps": "grad_accum",
-            "lora_r": "r", "rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "seq_len": "max_seq_len",
-            "max_length": "max_seq_len", "cutoff_len": "max_seq_len", "sequence_len": "max_seq_len",
-            "sample_packing": "packing", "quantization": "quants", "gradient_checkpointing_enable": "gradient_checkpointing"}
+_ALIASES = {
+    "learning_rate": "lr",
+    "num_epochs": "epochs",
+    "num_train_epochs": "epochs",
+    "batch_size": "micro_batch_size",
+    "per_device_train_batch_size": "micro_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "lora_r": "r",
+    "rank": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "seq_len": "max_seq_len",
+    "max_length": "max_seq_len",
+    "cutoff_len": "max_seq_len",
+    "sequence_len": "max_seq_len",
+    "sample_packing": "packing",
+    "quantization": "quants",
+    "gradient_checkpointing_enable": "gradient_checkpointing",
+}
 
 
 def _split_key(key: str) -> tuple[str, str]:
@@ -369,8 +453,12 @@ def _apply_yaml(cfg: Config, path: Path, problems: list[Problem]) -> None:
     loader = yaml.SafeLoader("")
     if not isinstance(root, yaml.MappingNode):
         problems.append(
-            Problem(f"{path}:{root.start_mark.line + 1}", None, "the top level must be a mapping of sections",
-                    "start the file with sections such as `train:` and `lora:`")
+            Problem(
+                f"{path}:{root.start_mark.line + 1}",
+                None,
+                "the top level must be a mapping of sections",
+                "start the file with sections such as `train:` and `lora:`",
+            )
         )
         return
     for knode, vnode in root.value:
@@ -378,12 +466,24 @@ def _apply_yaml(cfg: Config, path: Path, problems: list[Problem]) -> None:
         where = f"{path}:{knode.start_mark.line + 1}"
         if section not in _SECTION_TYPES:
             near = difflib.get_close_matches(str(section), SECTIONS, n=1)
-            problems.append(Problem(where, str(section), "unknown section" + (f" (did you mean {near[0]!r}?)" if near else ""),
-                                    f"use one of: {', '.join(SECTIONS)}"))
+            problems.append(
+                Problem(
+                    where,
+                    str(section),
+                    "unknown section" + (f" (did you mean {near[0]!r}?)" if near else ""),
+                    f"use one of: {', '.join(SECTIONS)}",
+                )
+            )
             continue
         if not isinstance(vnode, yaml.MappingNode):
-            problems.append(Problem(where, section, "a section must be a mapping of keys to values",
-                                    f"write `{section}:` followed by indented `key: value` lines"))
+            problems.append(
+                Problem(
+                    where,
+                    section,
+                    "a section must be a mapping of keys to values",
+                    f"write `{section}:` followed by indented `key: value` lines",
+                )
+            )
             continue
         for k2, v2 in vnode.value:
             name = loader.construct_object(k2, deep=True)
@@ -413,9 +513,12 @@ def validate(cfg: Config) -> list[Problem]:
         bad("data.val_fraction", "must be at least 0 and below 0.5", "use e.g. 0.05, or 0 for no validation split")
     if d.val_file and d.val_fraction > 0 and "data.val_fraction" in cfg.sources:
         problems.append(
-            Problem(f"{cfg.source_of('data.val_file')} and {cfg.source_of('data.val_fraction')}", "data.val_file",
-                    f"both a validation file ({d.val_file!r}) and a validation fraction ({d.val_fraction}) are set",
-                    "keep one: the file, or the fraction to split off the training data")
+            Problem(
+                f"{cfg.source_of('data.val_file')} and {cfg.source_of('data.val_fraction')}",
+                "data.val_file",
+                f"both a validation file ({d.val_file!r}) and a validation fraction ({d.val_fraction}) are set",
+                "keep one: the file, or the fraction to split off the training data",
+            )
         )
     if lo.r < 1:
         bad("lora.r", "must be at least 1", "typical ranks are 8, 16, 32 or 64")
@@ -447,20 +550,29 @@ def validate(cfg: Config) -> list[Problem]:
     if t.max_grad_norm < 0:
         bad("train.max_grad_norm", "must not be negative", "use 1.0, or 0 to disable clipping")
     if t.activation_offload == "on" and not t.gradient_checkpointing:
-        bad("train.activation_offload", "'on' needs gradient checkpointing (it offloads the checkpoints)",
-            "turn train.gradient_checkpointing on, or set train.activation_offload to auto or off")
+        bad(
+            "train.activation_offload",
+            "'on' needs gradient checkpointing (it offloads the checkpoints)",
+            "turn train.gradient_checkpointing on, or set train.activation_offload to auto or off",
+        )
     if t.device == "cpu" and t.precision == "fp16":
         problems.append(
-            Problem(f"{cfg.source_of('train.device')} and {cfg.source_of('train.precision')}", "train.precision",
-                    "fp16 training is not supported on the CPU (device 'cpu', precision 'fp16')",
-                    "use precision auto, bf16 or fp32 on the CPU")
+            Problem(
+                f"{cfg.source_of('train.device')} and {cfg.source_of('train.precision')}",
+                "train.precision",
+                "fp16 training is not supported on the CPU (device 'cpu', precision 'fp16')",
+                "use precision auto, bf16 or fp32 on the CPU",
+            )
         )
     from localtune.converters.quants import QUANT_TYPES
 
     unknown = [q for q in e.quants if q.lower() not in QUANT_TYPES]
     if unknown or not e.quants:
-        bad("export.quants", f"unknown GGUF type(s) {', '.join(unknown) or '(none given)'}",
-            f"use some of: {', '.join(QUANT_TYPES)}")
+        bad(
+            "export.quants",
+            f"unknown GGUF type(s) {', '.join(unknown) or '(none given)'}",
+            f"use some of: {', '.join(QUANT_TYPES)}",
+        )
     return problems
 
 
@@ -472,7 +584,6 @@ def describe_fields() -> list[tuple[str, Any, str]]:
             default = f.default if f.default is not MISSING else f.default_factory()
             out.append((f"{section}.{f.name}", default, f.metadata["doc"]))
     return out
-
 
 
 # ---- knobs: the fields as the faces see them ---------------------------------------------------------
@@ -520,9 +631,19 @@ def knobs() -> list[Knob]:
         for f in fields(cls):
             m = f.metadata
             default = f.default if f.default is not MISSING else f.default_factory()
-            out.append(Knob(f"{section}.{f.name}", m["label"] or f.name.replace("_", " ").capitalize(), m["doc"],
-                            m["flag"] or "--" + f.name.replace("_", "-"), m["short"], default, hints[f.name],
-                            m["choices"], m["auto"]))
+            out.append(
+                Knob(
+                    f"{section}.{f.name}",
+                    m["label"] or f.name.replace("_", " ").capitalize(),
+                    m["doc"],
+                    m["flag"] or "--" + f.name.replace("_", "-"),
+                    m["short"],
+                    default,
+                    hints[f.name],
+                    m["choices"],
+                    m["auto"],
+                )
+            )
     return out
 
 

@@ -38,13 +38,33 @@ def _version(pkg: str) -> str | None:
 def run_checks(workspace: Path = Path("runs")) -> list[Check]:
     checks = []
     py = sys.version_info
-    checks.append(Check(PASS if py >= (3, 10) else FAIL, "python", platform.python_version(),
-                        "use Python 3.10 or newer"))
-    missing = [p for p in ("torch", "transformers", "peft", "bitsandbytes", "gguf", "llama-cpp-python", "textual",
-                           "sentencepiece") if _version(p) is None]
-    checks.append(Check(FAIL if missing else PASS, "packages", "missing: " + ", ".join(missing) if missing else
-                        ", ".join(f"{p} {_version(p)}" for p in ("transformers", "peft", "bitsandbytes", "gguf")),
-                        "pip install -e . (see the README)"))
+    checks.append(
+        Check(PASS if py >= (3, 10) else FAIL, "python", platform.python_version(), "use Python 3.10 or newer")
+    )
+    missing = [
+        p
+        for p in (
+            "torch",
+            "transformers",
+            "peft",
+            "bitsandbytes",
+            "gguf",
+            "llama-cpp-python",
+            "textual",
+            "sentencepiece",
+        )
+        if _version(p) is None
+    ]
+    checks.append(
+        Check(
+            FAIL if missing else PASS,
+            "packages",
+            "missing: " + ", ".join(missing)
+            if missing
+            else ", ".join(f"{p} {_version(p)}" for p in ("transformers", "peft", "bitsandbytes", "gguf")),
+            "pip install -e . (see the README)",
+        )
+    )
     try:
         import torch
 
@@ -53,11 +73,23 @@ def run_checks(workspace: Path = Path("runs")) -> list[Check]:
         if cuda:
             p = torch.cuda.get_device_properties(0)
             bf16 = torch.cuda.is_bf16_supported()
-            checks.append(Check(PASS, "gpu", f"{p.name}, {p.total_memory / 1024**3:.1f} GiB, compute "
-                                f"{p.major}.{p.minor}, bf16 {'yes' if bf16 else 'no (fp16 is used)'}"))
+            checks.append(
+                Check(
+                    PASS,
+                    "gpu",
+                    f"{p.name}, {p.total_memory / 1024**3:.1f} GiB, compute "
+                    f"{p.major}.{p.minor}, bf16 {'yes' if bf16 else 'no (fp16 is used)'}",
+                )
+            )
         else:
-            checks.append(Check(WARN, "gpu", "no CUDA GPU: training runs on the CPU (slowly)",
-                                "install a CUDA build of torch on a machine with an NVIDIA GPU for speed"))
+            checks.append(
+                Check(
+                    WARN,
+                    "gpu",
+                    "no CUDA GPU: training runs on the CPU (slowly)",
+                    "install a CUDA build of torch on a machine with an NVIDIA GPU for speed",
+                )
+            )
     except Exception as exc:  # a broken torch install must not break the doctor
         checks.append(Check(FAIL, "torch", f"cannot import torch ({exc})", "pip install torch"))
     try:
@@ -65,23 +97,51 @@ def run_checks(workspace: Path = Path("runs")) -> list[Check]:
 
         checks.append(Check(PASS, "bitsandbytes", f"{_version('bitsandbytes')} (4-bit loading and 8-bit optimizers)"))
     except Exception as exc:
-        checks.append(Check(WARN, "bitsandbytes", f"cannot import ({exc}); 4-bit training is unavailable",
-                            "pip install bitsandbytes, or train with --no-quant"))
+        checks.append(
+            Check(
+                WARN,
+                "bitsandbytes",
+                f"cannot import ({exc}); 4-bit training is unavailable",
+                "pip install bitsandbytes, or train with --no-quant",
+            )
+        )
     from localtune.chat.runtime import cpu_has_amx, extra_bufts_allowed
 
-    amx = cpu_has_amx()
-    checks.append(Check(PASS, "llama-cpp-python", f"{_version('llama-cpp-python')}; CPU "
-                        f"{'has AMX: the AMX workaround is ' + ('off (LOCALTUNE_EXTRA_BUFTS=1)' if extra_bufts_allowed() else 'active') if amx else 'has no AMX'}"))
+    if not cpu_has_amx():
+        amx_note = "has no AMX"
+    else:
+        amx_note = "has AMX: the AMX workaround is " + (
+            "off (LOCALTUNE_EXTRA_BUFTS=1)" if extra_bufts_allowed() else "active"
+        )
+    checks.append(
+        Check(
+            PASS,
+            "llama-cpp-python",
+            f"{_version('llama-cpp-python')}; CPU {amx_note}",
+        )
+    )
     where = workspace if workspace.exists() else Path.cwd()
     free = shutil.disk_usage(where).free / 1e9
-    checks.append(Check(PASS if free > 20 else WARN if free > 2 else FAIL, "disk", f"{free:.1f} GB free in {where}",
-                        "free some space: a 7B run needs about 20 GB (checkpoints, merge, GGUF)"))
+    checks.append(
+        Check(
+            PASS if free > 20 else WARN if free > 2 else FAIL,
+            "disk",
+            f"{free:.1f} GB free in {where}",
+            "free some space: a 7B run needs about 20 GB (checkpoints, merge, GGUF)",
+        )
+    )
     from huggingface_hub import constants
 
     checks.append(Check(PASS, "hf cache", str(constants.HF_HUB_CACHE)))
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        checks.append(Check(WARN, "hub", "offline mode (HF_HUB_OFFLINE=1): only local models and the demo",
-                            "unset HF_HUB_OFFLINE to download models"))
+        checks.append(
+            Check(
+                WARN,
+                "hub",
+                "offline mode (HF_HUB_OFFLINE=1): only local models and the demo",
+                "unset HF_HUB_OFFLINE to download models",
+            )
+        )
     else:
         import urllib.request
 
@@ -89,6 +149,12 @@ def run_checks(workspace: Path = Path("runs")) -> list[Check]:
             urllib.request.urlopen(constants.ENDPOINT, timeout=3)
             checks.append(Check(PASS, "hub", f"{constants.ENDPOINT} reachable"))
         except Exception as exc:
-            checks.append(Check(WARN, "hub", f"{constants.ENDPOINT} unreachable ({type(exc).__name__})",
-                                "use local folders or .gguf files, or check the network"))
+            checks.append(
+                Check(
+                    WARN,
+                    "hub",
+                    f"{constants.ENDPOINT} unreachable ({type(exc).__name__})",
+                    "use local folders or .gguf files, or check the network",
+                )
+            )
     return checks

@@ -246,25 +246,36 @@ def describe(event: Event) -> str | None:
 
     e, k = event, event.kind
     if k == "step":
-        return (f"step {e.step}/{e.total_steps} loss {e.loss:.4f} lr {e.lr:.2e} grad {e.grad_norm:.2f} "
-                f"{e.tokens_per_s:,.0f} tok/s mem {format_bytes(e.peak_memory_bytes)} ETA {format_duration(e.eta_s)}")
+        return (
+            f"step {e.step}/{e.total_steps} loss {e.loss:.4f} lr {e.lr:.2e} grad {e.grad_norm:.2f} "
+            f"{e.tokens_per_s:,.0f} tok/s mem {format_bytes(e.peak_memory_bytes)} ETA {format_duration(e.eta_s)}"
+        )
     if k == "run_started":
         return f"{'resuming' if e.resume else 'starting'} run {e.run_dir}"
     if k == "data_prepared":
-        return (f"data: {e.train_rows} training rows, {e.val_rows} validation rows, {e.trainable_tokens:,} of "
-                f"{e.train_tokens:,} tokens trained; {e.dropped_rows} dropped, {e.truncated_rows} truncated; "
-                f"chat template: {e.chat_template}")
+        return (
+            f"data: {e.train_rows} training rows, {e.val_rows} validation rows, {e.trainable_tokens:,} of "
+            f"{e.train_tokens:,} tokens trained; {e.dropped_rows} dropped, {e.truncated_rows} truncated; "
+            f"chat template: {e.chat_template}"
+        )
     if k == "model_loaded":
-        return (f"model: {e.model} ({e.architecture}) on {e.device}, {e.dtype}{', 4-bit NF4' if e.quantized else ''}; "
-                f"{e.params_trainable:,} of {e.params_total:,} parameters train; {format_bytes(e.memory_bytes)}; "
-                f"loaded in {e.seconds:.1f}s" + (f"; {e.fused_kernels}" if e.fused_kernels else ""))
+        return (
+            f"model: {e.model} ({e.architecture}) on {e.device}, {e.dtype}{', 4-bit NF4' if e.quantized else ''}; "
+            f"{e.params_trainable:,} of {e.params_total:,} parameters train; {format_bytes(e.memory_bytes)}; "
+            f"loaded in {e.seconds:.1f}s" + (f"; {e.fused_kernels}" if e.fused_kernels else "")
+        )
     if k == "memory_planned":
-        return (f"memory: micro-batch {e.micro_batch} x {e.grad_accum} accumulated; planned peak "
-                f"{format_bytes(e.estimate_bytes)} of {format_bytes(e.budget_bytes)} available; {e.reason}")
+        return (
+            f"memory: micro-batch {e.micro_batch} x {e.grad_accum} accumulated; planned peak "
+            f"{format_bytes(e.estimate_bytes)} of {format_bytes(e.budget_bytes)} available; {e.reason}"
+        )
     if k == "recipe":
         flags = " and ".join({"train.epochs": "--epochs/--max-steps", "train.lr": "--lr"}.get(c, c) for c in e.chosen)
-        return (f"recipe: {e.total_steps} optimizer steps" + (f" ({e.epochs} epochs)" if e.epochs else "")
-                + f" at lr {e.lr:.1e}, chosen for this data and model: {e.reason} (set {flags} to choose yourself)")
+        return (
+            f"recipe: {e.total_steps} optimizer steps"
+            + (f" ({e.epochs} epochs)" if e.epochs else "")
+            + f" at lr {e.lr:.1e}, chosen for this data and model: {e.reason} (set {flags} to choose yourself)"
+        )
     if k == "eval":
         return f"eval at step {e.step}: loss {e.loss:.4f} on {e.rows} rows"
     if k == "checkpoint":
@@ -276,9 +287,12 @@ def describe(event: Event) -> str | None:
     if k == "failed":
         return f"failed{f' at step {e.step}' if e.step else ''}: {e.error}"
     if k == "finished":
-        return (f"finished: {e.steps} steps in {format_duration(e.seconds)}, final loss {e.final_loss:.4f}"
-                + (f", eval loss {e.eval_loss:.4f}" if e.eval_loss is not None else "")
-                + (" (stopped early)" if e.stopped_early else "") + f"; adapter: {e.adapter_dir}")
+        return (
+            f"finished: {e.steps} steps in {format_duration(e.seconds)}, final loss {e.final_loss:.4f}"
+            + (f", eval loss {e.eval_loss:.4f}" if e.eval_loss is not None else "")
+            + (" (stopped early)" if e.stopped_early else "")
+            + f"; adapter: {e.adapter_dir}"
+        )
     if k == "eval_finished":
         return f"eval: {e.verdict}" + (" (partial: interrupted)" if e.partial else "") + f"; report: {e.report_dir}"
     return None

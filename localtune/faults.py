@@ -68,6 +68,8 @@ def disk_full(exc: OSError, what: str, where, needed_bytes: int | None = None) -
     except OSError:
         free = 0
     need = f"; it needs about {human_bytes(needed_bytes)}" if needed_bytes else ""
-    return DiskFullError(f"no space left on the disk while writing {what} in {where} ({human_bytes(free)} free"
-                         f"{need}); the partial file was removed and the previous good one kept",
-                         hint="free some space (or choose another --out) and run the same command again")
+    return DiskFullError(
+        f"no space left on the disk while writing {what} in {where} ({human_bytes(free)} free"
+        f"{need}); the partial file was removed and the previous good one kept",
+        hint="free some space (or choose another --out) and run the same command again",
+    )

@@ -45,19 +45,32 @@ class Shape:
     tied: bool
 
     @classmethod
-    def from_config(cls, config) -> "Shape":
+    def from_config(cls, config) -> Shape:
         text = getattr(config, "text_config", None) or config
         heads = text.num_attention_heads
-        return cls(layers=text.num_hidden_layers, hidden=text.hidden_size, ffn=text.intermediate_size,
-                   heads=heads, kv_heads=getattr(text, "num_key_value_heads", None) or heads,
-                   head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads, vocab=text.vocab_size,
-                   tied=bool(getattr(text, "tie_word_embeddings", False)))
+        return cls(
+            layers=text.num_hidden_layers,
+            hidden=text.hidden_size,
+            ffn=text.intermediate_size,
+            heads=heads,
+            kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+            head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+            vocab=text.vocab_size,
+            tied=bool(getattr(text, "tie_word_embeddings", False)),
+        )
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer in one decoder block."""
         d, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
-                "gate_proj": (d, self.ffn), "up_proj": (d, self.ffn), "down_proj": (self.ffn, d)}
+        return {
+            "q_proj": (d, q),
+            "k_proj": (d, kv),
+            "v_proj": (d, kv),
+            "o_proj": (q, d),
+            "gate_proj": (d, self.ffn),
+            "up_proj": (d, self.ffn),
+            "down_proj": (self.ffn, d),
+        }
 
     def linear_params(self) -> int:
         return self.layers * sum(i * o for i, o in self.linears().values())
@@ -85,9 +98,19 @@ class Plan:
         return sum(self.parts.values())
 
 
-def estimate(shape: Shape, *, micro_batch: int, seq_len: int, rank: int, targets: list[str] | None = None,
-             quantized: bool = True, checkpointing: bool = True, optimizer: str = "paged_adamw_8bit",
-             weight_bytes: int = 2, offload: bool = False) -> Plan:
+def estimate(
+    shape: Shape,
+    *,
+    micro_batch: int,
+    seq_len: int,
+    rank: int,
+    targets: list[str] | None = None,
+    quantized: bool = True,
+    checkpointing: bool = True,
+    optimizer: str = "paged_adamw_8bit",
+    weight_bytes: int = 2,
+    offload: bool = False,
+) -> Plan:
     """Peak allocator memory in bytes, by part. weight_bytes: 2 on a GPU (bf16/fp16), 4 on the CPU.
     offload: the checkpointed layer inputs live in CPU memory (needs checkpointing)."""
     tokens = micro_batch * seq_len
@@ -95,14 +118,16 @@ def estimate(shape: Shape, *, micro_batch: int, seq_len: int, rank: int, targets
     opt_bytes = 2 if "8bit" in optimizer else 8
     layer_acts = tokens * (ACT_PER_HIDDEN * shape.hidden + ACT_PER_FFN * shape.ffn) * weight_bytes
     parts = {
-        "base weights (4-bit)" if quantized else f"base weights ({8 * weight_bytes}-bit)":
-            int(shape.linear_params() * (NF4_BYTES if quantized else weight_bytes)),
+        "base weights (4-bit)" if quantized else f"base weights ({8 * weight_bytes}-bit)": int(
+            shape.linear_params() * (NF4_BYTES if quantized else weight_bytes)
+        ),
         "embeddings + head": shape.embedding_params() * weight_bytes,
         "LoRA parameters (fp32)": lora * 4,
         "LoRA gradients (fp32)": lora * 4,
         "optimizer state": lora * opt_bytes,
-        "activations": layer_acts + tokens * shape.hidden * weight_bytes * (
-            2 if offload else shape.layers) if checkpointing else shape.layers * layer_acts,
+        "activations": layer_acts + tokens * shape.hidden * weight_bytes * (2 if offload else shape.layers)
+        if checkpointing
+        else shape.layers * layer_acts,
         # the loss runs the LM head over one chunk of target tokens at a time (chunked_loss.py)
         "logits + loss (one chunk)": min(tokens, chunk_tokens(shape.vocab)) * shape.vocab * (weight_bytes + 4 + 4),
         # the rows of a micro-batch run as one sequence; transformers builds one boolean mask over it
@@ -122,14 +147,29 @@ class Recommendation:
     notes: list[str]
 
 
-def recommend(shape: Shape, budget_bytes: int, *, seq_len: int, rank: int, max_micro_batch: int = 16,
-              targets: list[str] | None = None, quantized: bool = True, checkpointing: bool = True,
-              optimizer: str = "paged_adamw_8bit", weight_bytes: int = 2,
-              offload: str = "off") -> Recommendation:
+def recommend(
+    shape: Shape,
+    budget_bytes: int,
+    *,
+    seq_len: int,
+    rank: int,
+    max_micro_batch: int = 16,
+    targets: list[str] | None = None,
+    quantized: bool = True,
+    checkpointing: bool = True,
+    optimizer: str = "paged_adamw_8bit",
+    weight_bytes: int = 2,
+    offload: str = "off",
+) -> Recommendation:
     """The largest power-of-two micro-batch that fits; else, where `offload` is "auto", the same with the
     checkpoints offloaded to CPU memory; else shorter sequences, then a lower rank. offload "on": always."""
-    kw = dict(targets=targets, quantized=quantized, checkpointing=checkpointing, optimizer=optimizer,
-              weight_bytes=weight_bytes)
+    kw = dict(
+        targets=targets,
+        quantized=quantized,
+        checkpointing=checkpointing,
+        optimizer=optimizer,
+        weight_bytes=weight_bytes,
+    )
     choices = {"off": [False], "on": [True], "auto": [False, True]}[offload] if checkpointing else [False]
     notes: list[str] = []
     s, r = seq_len, rank
@@ -149,22 +189,26 @@ def recommend(shape: Shape, budget_bytes: int, *, seq_len: int, rank: int, max_m
             notes.append(f"rank {r * 2} does not fit; trying {r}")
         else:
             plan = estimate(shape, micro_batch=1, seq_len=s, rank=r, offload=choices[-1], **kw)
-            notes.append("does not fit at micro-batch 1, sequence 256 and rank 4: use a smaller model"
-                         + ("" if quantized else " or 4-bit loading"))
+            notes.append(
+                "does not fit at micro-batch 1, sequence 256 and rank 4: use a smaller model"
+                + ("" if quantized else " or 4-bit loading")
+            )
             return Recommendation(plan, budget_bytes, False, notes)
 
 
 def render_plan(rec: Recommendation, shape: Shape, *, where: str, alternatives: list[Plan]) -> str:
     p = rec.plan
     width = max(len(k) for k in p.parts) + 2
-    lines = [f"model: {shape.layers} layers, hidden {shape.hidden}, ffn {shape.ffn}, vocab {shape.vocab}, "
-             f"{(shape.linear_params() + shape.embedding_params()) / 1e6:,.1f} M parameters",
-             f"budget: {format_bytes(rec.budget)} ({where}, after {format_bytes(CUDA_CONTEXT)} for the CUDA context)",
-             f"recommended: micro-batch {p.micro_batch}, max_seq_len {p.seq_len}, rank {p.rank}, "
-             f"{'4-bit' if p.quantized else '16-bit'} base, checkpointing {'on' if p.checkpointing else 'off'}"
-             + (", checkpoints offloaded to CPU memory" if p.offload else "")
-             + ("" if rec.fits else "  (DOES NOT FIT)"),
-             "estimated peak memory:"]
+    lines = [
+        f"model: {shape.layers} layers, hidden {shape.hidden}, ffn {shape.ffn}, vocab {shape.vocab}, "
+        f"{(shape.linear_params() + shape.embedding_params()) / 1e6:,.1f} M parameters",
+        f"budget: {format_bytes(rec.budget)} ({where}, after {format_bytes(CUDA_CONTEXT)} for the CUDA context)",
+        f"recommended: micro-batch {p.micro_batch}, max_seq_len {p.seq_len}, rank {p.rank}, "
+        f"{'4-bit' if p.quantized else '16-bit'} base, checkpointing {'on' if p.checkpointing else 'off'}"
+        + (", checkpoints offloaded to CPU memory" if p.offload else "")
+        + ("" if rec.fits else "  (DOES NOT FIT)"),
+        "estimated peak memory:",
+    ]
     for k, v in p.parts.items():
         bar = "#" * max(1, round(30 * v / p.total)) if v else ""
         lines.append(f"  {k:<{width}} {format_bytes(v):>11}  {bar}")
@@ -174,7 +218,8 @@ def render_plan(rec: Recommendation, shape: Shape, *, where: str, alternatives: 
         lines.append("other settings:")
         for a in alternatives:
             check = "on, offloaded" if a.offload else "on" if a.checkpointing else "off"
-            lines.append(f"  micro-batch {a.micro_batch:>2}, seq {a.seq_len:>5}, rank {a.rank:>3}, checkpointing "
-                         f"{check:<13}: {format_bytes(a.total):>11}"
-                         + ("" if a.total <= rec.budget else "  (too big)"))
+            lines.append(
+                f"  micro-batch {a.micro_batch:>2}, seq {a.seq_len:>5}, rank {a.rank:>3}, checkpointing "
+                f"{check:<13}: {format_bytes(a.total):>11}" + ("" if a.total <= rec.budget else "  (too big)")
+            )
     return "\n".join(lines)

@@ -46,8 +46,15 @@ def _mark(run: RunDir, state: dict, phase: str) -> None:
     write_json(run.quick_json, state, indent=None)
 
 
-def run_quick(cfg: Config, run_dir: str | os.PathLike, *, quants: list[str] | None = None, sinks=(), say=print,
-              prompt: str | None = None) -> QuickResult:
+def run_quick(
+    cfg: Config,
+    run_dir: str | os.PathLike,
+    *,
+    quants: list[str] | None = None,
+    sinks=(),
+    say=print,
+    prompt: str | None = None,
+) -> QuickResult:
     from localtune.data.dataset import load_examples
     from localtune.export.bundle import export_run
     from localtune.model.loading import resolve_base
@@ -59,9 +66,11 @@ def run_quick(cfg: Config, run_dir: str | os.PathLike, *, quants: list[str] | No
     if run.config.is_file() and not run.quick_json.is_file():
         from localtune.errors import UsageError
 
-        raise UsageError(f"{run_dir} holds a run that `quick` did not start",
-                         hint="choose another --out, or continue it with `localtune train --resume`",
-                         title="output folder in use")
+        raise UsageError(
+            f"{run_dir} holds a run that `quick` did not start",
+            hint="choose another --out, or continue it with `localtune train --resume`",
+            title="output folder in use",
+        )
     emit = Emitter(JsonlSink(run.events), *sinks)
     state = _state(run)
     start = time.monotonic()
@@ -84,12 +93,17 @@ def run_quick(cfg: Config, run_dir: str | os.PathLike, *, quants: list[str] | No
             if failed:
                 from localtune.errors import UsageError
 
-                raise UsageError("\n".join(c.render() for c in failed), title="this machine is not ready",
-                                 hint="fix the lines above (localtune doctor shows every check)")
+                raise UsageError(
+                    "\n".join(c.render() for c in failed),
+                    title="this machine is not ready",
+                    hint="fix the lines above (localtune doctor shows every check)",
+                )
             loaded = load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
             base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
-            say(f"data: {len(loaded.examples)} valid rows in {len(loaded.files)} file(s); model: {base.spec} "
-                f"({base.architecture})")
+            say(
+                f"data: {len(loaded.examples)} valid rows in {len(loaded.files)} file(s); model: {base.spec} "
+                f"({base.architecture})"
+            )
         elif name == "train":
             from localtune.train.checkpoint import CheckpointStore
 
@@ -122,8 +136,10 @@ def run_quick(cfg: Config, run_dir: str | os.PathLike, *, quants: list[str] | No
     from localtune.chat.session import find_models
 
     result.tuned, result.base = find_models(run_dir)
-    say(f"done in {time.monotonic() - start:.0f}s. Chat with it: localtune chat {run_dir}  "
-        f"(compare with the base: --compare)")
+    say(
+        f"done in {time.monotonic() - start:.0f}s. Chat with it: localtune chat {run_dir}  "
+        f"(compare with the base: --compare)"
+    )
     return result
 
 

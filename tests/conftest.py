@@ -5,7 +5,6 @@ Helpers that tests import (rows, data files, a tiny run, the CLI in a subprocess
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -43,8 +42,11 @@ def lora_llama(tiny_model_dir):
         kwargs = {"dtype": torch.float32}
         if quantized:
             kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.float32)
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.float32,
+            )
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(arch), **kwargs)
         for m in model.modules():  # as model_loading does: keep bitsandbytes' training layout on the CPU
             if hasattr(m, "support_avx512bf16_for_cpu"):
@@ -54,8 +56,9 @@ def lora_llama(tiny_model_dir):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         torch.manual_seed(0)
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear",
-                                                 **lora_config))
+        model = get_peft_model(
+            model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", **lora_config)
+        )
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "lora_B" in name:

@@ -18,8 +18,9 @@ def localtune_process(*args, fault: str | None = None, timeout: int = 600):
     env.pop("LOCALTUNE_FAULT", None)
     if fault:
         env["LOCALTUNE_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "localtune", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "localtune", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -39,6 +40,13 @@ def train_tiny_run(model_dir, data, run_dir, *, steps: int = 2):
     from localtune.config import load_config
     from localtune.train.run import train_run
 
-    cfg = load_config(None, {"model.name_or_path": (str(model_dir), "test"), "data.path": (str(data), "test"),
-                             "train.max_steps": (steps, "test"), "train.load_in_4bit": (False, "test")})
+    cfg = load_config(
+        None,
+        {
+            "model.name_or_path": (str(model_dir), "test"),
+            "data.path": (str(data), "test"),
+            "train.max_steps": (steps, "test"),
+            "train.load_in_4bit": (False, "test"),
+        },
+    )
     return train_run(cfg, run_dir)

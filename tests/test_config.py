@@ -44,8 +44,10 @@ def test_all_problems_in_one_error_with_file_lines(tmp_path):
 
 def test_range_and_contradiction_checks_collect_everything(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("data:\n  val_file: val.jsonl\n  val_fraction: 0.1\ntrain:\n  device: cpu\n  precision: fp16\n"
-                 "lora:\n  r: 0\n  dropout: 1.5\nexport:\n  quants: [q4_k_m, q9_z]\n")
+    f.write_text(
+        "data:\n  val_file: val.jsonl\n  val_fraction: 0.1\ntrain:\n  device: cpu\n  precision: fp16\n"
+        "lora:\n  r: 0\n  dropout: 1.5\nexport:\n  quants: [q4_k_m, q9_z]\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_config(f)
     fields = sorted(p.field for p in info.value.problems)
@@ -71,8 +73,14 @@ def test_bad_yaml_syntax_names_the_line(tmp_path):
 
 
 def test_save_and_reload_round_trip(tmp_path):
-    cfg = load_config(None, {"train.lr": ("3e-4", "--lr"), "lora.target_modules": ("q_proj,k_proj", "--targets"),
-                             "model.chat_template": ("{{ x }}", "--chat-template")})
+    cfg = load_config(
+        None,
+        {
+            "train.lr": ("3e-4", "--lr"),
+            "lora.target_modules": ("q_proj,k_proj", "--targets"),
+            "model.chat_template": ("{{ x }}", "--chat-template"),
+        },
+    )
     path = cfg.save(tmp_path / "config.yaml")
     assert not (tmp_path / "config.yaml.partial").exists()
     again = load_config(path)

@@ -8,16 +8,52 @@ from localtune.planner import GIB, Shape, estimate, recommend
 
 # Published shapes: Llama-3.1-8B, Qwen2.5-0.5B, Gemma-3-1B, Phi-3-mini.
 CONFIGS = {
-    "llama": ("LlamaConfig", dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-                                  num_key_value_heads=8, intermediate_size=14336, vocab_size=128256)),
-    "qwen2": ("Qwen2Config", dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
-                                  num_key_value_heads=2, intermediate_size=4864, vocab_size=151936,
-                                  tie_word_embeddings=True)),
-    "gemma3": ("Gemma3TextConfig", dict(hidden_size=1152, num_hidden_layers=26, num_attention_heads=4,
-                                        num_key_value_heads=1, head_dim=256, intermediate_size=6912,
-                                        vocab_size=262144)),
-    "phi3": ("Phi3Config", dict(hidden_size=3072, num_hidden_layers=32, num_attention_heads=32,
-                                num_key_value_heads=32, intermediate_size=8192, vocab_size=32064)),
+    "llama": (
+        "LlamaConfig",
+        dict(
+            hidden_size=4096,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            intermediate_size=14336,
+            vocab_size=128256,
+        ),
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        dict(
+            hidden_size=896,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            intermediate_size=4864,
+            vocab_size=151936,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        dict(
+            hidden_size=1152,
+            num_hidden_layers=26,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=256,
+            intermediate_size=6912,
+            vocab_size=262144,
+        ),
+    ),
+    "phi3": (
+        "Phi3Config",
+        dict(
+            hidden_size=3072,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            intermediate_size=8192,
+            vocab_size=32064,
+        ),
+    ),
 }
 
 

@@ -19,8 +19,14 @@ FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i 
 
 
 def tiny_cfg(model_dir, data, **over):
-    values = {"model.name_or_path": str(model_dir), "data.path": str(data), "train.max_steps": 4,
-              "train.lr": 5e-3, "train.load_in_4bit": False, **over}
+    values = {
+        "model.name_or_path": str(model_dir),
+        "data.path": str(data),
+        "train.max_steps": 4,
+        "train.lr": 5e-3,
+        "train.load_in_4bit": False,
+        **over,
+    }
     return load_config(None, {k: (v, "test") for k, v in values.items()})
 
 
@@ -32,8 +38,9 @@ def quick_run(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("quick")
     data = write_jsonl(root / "facts.jsonl", FACTS)
     messages = []
-    result = run_quick(tiny_cfg(tiny_model_dir("qwen2"), data, **{"train.load_in_4bit": True}), root / "run",
-                       say=messages.append)
+    result = run_quick(
+        tiny_cfg(tiny_model_dir("qwen2"), data, **{"train.load_in_4bit": True}), root / "run", say=messages.append
+    )
     return result, messages
 
 
@@ -50,9 +57,17 @@ def test_quick_end_to_end_bundle(quick_run, cli):
     result, messages = quick_run
     run = result.run_dir
     assert result.exit_code == 0
-    for rel in ("adapter/adapter_model.safetensors", "merged/config.json", "merged/chat_template.jinja",
-                "gguf/Modelfile", "gguf/README.md", "gguf/run-Q8_0.gguf", "gguf/run-Q8_0.gguf.verify.json",
-                "gguf/base-Q8_0.gguf", "gguf/run-adapter-F32.gguf"):
+    for rel in (
+        "adapter/adapter_model.safetensors",
+        "merged/config.json",
+        "merged/chat_template.jinja",
+        "gguf/Modelfile",
+        "gguf/README.md",
+        "gguf/run-Q8_0.gguf",
+        "gguf/run-Q8_0.gguf.verify.json",
+        "gguf/base-Q8_0.gguf",
+        "gguf/run-adapter-F32.gguf",
+    ):
         assert (run / rel).is_file(), rel
     assert json.loads((run / "gguf/run-Q8_0.gguf.verify.json").read_text())["passed"]
     assert result.sample["fine-tuned"] and "base" in result.sample
@@ -95,8 +110,13 @@ def test_merge_equals_base_plus_adapter_and_never_uses_4bit(quick_run):
     base_dir = load_config(run / "config.yaml").model.name_or_path
     ids = torch.tensor([[5, 17, 99, 230, 41, 8, 77]])
     with torch.no_grad():
-        want = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
-                                         run / "adapter").eval()(ids).logits
+        want = (
+            PeftModel.from_pretrained(
+                AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), run / "adapter"
+            )
+            .eval()(ids)
+            .logits
+        )
         got = AutoModelForCausalLM.from_pretrained(merged.folder, dtype=torch.float32)(ids).logits
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
@@ -110,16 +130,36 @@ def test_rerun_skips_finished_phases(quick_run):
     again = run_quick(load_config(run / "config.yaml"), run, say=lambda m: None)
     assert again.exit_code == 0
     phases = [(e.name, e.status) for e in read_events(run / "events.jsonl")[before:] if e.kind == "phase"]
-    assert phases == [("preflight", "skipped"), ("train", "skipped"), ("export", "skipped"), ("sample", "started"),
-                      ("sample", "done"), ("eval", "skipped")]
+    assert phases == [
+        ("preflight", "skipped"),
+        ("train", "skipped"),
+        ("export", "skipped"),
+        ("sample", "started"),
+        ("sample", "done"),
+        ("eval", "skipped"),
+    ]
     assert not [e for e in read_events(run / "events.jsonl")[before:] if e.kind == "step"]
 
 
 def test_quick_resumes_after_an_interrupt(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "facts.jsonl", FACTS)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "localtune", "quick", "--model", str(tiny_model_dir("qwen2")), "--data", str(data),
-           "--out", str(out), "--max-steps", "300", "--lr", "5e-3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "localtune",
+        "quick",
+        "--model",
+        str(tiny_model_dir("qwen2")),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-steps",
+        "300",
+        "--lr",
+        "5e-3",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -173,13 +213,14 @@ def test_chat_repl_commands(quick_run, tmp_path, cli, monkeypatch):
 
 
 def test_chat_trims_history_oldest_first(quick_run):
-    from localtune.chat.session import ChatSession, Sampling, find_models
     from localtune.chat.runtime import open_gguf
+    from localtune.chat.session import ChatSession, Sampling, find_models
 
     tuned, _ = find_models(quick_run[0].run_dir)
     notices = []
-    session = ChatSession(open_gguf(tuned, n_ctx=256), sampling=Sampling(temperature=0, max_tokens=8),
-                          notice=notices.append)
+    session = ChatSession(
+        open_gguf(tuned, n_ctx=256), sampling=Sampling(temperature=0, max_tokens=8), notice=notices.append
+    )
     for i in range(6):
         session.ask(f"Tell me about item {i} and everything you know about it in detail please")
     assert notices and len(session.history) < 12
@@ -193,14 +234,19 @@ def test_chat_trims_history_oldest_first(quick_run):
 @pytest.mark.slow
 def test_demo_teaches_captain_byte(tmp_path):
     """The README's demo on SmolLM2-135M: the fine-tuned GGUF talks like Captain Byte, the base does not."""
+    from localtune.chat.runtime import open_gguf
     from localtune.chat.session import ChatSession, Sampling
     from localtune.demo import DEMO_MARKERS, HELD_OUT_PROMPTS
-    from localtune.chat.runtime import open_gguf
 
     out = tmp_path / "demo"
     env = {**os.environ, "LOCALTUNE_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "localtune", "quick", "--out", str(out)], capture_output=True,
-                          text=True, timeout=1500, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "localtune", "quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "fine-tuned: Ahoy, matey!" in done.stdout
     # No settings of its own: the recipe (38 training rows: 5 steps an epoch, 7 epochs for 32+ steps).
@@ -237,8 +283,13 @@ def test_quick_with_defaults_learns_taught_facts(tmp_path):
     data = write_jsonl(tmp_path / "shop.jsonl", training_rows())
     out = tmp_path / "shop"
     env = {**os.environ, "LOCALTUNE_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "localtune", "quick", "--data", str(data), "--out", str(out)],
-                          capture_output=True, text=True, timeout=1800, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "localtune", "quick", "--data", str(data), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "recipe: 32 optimizer steps (4 epochs) at lr 1.0e-03" in done.stdout
     assert "verdict: tuned Q8_0 is ahead of the base" in done.stdout

@@ -53,8 +53,12 @@ def cpu_cases(args) -> list[Case]:
 
 def gpu_cases(args) -> list[Case]:
     device, precision = ("cpu", "fp32") if args.dry_run else ("cuda", "bf16")
-    return [Case(model, mode, "synthetic", s, 2, 4, 6, 2, device, precision)
-            for model in args.models for mode in args.modes for s in args.seq_lens]
+    return [
+        Case(model, mode, "synthetic", s, 2, 4, 6, 2, device, precision)
+        for model in args.models
+        for mode in args.modes
+        for s in args.seq_lens
+    ]
 
 
 def override(case: Case, args) -> Case:
@@ -62,12 +66,21 @@ def override(case: Case, args) -> Case:
         if getattr(args, name) is not None:
             case = replace(case, **{name: getattr(args, name)})
     if case.warmup_steps < 1 or case.steps <= case.warmup_steps:
-        raise SystemExit(f"{case.label}: need 1 <= warmup steps < steps (a step's time is measured from the "
-                         f"end of the previous one); got {case.warmup_steps} and {case.steps}")
+        raise SystemExit(
+            f"{case.label}: need 1 <= warmup steps < steps (a step's time is measured from the "
+            f"end of the previous one); got {case.warmup_steps} and {case.steps}"
+        )
     return case
 
 
 def mini_config(name: str) -> dict:
     """A public shape shrunk to 2 layers of width 64 (same vocabulary, GQA and rope), for --dry-run."""
-    return {**flops.PUBLIC_SHAPES[name], "hidden_size": 64, "intermediate_size": 224, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+    return {
+        **flops.PUBLIC_SHAPES[name],
+        "hidden_size": 64,
+        "intermediate_size": 224,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+    }

@@ -29,8 +29,9 @@ def plot(results: list[dict], title: str, memory_label: str) -> str | None:
         for stack in STACKS:
             style = {"color": shades[stack][g % 3], "dash": dashes[g % len(dashes)]}
             name = f"{stack} - {model} {mode}"
-            speed.series.append(Series(name, [(cr["case"]["seq_len"], cr["summary"][stack]["tokens_per_s"])
-                                              for cr in crs], **style))
+            speed.series.append(
+                Series(name, [(cr["case"]["seq_len"], cr["summary"][stack]["tokens_per_s"]) for cr in crs], **style)
+            )
             mem = [(cr["case"]["seq_len"], cr["summary"][stack]["peak_memory_bytes"]) for cr in crs]
             memory.series.append(Series(name, [(x, None if y is None else y / GIB) for x, y in mem], **style))
     return line_chart([speed, memory], title)

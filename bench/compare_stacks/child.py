@@ -27,8 +27,15 @@ def run_child(spec: dict, work: Path, name: str, timeout: int) -> dict:
     with open(log_path, "w") as log:
         try:
             # -m from the repository root, so that the child finds the `bench` package wherever the parent ran
-            subprocess.run([sys.executable, "-m", "bench.stack_run", str(spec_path), str(out_path)], cwd=REPO_ROOT,
-                           stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False, env=CHILD_ENV)
+            subprocess.run(
+                [sys.executable, "-m", "bench.stack_run", str(spec_path), str(out_path)],
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
+                env=CHILD_ENV,
+            )
         except subprocess.TimeoutExpired:
             pass
     wall = time.monotonic() - start

@@ -22,17 +22,25 @@ def host_environment() -> dict:
         kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "ram_gib": round(kib / 1024**2, 1), "os": platform.platform(), "load_avg_start": os.getloadavg(),
-            **git_state()}
+    return {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "ram_gib": round(kib / 1024**2, 1),
+        "os": platform.platform(),
+        "load_avg_start": os.getloadavg(),
+        **git_state(),
+    }
 
 
 def git_state() -> dict:
     """The commit measured, and whether localtune's code differed from it (a moving tree is not that commit)."""
+
     def git(*cmd: str) -> str:
         try:
-            return subprocess.run(["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
-                                  check=False).stdout.strip()
+            return subprocess.run(
+                ["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False
+            ).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return ""
 

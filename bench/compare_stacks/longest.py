@@ -57,8 +57,9 @@ def planner_longest(shape, memory_bytes: int, *, rank: int, cap: int, resolution
     return longest_search(fits, start=resolution, cap=cap, resolution=resolution)["longest"]
 
 
-def run_longest(args, model: str, model_dir: Path, shape, work: Path, device: str, precision: str,
-                gpu_memory: int | None) -> dict:
+def run_longest(
+    args, model: str, model_dir: Path, shape, work: Path, device: str, precision: str, gpu_memory: int | None
+) -> dict:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir)
@@ -71,19 +72,27 @@ def run_longest(args, model: str, model_dir: Path, shape, work: Path, device: st
             case = Case(model, "qlora", "synthetic", s, 1, 1, 2, 1, device, precision)
             rows = synthetic_rows(2, s, config.vocab_size, args.seed, full=True)
             order = step_order(len(rows), 1, 2, args.seed)
-            spec = {**base_spec(case, model_dir, args), "stack": stack,
-                    "train_rows_file": write_rows(work / f"longest-{s}-train.json", rows),
-                    "step_rows_file": write_rows(work / f"longest-{s}-steps.json",
-                                                 [rows[i] for st in order for i in st]),
-                    "run_dir": str(work / f"run-longest-{stack}-{s}")}
+            spec = {
+                **base_spec(case, model_dir, args),
+                "stack": stack,
+                "train_rows_file": write_rows(work / f"longest-{s}-train.json", rows),
+                "step_rows_file": write_rows(work / f"longest-{s}-steps.json", [rows[i] for st in order for i in st]),
+                "run_dir": str(work / f"run-longest-{stack}-{s}"),
+            }
             result = run_child(spec, work, f"longest-{stack}-{s}", args.timeout)
             shutil.rmtree(spec["run_dir"], ignore_errors=True)
             m = measure(result, Prepared(spec, [[s]] * 2, None), case, shape)
-            attempts[s] = {"status": result["status"], "peak_memory_bytes": result.get("peak_memory_bytes"),
-                           "tokens_per_s": m.get("tokens_per_s"), "seconds": result["process_s"]}
-            print(f"  longest {stack:<9} seq {s:>6}: {result['status']}"
-                  + (f", peak {result['peak_memory_bytes'] / GIB:.2f} GiB" if result.get("peak_memory_bytes") else ""),
-                  flush=True)
+            attempts[s] = {
+                "status": result["status"],
+                "peak_memory_bytes": result.get("peak_memory_bytes"),
+                "tokens_per_s": m.get("tokens_per_s"),
+                "seconds": result["process_s"],
+            }
+            print(
+                f"  longest {stack:<9} seq {s:>6}: {result['status']}"
+                + (f", peak {result['peak_memory_bytes'] / GIB:.2f} GiB" if result.get("peak_memory_bytes") else ""),
+                flush=True,
+            )
             if result["status"] == "error":  # not memory: shown in the table, and the search treats it as a failure
                 attempts[s]["error"] = result.get("error")
             return result["status"] == "ok"
@@ -91,6 +100,7 @@ def run_longest(args, model: str, model_dir: Path, shape, work: Path, device: st
         found = longest_search(trial, start=args.longest_start, cap=cap, resolution=args.longest_resolution)
         out[stack] = {**found, "attempts": attempts}
     if gpu_memory:
-        out["planner_longest"] = planner_longest(shape, gpu_memory, rank=args.rank, cap=cap,
-                                                 resolution=args.longest_resolution)
+        out["planner_longest"] = planner_longest(
+            shape, gpu_memory, rank=args.rank, cap=cap, resolution=args.longest_resolution
+        )
     return out

@@ -41,12 +41,16 @@ class Models:
         out = self.work / f"model-{model}"
         config = mini_config(name) if model.startswith("mini-") else flops.PUBLIC_SHAPES[name]
         print(f"building {model} with random weights in {out} ...", flush=True)
-        result = run_child({"stack": "build", "config": config, "out_dir": str(out)}, self.work, f"build-{model}",
-                           self.timeout)
+        result = run_child(
+            {"stack": "build", "config": config, "out_dir": str(out)}, self.work, f"build-{model}", self.timeout
+        )
         if result["status"] != "ok":
             raise SystemExit(f"could not build {model}: {result.get('error')}")
-        print(f"  {result['params'] / 1e9:.3f} B parameters, {result['bytes'] / 1e9:.1f} GB on disk, "
-              f"{result['seconds']:.0f}s", flush=True)
+        print(
+            f"  {result['params'] / 1e9:.3f} B parameters, {result['bytes'] / 1e9:.1f} GB on disk, "
+            f"{result['seconds']:.0f}s",
+            flush=True,
+        )
         return out
 
     def shape(self, model: str):

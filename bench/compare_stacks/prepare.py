@@ -46,10 +46,12 @@ def step_order(n_rows: int, rows_per_step: int, steps: int, seed: int) -> list[l
     for _ in range(steps):
         if offset >= n_rows:
             epoch, offset = epoch + 1, 0
-        chunk = epoch_order(n_rows, seed, epoch)[offset: offset + rows_per_step]
+        chunk = epoch_order(n_rows, seed, epoch)[offset : offset + rows_per_step]
         if len(chunk) != rows_per_step:
-            raise SystemExit(f"{n_rows} training rows do not split into full steps of {rows_per_step} rows; the "
-                             "reference would batch the epoch's last step differently. Change --steps or the batch.")
+            raise SystemExit(
+                f"{n_rows} training rows do not split into full steps of {rows_per_step} rows; the "
+                "reference would batch the epoch's last step differently. Change --steps or the batch."
+            )
         out.append(chunk)
         offset += len(chunk)
     return out
@@ -63,13 +65,27 @@ def write_rows(path: Path, rows) -> str:
 def base_spec(case: Case, model_dir: Path, args) -> dict:
     """The run spec both stacks share (bench/stack_run.py reads it)."""
     cpu = case.device == "cpu"
-    return {"model_dir": str(model_dir), "mode": case.mode, "device": case.device, "precision": case.precision,
-            "seq_len": case.seq_len, "micro_batch": case.micro_batch, "grad_accum": case.grad_accum,
-            "steps": case.steps, "lr": args.lr, "rank": args.rank, "alpha": args.alpha, "dropout": args.dropout,
-            "targets": ["all-linear"], "seed": args.seed, "warmup_ratio": 0.03, "data_spec": "demo",
-            # bitsandbytes' 8-bit optimizers need CUDA; localtune falls back to AdamW there, so both use AdamW
-            "optimizer": "adamw" if cpu else "paged_adamw_8bit",
-            "reference_optim": "adamw_torch" if cpu else "paged_adamw_8bit"}
+    return {
+        "model_dir": str(model_dir),
+        "mode": case.mode,
+        "device": case.device,
+        "precision": case.precision,
+        "seq_len": case.seq_len,
+        "micro_batch": case.micro_batch,
+        "grad_accum": case.grad_accum,
+        "steps": case.steps,
+        "lr": args.lr,
+        "rank": args.rank,
+        "alpha": args.alpha,
+        "dropout": args.dropout,
+        "targets": ["all-linear"],
+        "seed": args.seed,
+        "warmup_ratio": 0.03,
+        "data_spec": "demo",
+        # bitsandbytes' 8-bit optimizers need CUDA; localtune falls back to AdamW there, so both use AdamW
+        "optimizer": "adamw" if cpu else "paged_adamw_8bit",
+        "reference_optim": "adamw_torch" if cpu else "paged_adamw_8bit",
+    }
 
 
 @dataclass

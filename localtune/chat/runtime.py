@@ -50,22 +50,39 @@ def _disable_extra_bufts() -> None:
     _PATCHED = True
 
 
-def open_gguf(path: str | os.PathLike, *, n_ctx: int = 512, logits_all: bool = False, f32_kv: bool = False,
-              lora_path: str | None = None, lora_scale: float = 1.0, n_threads: int | None = None):
+def open_gguf(
+    path: str | os.PathLike,
+    *,
+    n_ctx: int = 512,
+    logits_all: bool = False,
+    f32_kv: bool = False,
+    lora_path: str | None = None,
+    lora_scale: float = 1.0,
+    n_threads: int | None = None,
+):
     """A llama_cpp.Llama for `path`, checked first and safe on AMX CPUs. Raises GGUFError."""
     info: GGUFInfo = check_gguf(path)
     if lora_path:
         adapter = check_gguf(lora_path)
         if adapter.architecture != info.architecture:
-            raise GGUFError(f"the adapter {lora_path} is for {adapter.architecture!r} models, the model is "
-                            f"{info.architecture!r}", hint="export the adapter from a run on this base model",
-                            title="adapter does not fit the model")
+            raise GGUFError(
+                f"the adapter {lora_path} is for {adapter.architecture!r} models, the model is {info.architecture!r}",
+                hint="export the adapter from a run on this base model",
+                title="adapter does not fit the model",
+            )
     if not extra_bufts_allowed():
         _disable_extra_bufts()
     import llama_cpp
 
-    kwargs = dict(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False, seed=0,
-                  n_threads=n_threads or max(1, os.cpu_count() or 1), n_batch=min(512, n_ctx))
+    kwargs = dict(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        logits_all=logits_all,
+        verbose=False,
+        seed=0,
+        n_threads=n_threads or max(1, os.cpu_count() or 1),
+        n_batch=min(512, n_ctx),
+    )
     if f32_kv:
         kwargs.update(type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
     if lora_path:

@@ -22,8 +22,9 @@ def find_models(target: str | Path) -> tuple[Path, Path | None]:
     run = RunDir(target)
     tuned, base = run.tuned_ggufs(), run.base_ggufs()
     if not tuned:
-        raise UsageError(f"{target} holds no exported GGUF", hint=f"run `localtune export {target}` first, or "
-                         "give a .gguf file")
+        raise UsageError(
+            f"{target} holds no exported GGUF", hint=f"run `localtune export {target}` first, or give a .gguf file"
+        )
     return tuned[0], (base[0] if base else None)
 
 
@@ -55,8 +56,12 @@ class ChatSession:
         if not template:
             return sum(len(self.llm.tokenize(m["content"].encode(), add_bos=False)) + 8 for m in msgs)
         text = lambda tid: self.llm.detokenize([tid], special=True).decode("utf-8", errors="replace")  # noqa: E731
-        prompt = Jinja2ChatFormatter(template, eos_token=text(self.llm.token_eos()), bos_token=text(
-            self.llm.token_bos()), add_generation_prompt=True)(messages=msgs).prompt
+        prompt = Jinja2ChatFormatter(
+            template,
+            eos_token=text(self.llm.token_eos()),
+            bos_token=text(self.llm.token_bos()),
+            add_generation_prompt=True,
+        )(messages=msgs).prompt
         return len(self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
 
     @property
@@ -74,12 +79,16 @@ class ChatSession:
             self.notice("(the oldest exchange was dropped to fit the context window)")
             msgs = self.messages(prompt)
         if not self._fits(msgs):
-            raise UsageError(f"the prompt needs {self.prompt_tokens(msgs)} tokens plus {self.sampling.max_tokens} "
-                             f"for the answer, more than the {self.n_ctx}-token context window",
-                             hint="raise --ctx or lower --max-tokens", title="prompt too long")
+            raise UsageError(
+                f"the prompt needs {self.prompt_tokens(msgs)} tokens plus {self.sampling.max_tokens} "
+                f"for the answer, more than the {self.n_ctx}-token context window",
+                hint="raise --ctx or lower --max-tokens",
+                title="prompt too long",
+            )
         s = self.sampling
-        stream = self.llm.create_chat_completion(msgs, temperature=s.temperature, top_p=s.top_p,
-                                                 max_tokens=s.max_tokens, seed=s.seed, stream=True)
+        stream = self.llm.create_chat_completion(
+            msgs, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed, stream=True
+        )
         parts = []
         for chunk in stream:
             piece = chunk["choices"][0]["delta"].get("content") or ""

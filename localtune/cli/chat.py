@@ -24,9 +24,9 @@ from localtune.errors import LocaltuneError
 @friendly_errors
 def chat_cmd(target, prompt, compare, base_file, system, temperature, top_p, max_tokens, ctx):
     """Chat offline with GGUF (or a run's exported model). Commands: /reset, /system TEXT, /save FILE, /quit."""
+    from localtune.chat.runtime import open_gguf
     from localtune.chat.session import ChatSession, Sampling, find_models
     from localtune.errors import UsageError
-    from localtune.chat.runtime import open_gguf
 
     tuned, base = find_models(target)
     base = base_file or base
@@ -34,8 +34,15 @@ def chat_cmd(target, prompt, compare, base_file, system, temperature, top_p, max
         raise UsageError("--compare needs a base model", hint="pass --base BASE.gguf, or chat with a RUN_DIR")
     sampling = Sampling(temperature, top_p, max_tokens)
     models = [("fine-tuned" if compare else None, tuned)] + ([("base", base)] if compare else [])
-    sessions = [(label, ChatSession(open_gguf(path, n_ctx=ctx), system=system, sampling=sampling,
-                                    notice=lambda m: click.echo(m, err=True))) for label, path in models]
+    sessions = [
+        (
+            label,
+            ChatSession(
+                open_gguf(path, n_ctx=ctx), system=system, sampling=sampling, notice=lambda m: click.echo(m, err=True)
+            ),
+        )
+        for label, path in models
+    ]
 
     def answer(text: str) -> None:
         for label, session in sessions:
@@ -64,11 +71,11 @@ def chat_cmd(target, prompt, compare, base_file, system, temperature, top_p, max
             click.echo("(history cleared)")
         elif line.startswith("/system"):
             for _, s in sessions:
-                s.system = line[len("/system"):].strip() or None
+                s.system = line[len("/system") :].strip() or None
                 s.reset()
             click.echo("(system prompt set; history cleared)")
         elif line.startswith("/save"):
-            path = line[len("/save"):].strip() or "chat.json"
+            path = line[len("/save") :].strip() or "chat.json"
             click.echo(f"(saved to {sessions[0][1].save(path)})")
         else:
             try:

@@ -14,8 +14,9 @@ from localtune.cli.main import friendly_errors, main
 from localtune.cli.options import INSPECT_KNOBS, knob_options, overrides
 from localtune.cli.printers import ProgressLine
 
-CONFIG_FILE = click.option("--config", "config_file", type=click.Path(dir_okay=False),
-                           help="YAML config file (flags override its values).")
+CONFIG_FILE = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file (flags override its values)."
+)
 
 
 @main.command("config")
@@ -53,8 +54,13 @@ def data_inspect(file, config_file, **knobs):
         from localtune.model.source import load_tokenizer, resolve_model
 
         tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path))
-    report = inspect_data(cfg.data, tokenizer, model=cfg.model.name_or_path or None,
-                          chat_template=cfg.model.chat_template, progress=ProgressLine("tokenizing rows"))
+    report = inspect_data(
+        cfg.data,
+        tokenizer,
+        model=cfg.model.name_or_path or None,
+        chat_template=cfg.model.chat_template,
+        progress=ProgressLine("tokenizing rows"),
+    )
     click.echo(render_report(report))
     if report.invalid and not cfg.data.skip_invalid:
         sys.exit(1)

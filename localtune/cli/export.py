@@ -14,12 +14,17 @@ import click
 
 from localtune.cli.main import friendly_errors, main
 from localtune.cli.printers import EventPrinter
-from localtune.runs.layout import LIBRARY_LOG, RunDir
 from localtune.config import knob
+from localtune.runs.layout import LIBRARY_LOG, RunDir
 
 _quants = knob("export.quants")
-QUANT = click.option(_quants.flag, _quants.short, "quant", default=None,
-                     help=_quants.doc + " Default for a run: q8_0 under 1B parameters, q4_k_m above.")
+QUANT = click.option(
+    _quants.flag,
+    _quants.short,
+    "quant",
+    default=None,
+    help=_quants.doc + " Default for a run: q8_0 under 1B parameters, q4_k_m above.",
+)
 
 
 @main.command("export")
@@ -40,20 +45,23 @@ def export_cmd(source, quant, out_dir, adapter, no_verify):
     """
     from pathlib import Path
 
+    from localtune.console import report_to
     from localtune.errors import UsageError
     from localtune.export.gguf import export_adapter, export_model, is_run_dir, require_hf_folder
 
-    from localtune.console import report_to
-
     # library warnings: into the run folder's library.log, or beside the GGUF files of a model folder
-    log = RunDir(source).library_log if is_run_dir(Path(source)) else Path(out_dir or Path(source) / "gguf") / LIBRARY_LOG
+    log = (
+        RunDir(source).library_log if is_run_dir(Path(source)) else Path(out_dir or Path(source) / "gguf") / LIBRARY_LOG
+    )
     with report_to(EventPrinter(err=True, kinds=("progress",)), log):
         src = Path(source)
         out = Path(out_dir) if out_dir else src / "gguf"
         if adapter:
             if not is_run_dir(src):
-                raise UsageError(f"--adapter exports a training run's adapter; {src} is not a run folder",
-                                 hint="localtune export RUN_DIR --adapter")
+                raise UsageError(
+                    f"--adapter exports a training run's adapter; {src} is not a run folder",
+                    hint="localtune export RUN_DIR --adapter",
+                )
             export_adapter(src, out, say=click.echo)
             return
         quants = [q.strip().lower() for q in quant.split(",") if q.strip()] if quant else None
@@ -61,8 +69,10 @@ def export_cmd(source, quant, out_dir, adapter, no_verify):
             from localtune.export.bundle import export_run
 
             if out_dir:
-                raise UsageError("a run's export bundle goes to RUN_DIR/gguf; --out applies to HF folders",
-                                 hint=f"localtune export {src}")
+                raise UsageError(
+                    "a run's export bundle goes to RUN_DIR/gguf; --out applies to HF folders",
+                    hint=f"localtune export {src}",
+                )
             bundle = export_run(src, quants, verify=not no_verify, say=click.echo)
             click.echo(f"bundle: {bundle.gguf_dir} (GGUF, adapter, Modelfile, README.md)")
             failed = [f for f in bundle.tuned if f.verify is not None and not f.verify.passed]
@@ -102,8 +112,12 @@ class ExportProgress:
 
 @main.command("verify")
 @click.argument("gguf_file", type=click.Path(dir_okay=False))
-@click.option("--against", required=True, type=click.Path(exists=True, file_okay=False),
-              help="The Hugging Face folder the GGUF came from.")
+@click.option(
+    "--against",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="The Hugging Face folder the GGUF came from.",
+)
 @friendly_errors
 def verify_cmd(gguf_file, against):
     """Check GGUF_FILE against the Hugging Face model: tokenizer, special tokens, chat template,
@@ -120,18 +134,20 @@ def verify_cmd(gguf_file, against):
 
 @main.command("merge")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), help="Output folder (default RUN_DIR/merged).")
+@click.option(
+    "--out", "-o", "out_dir", type=click.Path(file_okay=False), help="Output folder (default RUN_DIR/merged)."
+)
 @friendly_errors
 def merge_cmd(run_dir, out_dir):
     """Merge RUN_DIR's adapter into a 16-bit (fp32 on the CPU) copy of its base: a normal HF folder."""
+
+    from localtune.console import report_to
     from localtune.export.merge import merge_run
     from localtune.runs.lock import run_lock
 
-    from pathlib import Path
-
-    from localtune.console import report_to
-
-    with run_lock(run_dir, "merge"), report_to(EventPrinter(err=True, kinds=("progress",)), RunDir(run_dir).library_log):
+    with (
+        run_lock(run_dir, "merge"),
+        report_to(EventPrinter(err=True, kinds=("progress",)), RunDir(run_dir).library_log),
+    ):
         result = merge_run(run_dir, out_dir)
-    click.echo(f"merged into {result.folder} ({result.dtype}); max |Δlogit| vs base+adapter "
-               f"{result.max_delta:.2e}")
+    click.echo(f"merged into {result.folder} ({result.dtype}); max |Δlogit| vs base+adapter {result.max_delta:.2e}")

@@ -48,15 +48,19 @@ def friendly_errors(fn):
             sys.exit(full.exit_code)
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated)
-            click.echo(f"interrupted by {'SIGTERM' if terminated else 'SIGINT'}; no incomplete file was left under a "
-                       "final name: run the same command again", err=True)
+            click.echo(
+                f"interrupted by {'SIGTERM' if terminated else 'SIGINT'}; no incomplete file was left under a "
+                "final name: run the same command again",
+                err=True,
+            )
             sys.exit(143 if terminated else 130)
 
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-             invoke_without_command=True)
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, invoke_without_command=True
+)
 @click.version_option(__version__, "--version", "-V", prog_name="localtune")
 @click.pass_context
 def main(ctx):

@@ -38,8 +38,9 @@ def option(k: Knob, *, required: bool = False):
     help_text = k.doc + (f" [default: {k.text(k.default)}]" if shown else "")
     if k.auto is not None:
         help_text += " 'auto' is allowed."
-    return click.option(*names, dest(k.key), type=None if k.is_bool else _param_type(k), default=None,
-                        required=required, help=help_text)
+    return click.option(
+        *names, dest(k.key), type=None if k.is_bool else _param_type(k), default=None, required=required, help=help_text
+    )
 
 
 def knob_options(*keys: str, required: tuple[str, ...] = ()):
@@ -69,7 +70,14 @@ def overrides(values: dict[str, Any]) -> dict[str, tuple[Any, str]]:
 
 # The knobs each command offers. `train` offers every knob of the sections it uses.
 TRAIN_KNOBS = tuple(k.key for k in knobs() if k.key.split(".")[0] in ("model", "data", "lora", "train"))
-QUICK_KNOBS = ("model.name_or_path", "data.path", "train.max_steps", "train.epochs", "train.lr", "data.max_seq_len",
-               "model.trust_remote_code")
+QUICK_KNOBS = (
+    "model.name_or_path",
+    "data.path",
+    "train.max_steps",
+    "train.epochs",
+    "train.lr",
+    "data.max_seq_len",
+    "model.trust_remote_code",
+)
 PLAN_KNOBS = ("model.name_or_path", "data.path", "data.max_seq_len", "lora.r", "train.load_in_4bit")
 INSPECT_KNOBS = ("model.name_or_path", "data.format", "data.max_seq_len", "data.train_on_prompt", "data.skip_invalid")

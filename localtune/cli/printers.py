@@ -84,5 +84,6 @@ class ProgressLine:
         self.start = self.start or now
         rate = done / (now - self.start) if now > self.start else 0.0
         eta = (total - done) / rate if rate and done < total else None
-        click.echo("\r" + progress_text(Progress(self.label, done, total, "rows", eta)) + "   ",
-                   err=True, nl=done >= total)
+        click.echo(
+            "\r" + progress_text(Progress(self.label, done, total, "rows", eta)) + "   ", err=True, nl=done >= total
+        )

@@ -9,9 +9,9 @@ import sys
 
 import click
 
-from localtune.cli.main import friendly_errors, main
 from localtune.cli.data import CONFIG_FILE
 from localtune.cli.export import QUANT
+from localtune.cli.main import friendly_errors, main
 from localtune.cli.options import QUICK_KNOBS, knob_options, overrides
 from localtune.cli.printers import EvalPrinter, TrainPrinter
 from localtune.runs.layout import RunDir
@@ -55,6 +55,12 @@ def quick_cmd(run_dir, quant, config_file, prompt, **knobs):
 
     train_printer = TrainPrinter()
     with report_to(train_printer, run.library_log):
-        result = run_quick(cfg, run_dir, quants=[q.strip() for q in quant.split(",")] if quant else None,
-                           sinks=[train_printer, EvalPrinter()], say=click.echo, prompt=prompt)
+        result = run_quick(
+            cfg,
+            run_dir,
+            quants=[q.strip() for q in quant.split(",")] if quant else None,
+            sinks=[train_printer, EvalPrinter()],
+            say=click.echo,
+            prompt=prompt,
+        )
     sys.exit(result.exit_code)

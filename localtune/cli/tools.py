@@ -14,8 +14,14 @@ from localtune.cli.main import main
 
 
 @main.command("tui")
-@click.option("--workspace", "-w", default="runs", show_default=True, type=click.Path(file_okay=False),
-              help="Folder holding the run folders.")
+@click.option(
+    "--workspace",
+    "-w",
+    default="runs",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder holding the run folders.",
+)
 def tui_cmd(workspace="runs"):
     """The terminal app: runs, new run, live training dashboard, export and chat (works over SSH)."""
     from localtune.tui.app import LocaltuneApp

@@ -33,7 +33,6 @@ def train_cmd(run_dir, config_file, resume, force_resume, **knobs):
     Ctrl-C once: finish the step, save a checkpoint, print the resume command (exit 130).
     Twice: stop at once; the last complete checkpoint stays intact.
     """
-    from pathlib import Path
 
     from localtune.config import load_config
     from localtune.errors import UsageError
@@ -44,13 +43,14 @@ def train_cmd(run_dir, config_file, resume, force_resume, **knobs):
     cfg = load_config(config_file, overrides(knobs))
     missing = [flag for flag, value in (("--model", cfg.model.name_or_path), ("--data", cfg.data.path)) if not value]
     if missing:
-        raise UsageError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required",
-                         hint="localtune train --model M --data D --out RUN_DIR")
+        raise UsageError(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required",
+            hint="localtune train --model M --data D --out RUN_DIR",
+        )
     for line in cfg.overridden():
         click.echo(f"config: {line}")
-    from localtune.train.run import train_run
-
     from localtune.console import report_to
+    from localtune.train.run import train_run
 
     printer = TrainPrinter()
     with report_to(printer, run.library_log):
@@ -83,8 +83,10 @@ def plan_cmd(vram, config_file, **knobs):
     try:
         shape = Shape.from_config(AutoConfig.from_pretrained(location, **kwargs))
     except Exception as exc:
-        raise ModelSourceError(f"cannot read the configuration of {source.spec!r}: {str(exc).splitlines()[0]}",
-                               hint="check the model path or hub id (and the network for a hub id)") from None
+        raise ModelSourceError(
+            f"cannot read the configuration of {source.spec!r}: {str(exc).splitlines()[0]}",
+            hint="check the model path or hub id (and the network for a hub id)",
+        ) from None
     seq = cfg.data.max_seq_len
     if cfg.data.path:
         from localtune.config import DataConfig
@@ -93,9 +95,13 @@ def plan_cmd(vram, config_file, **knobs):
         from localtune.model.source import load_tokenizer
 
         tok = load_tokenizer(source)
-        rows, stats = tokenize_all(load_examples(cfg.data.path, cfg.data.format).examples, tok,
-                                   make_renderer(tok, resolve_chat_template(tok, cfg.model.chat_template)),
-                                   DataConfig(max_seq_len=seq), [])
+        rows, stats = tokenize_all(
+            load_examples(cfg.data.path, cfg.data.format).examples,
+            tok,
+            make_renderer(tok, resolve_chat_template(tok, cfg.model.chat_template)),
+            DataConfig(max_seq_len=seq),
+            [],
+        )
         seq = min(seq, max(len(r.input_ids) for r in rows)) if rows else seq
         click.echo(f"data: {len(rows)} rows, longest {max(stats.lengths, default=0)} tokens; planning for {seq}")
     if vram is None:
@@ -109,10 +115,18 @@ def plan_cmd(vram, config_file, **knobs):
         where = "--vram"
     budget = int(vram * GIB) - CUDA_CONTEXT
     kw = dict(rank=cfg.lora.r, targets=cfg.lora.target_modules, quantized=cfg.train.load_in_4bit)
-    rec = recommend(shape, budget, seq_len=seq, checkpointing=cfg.train.gradient_checkpointing,
-                    offload=cfg.train.activation_offload, **kw)
+    rec = recommend(
+        shape,
+        budget,
+        seq_len=seq,
+        checkpointing=cfg.train.gradient_checkpointing,
+        offload=cfg.train.activation_offload,
+        **kw,
+    )
     p = rec.plan
-    alternatives = [estimate(shape, micro_batch=mb, seq_len=p.seq_len, checkpointing=ck, offload=off, **kw)
-                    for mb in sorted({1, p.micro_batch, p.micro_batch * 2})
-                    for ck, off in ((True, False), (True, True), (False, False))]
+    alternatives = [
+        estimate(shape, micro_batch=mb, seq_len=p.seq_len, checkpointing=ck, offload=off, **kw)
+        for mb in sorted({1, p.micro_batch, p.micro_batch * 2})
+        for ck, off in ((True, False), (True, True), (False, False))
+    ]
     click.echo(render_plan(rec, shape, where=where, alternatives=alternatives))

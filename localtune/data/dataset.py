@@ -58,8 +58,9 @@ def load_examples(spec: str, fmt: str = "auto", *, skip_invalid: bool = False, s
         read = read_file(path)
         problems += read.problems
         file_format, origin = _file_format(read, fmt)
-        summary = FileSummary(str(path), file_format, origin, blank_lines=read.blank_lines,
-                              rows=len(read.records) + len(read.problems))
+        summary = FileSummary(
+            str(path), file_format, origin, blank_lines=read.blank_lines, rows=len(read.records) + len(read.problems)
+        )
         for record in read.records:
             result = to_example(record, file_format)
             if isinstance(result, Problem):
@@ -72,8 +73,10 @@ def load_examples(spec: str, fmt: str = "auto", *, skip_invalid: bool = False, s
     if problems and strict and not skip_invalid:
         raise DataError(problems, heading=f"{len(problems)} invalid row(s) in the data; nothing was trained")
     if not examples and strict:
-        raise DataError(problems or [Problem(spec, None, "no rows", "add some rows to the data", "empty")],
-                        heading="no valid rows in the data")
+        raise DataError(
+            problems or [Problem(spec, None, "no rows", "add some rows to the data", "empty")],
+            heading="no valid rows in the data",
+        )
     return LoadedData(files, examples, problems)
 
 
@@ -94,10 +97,18 @@ def _file_format(read, fmt: str) -> tuple[str, str]:
     if not read.records:
         return "text", "no rows to detect from"
     first = read.records[0]
-    raise DataError([Problem(first.where, None,
-                             f"cannot tell the row format from the fields {', '.join(sorted(first.value)) or '(none)'}",
-                             f"use the fields of one format ({describe_signatures()}), or pass --format",
-                             "unknown_format")], heading="unknown data format")
+    raise DataError(
+        [
+            Problem(
+                first.where,
+                None,
+                f"cannot tell the row format from the fields {', '.join(sorted(first.value)) or '(none)'}",
+                f"use the fields of one format ({describe_signatures()}), or pass --format",
+                "unknown_format",
+            )
+        ],
+        heading="unknown data format",
+    )
 
 
 @dataclass
@@ -114,8 +125,13 @@ class TokenStats:
         if not self.lengths:
             return {}
         s = sorted(self.lengths)
-        return {"min": s[0], "median": statistics.median(s), "mean": round(statistics.fmean(s), 1),
-                "p95": s[min(len(s) - 1, int(0.95 * len(s)))], "max": s[-1]}
+        return {
+            "min": s[0],
+            "median": statistics.median(s),
+            "mean": round(statistics.fmean(s), 1),
+            "p95": s[min(len(s) - 1, int(0.95 * len(s)))],
+            "max": s[-1],
+        }
 
 
 @dataclass
@@ -136,12 +152,15 @@ def split_examples(examples: list[Example], fraction: float, seed: int) -> tuple
     random.Random(seed).shuffle(order)
     n_val = max(1, round(len(examples) * fraction))
     val_idx = set(order[:n_val])
-    return ([e for i, e in enumerate(examples) if i not in val_idx],
-            [e for i, e in enumerate(examples) if i in val_idx])
+    return (
+        [e for i, e in enumerate(examples) if i not in val_idx],
+        [e for i, e in enumerate(examples) if i in val_idx],
+    )
 
 
-def prepare_data(cfg: DataConfig, tokenizer, *, seed: int, loaded: LoadedData | None = None,
-                 chat_template: str | None = None) -> PreparedData:
+def prepare_data(
+    cfg: DataConfig, tokenizer, *, seed: int, loaded: LoadedData | None = None, chat_template: str | None = None
+) -> PreparedData:
     """Everything from validated examples to training rows. Raises DataError when nothing trains."""
     loaded = loaded or load_examples(cfg.path, cfg.format, skip_invalid=cfg.skip_invalid)
     if cfg.val_file:
@@ -155,21 +174,39 @@ def prepare_data(cfg: DataConfig, tokenizer, *, seed: int, loaded: LoadedData | 
     train, train_stats = tokenize_all(train_ex, tokenizer, render, cfg, problems)
     val, val_stats = tokenize_all(val_ex, tokenizer, render, cfg, problems)
     if problems and not cfg.skip_invalid:
-        raise DataError(problems, heading=f"{len(problems)} row(s) cannot be rendered with the chat template "
-                                          f"({template.origin}); nothing was trained")
+        raise DataError(
+            problems,
+            heading=f"{len(problems)} row(s) cannot be rendered with the chat template "
+            f"({template.origin}); nothing was trained",
+        )
     if not train:
         n = len(train_stats.dropped_no_trainable)
-        raise DataError([Problem(cfg.path, None, f"none of the {n} training row(s) has a trainable token left "
-                                 f"after truncation to max_seq_len={cfg.max_seq_len} (longest row: "
-                                 f"{max(train_stats.lengths, default=0)} tokens)",
-                                 "raise data.max_seq_len (--max-seq-len) or shorten the prompts", "no_trainable")],
-                        heading="nothing to train on")
+        raise DataError(
+            [
+                Problem(
+                    cfg.path,
+                    None,
+                    f"none of the {n} training row(s) has a trainable token left "
+                    f"after truncation to max_seq_len={cfg.max_seq_len} (longest row: "
+                    f"{max(train_stats.lengths, default=0)} tokens)",
+                    "raise data.max_seq_len (--max-seq-len) or shorten the prompts",
+                    "no_trainable",
+                )
+            ],
+            heading="nothing to train on",
+        )
     rows = pack_rows(train, cfg.max_seq_len) if cfg.packing else train
     return PreparedData(rows, val, template, train_stats, val_stats, problems)
 
 
-def tokenize_all(examples: list[Example], tokenizer, render, cfg: DataConfig, problems: list[Problem],
-                 progress: Callable[[int, int], None] | None = None) -> tuple[list[TokenizedRow], TokenStats]:
+def tokenize_all(
+    examples: list[Example],
+    tokenizer,
+    render,
+    cfg: DataConfig,
+    problems: list[Problem],
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[TokenizedRow], TokenStats]:
     """Tokenize examples; template rejections go to `problems`, rows with no trainable token are dropped.
 
     `progress(done, total)` is called every PROGRESS_EVERY rows and at the end.
@@ -180,13 +217,20 @@ def tokenize_all(examples: list[Example], tokenizer, render, cfg: DataConfig, pr
         if progress and n % PROGRESS_EVERY == 0:
             progress(n, len(examples))
         try:
-            rows = tokenize_example(ex, tokenizer, render, max_seq_len=cfg.max_seq_len,
-                                    train_on_prompt=cfg.train_on_prompt)
+            rows = tokenize_example(
+                ex, tokenizer, render, max_seq_len=cfg.max_seq_len, train_on_prompt=cfg.train_on_prompt
+            )
         except TemplateError as exc:
-            problems.append(Problem(ex.where, "messages", str(exc),
-                                    "change the row (e.g. fold a system prompt into the first user turn), "
-                                    "use another chat template (model.chat_template), or pass --skip-invalid",
-                                    "template"))
+            problems.append(
+                Problem(
+                    ex.where,
+                    "messages",
+                    str(exc),
+                    "change the row (e.g. fold a system prompt into the first user turn), "
+                    "use another chat template (model.chat_template), or pass --skip-invalid",
+                    "template",
+                )
+            )
             continue
         stats.rows += 1
         stats.lengths.append(rows[0].full_length)

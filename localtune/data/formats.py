@@ -24,11 +24,24 @@ from localtune.errors import Problem
 
 FORMATS = ("text", "alpaca", "chat", "sharegpt", "prompt_completion")
 ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "model": "assistant", "chatgpt": "assistant", "bing": "assistant", "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "system": "system",
+}
 # The field whose presence identifies each format, checked in this order.
-_SIGNATURES = (("chat", ("messages",)), ("sharegpt", ("conversations",)), ("alpaca", ("instruction", "output")),
-               ("prompt_completion", ("prompt", "completion")), ("text", ("text",)))
+_SIGNATURES = (
+    ("chat", ("messages",)),
+    ("sharegpt", ("conversations",)),
+    ("alpaca", ("instruction", "output")),
+    ("prompt_completion", ("prompt", "completion")),
+    ("text", ("text",)),
+)
 
 
 @dataclass(frozen=True)
@@ -75,9 +88,13 @@ def to_example(record: Record, fmt: str) -> Example | Problem:
         value = record.value
         found = detect_format(value)
         if found is not None and found != fmt and not _compatible(value, fmt):
-            raise _RowProblem(None, f"the row has the fields of format '{found}' ({', '.join(sorted(value))}), "
-                              f"but this file is read as '{fmt}'",
-                              "give every row of a file the same format, or pass --skip-invalid", "wrong_format")
+            raise _RowProblem(
+                None,
+                f"the row has the fields of format '{found}' ({', '.join(sorted(value))}), "
+                f"but this file is read as '{fmt}'",
+                "give every row of a file the same format, or pass --skip-invalid",
+                "wrong_format",
+            )
         if fmt == "text":
             return Example(record.where, text=_text(value, "text", required=True))
         if fmt == "alpaca":
@@ -100,8 +117,12 @@ def _compatible(value: dict, fmt: str) -> bool:
 
 def _text(value: dict, key: str, *, required: bool) -> str:
     if key not in value:
-        raise _RowProblem(key, f"missing field '{key}' (the row has: {', '.join(sorted(value)) or 'no fields'})",
-                          f"add '{key}' to the row, or pass --skip-invalid", "missing_field")
+        raise _RowProblem(
+            key,
+            f"missing field '{key}' (the row has: {', '.join(sorted(value)) or 'no fields'})",
+            f"add '{key}' to the row, or pass --skip-invalid",
+            "missing_field",
+        )
     return _checked_text(value[key], key, f"'{key}'", required=required)
 
 
@@ -110,11 +131,19 @@ def _checked_text(v: Any, field: str, what: str, *, required: bool = True) -> st
     if v is None or (isinstance(v, str) and not v.strip()):
         if not required:
             return ""
-        raise _RowProblem(field, f"{what} is {'null' if v is None else 'empty'}",
-                          "give it some text, or drop the row (--skip-invalid does that)", "empty_content")
+        raise _RowProblem(
+            field,
+            f"{what} is {'null' if v is None else 'empty'}",
+            "give it some text, or drop the row (--skip-invalid does that)",
+            "empty_content",
+        )
     if not isinstance(v, str):
-        raise _RowProblem(field, f"{what} must be text, got {type(v).__name__} {json.dumps(v)[:60]}",
-                          "write the value as a string", "wrong_type")
+        raise _RowProblem(
+            field,
+            f"{what} must be text, got {type(v).__name__} {json.dumps(v)[:60]}",
+            "write the value as a string",
+            "wrong_type",
+        )
     return v
 
 
@@ -132,8 +161,12 @@ def _prompt_completion(where: str, value: dict) -> Example:
     prompt, completion = value.get("prompt"), value.get("completion")
     if isinstance(prompt, list) or isinstance(completion, list):  # conversational prompt/completion
         if not (isinstance(prompt, list) and isinstance(completion, list)):
-            raise _RowProblem("prompt", "prompt and completion must both be text or both be lists of messages",
-                              "make them the same kind", "wrong_type")
+            raise _RowProblem(
+                "prompt",
+                "prompt and completion must both be text or both be lists of messages",
+                "make them the same kind",
+                "wrong_type",
+            )
         return Example(where, messages=_conversation({"messages": prompt + completion}, "messages"))
     prompt_text = _text(value, "prompt", required=False)
     return Example(where, prompt=prompt_text, completion=_text(value, "completion", required=True))
@@ -145,8 +178,12 @@ def _conversation(value: dict, key: str) -> tuple[tuple[str, str], ...]:
         try:
             turns = json.loads(turns)
         except json.JSONDecodeError as exc:
-            raise _RowProblem(key, f"'{key}' is text that is not a JSON list ({exc.msg})",
-                              f"write '{key}' as a JSON list of messages", "wrong_type") from None
+            raise _RowProblem(
+                key,
+                f"'{key}' is text that is not a JSON list ({exc.msg})",
+                f"write '{key}' as a JSON list of messages",
+                "wrong_type",
+            ) from None
     if not isinstance(turns, list) or not turns:
         what = "empty" if isinstance(turns, list) else f"{type(turns).__name__}, not a list"
         raise _RowProblem(key, f"'{key}' is {what}", f"give '{key}' a list of messages", "wrong_type")
@@ -154,8 +191,12 @@ def _conversation(value: dict, key: str) -> tuple[tuple[str, str], ...]:
     for i, m in enumerate(turns):
         field = f"{key}[{i}]"
         if not isinstance(m, dict):
-            raise _RowProblem(field, f"a message must be an object, got {type(m).__name__}",
-                              'write messages as {"role": ..., "content": ...}', "wrong_type")
+            raise _RowProblem(
+                field,
+                f"a message must be an object, got {type(m).__name__}",
+                'write messages as {"role": ..., "content": ...}',
+                "wrong_type",
+            )
         if "role" in m and "content" in m:
             role, content, rkey, ckey = m["role"], m["content"], "role", "content"
             mapping = {r: r for r in ROLES}
@@ -163,12 +204,15 @@ def _conversation(value: dict, key: str) -> tuple[tuple[str, str], ...]:
             role, content, rkey, ckey = m["from"], m["value"], "from", "value"
             mapping = SHAREGPT_ROLES
         else:
-            raise _RowProblem(field, f"unknown message keys {', '.join(sorted(m)) or '(none)'}",
-                              "use role/content (OpenAI style) or from/value (ShareGPT style)", "unknown_keys")
+            raise _RowProblem(
+                field,
+                f"unknown message keys {', '.join(sorted(m)) or '(none)'}",
+                "use role/content (OpenAI style) or from/value (ShareGPT style)",
+                "unknown_keys",
+            )
         if role not in mapping:
             allowed = ", ".join(dict.fromkeys(mapping))
-            raise _RowProblem(f"{field}.{rkey}", f"unknown role {role!r}",
-                              f"use one of: {allowed}", "unknown_role")
+            raise _RowProblem(f"{field}.{rkey}", f"unknown role {role!r}", f"use one of: {allowed}", "unknown_role")
         content = _content_text(content, f"{field}.{ckey}")
         out.append((mapping[role], content))
     _check_order(out, key)
@@ -180,8 +224,12 @@ def _content_text(content: Any, field: str) -> str:
         parts = []
         for part in content:
             if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise _RowProblem(field, "only text content parts are supported",
-                                  'use {"type": "text", "text": ...} parts or plain text', "wrong_type")
+                raise _RowProblem(
+                    field,
+                    "only text content parts are supported",
+                    'use {"type": "text", "text": ...} parts or plain text',
+                    "wrong_type",
+                )
             parts.append(part["text"])
         content = "".join(parts)
     return _checked_text(content, field, "message content")
@@ -191,23 +239,37 @@ def _check_order(turns: list[tuple[str, str]], key: str) -> None:
     roles = [r for r, _ in turns]
     for i, r in enumerate(roles):
         if r == "system" and i > 0:
-            raise _RowProblem(f"{key}[{i}].role", f"a system message at position {i}; only the first message "
-                              "may be a system message", "move it to the start or merge it into a user turn",
-                              "role_order")
+            raise _RowProblem(
+                f"{key}[{i}].role",
+                f"a system message at position {i}; only the first message may be a system message",
+                "move it to the start or merge it into a user turn",
+                "role_order",
+            )
     body = roles[1:] if roles[0] == "system" else roles
     offset = len(roles) - len(body)
     if not body:
-        raise _RowProblem(key, "the conversation has only a system message",
-                          "add user and assistant turns", "role_order")
+        raise _RowProblem(
+            key, "the conversation has only a system message", "add user and assistant turns", "role_order"
+        )
     if body[0] != "user":
-        raise _RowProblem(f"{key}[{offset}].role", f"the conversation starts with {body[0]!r}, not 'user'",
-                          "add the user message that prompted it, or drop the row", "role_order")
+        raise _RowProblem(
+            f"{key}[{offset}].role",
+            f"the conversation starts with {body[0]!r}, not 'user'",
+            "add the user message that prompted it, or drop the row",
+            "role_order",
+        )
     for i in range(1, len(body)):
         if body[i] == body[i - 1]:
-            raise _RowProblem(f"{key}[{offset + i}].role", f"two {body[i]!r} messages in a row "
-                              f"(positions {offset + i - 1} and {offset + i})",
-                              "merge them into one message, or add the missing turn between them", "role_order")
+            raise _RowProblem(
+                f"{key}[{offset + i}].role",
+                f"two {body[i]!r} messages in a row (positions {offset + i - 1} and {offset + i})",
+                "merge them into one message, or add the missing turn between them",
+                "role_order",
+            )
     if body[-1] != "assistant":
-        raise _RowProblem(f"{key}[{len(roles) - 1}].role", "the conversation ends on a 'user' message, so its "
-                          "last turn has nothing to learn", "add the assistant reply or remove the last user message",
-                          "role_order")
+        raise _RowProblem(
+            f"{key}[{len(roles) - 1}].role",
+            "the conversation ends on a 'user' message, so its last turn has nothing to learn",
+            "add the assistant reply or remove the last user message",
+            "role_order",
+        )

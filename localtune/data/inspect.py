@@ -38,8 +38,14 @@ class InspectReport:
         return self.loaded.problems + (self.template_problems or [])
 
 
-def inspect_data(cfg: DataConfig, tokenizer=None, *, model: str | None = None, chat_template: str | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> InspectReport:
+def inspect_data(
+    cfg: DataConfig,
+    tokenizer=None,
+    *,
+    model: str | None = None,
+    chat_template: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> InspectReport:
     loaded = load_examples(cfg.path, cfg.format, skip_invalid=cfg.skip_invalid, strict=False)
     report = InspectReport(loaded, cfg, model=model)
     if loaded.examples:
@@ -84,14 +90,20 @@ def render_report(report: InspectReport) -> str:
     for f in loaded.files:
         lines.append(f"file: {f.path}")
         lines.append(f"  format: {f.format} (from {f.detected_from})")
-        lines.append(f"  rows: {f.rows} read, {f.valid} valid, {f.rows - f.valid} invalid"
-                     + (f"; {f.blank_lines} blank line(s) skipped" if f.blank_lines else ""))
+        lines.append(
+            f"  rows: {f.rows} read, {f.valid} valid, {f.rows - f.valid} invalid"
+            + (f"; {f.blank_lines} blank line(s) skipped" if f.blank_lines else "")
+        )
     total = sum(f.rows for f in loaded.files)
     if len(loaded.files) > 1:
         lines.append(f"all files: {total} rows, {len(loaded.examples)} valid")
     invalid = report.invalid
     if invalid:
-        action = "dropped (--skip-invalid)" if report.cfg.skip_invalid else "training would stop; fix them or pass --skip-invalid"
+        action = (
+            "dropped (--skip-invalid)"
+            if report.cfg.skip_invalid
+            else "training would stop; fix them or pass --skip-invalid"
+        )
         lines.append(f"invalid rows: {len(invalid)}, {action}")
         by_reason: dict[str, list[Problem]] = {}
         for p in invalid:
@@ -112,17 +124,25 @@ def render_report(report: InspectReport) -> str:
                 lines.append(_indent(_plain_example(report.example, report.cfg.train_on_prompt)))
         return "\n".join(lines)
     s = st.summary()
-    lines.append(f"tokens ({report.model}, chat template: {report.template_origin}, max_seq_len {report.cfg.max_seq_len}):")
+    lines.append(
+        f"tokens ({report.model}, chat template: {report.template_origin}, max_seq_len {report.cfg.max_seq_len}):"
+    )
     if s:
-        lines.append(f"  length per row: min {s['min']}, median {s['median']:g}, mean {s['mean']:g}, "
-                     f"p95 {s['p95']}, max {s['max']}")
+        lines.append(
+            f"  length per row: min {s['min']}, median {s['median']:g}, mean {s['mean']:g}, "
+            f"p95 {s['p95']}, max {s['max']}"
+        )
     lines.append(f"  truncated: {st.truncated} row(s); raw text split into windows: {st.windows_split} row(s)")
     dropped = st.dropped_no_trainable
-    lines.append(f"  dropped, no trainable tokens left: {len(dropped)}"
-                 + (f" (e.g. {', '.join(dropped[:EXAMPLES_PER_REASON])})" if dropped else ""))
+    lines.append(
+        f"  dropped, no trainable tokens left: {len(dropped)}"
+        + (f" (e.g. {', '.join(dropped[:EXAMPLES_PER_REASON])})" if dropped else "")
+    )
     share = st.trainable_tokens / st.total_tokens if st.total_tokens else 0.0
-    lines.append(f"  trainable tokens: {st.trainable_tokens:,} of {st.total_tokens:,} ({share:.0%})"
-                 + (" [--train-on-prompt]" if report.cfg.train_on_prompt else ""))
+    lines.append(
+        f"  trainable tokens: {st.trainable_tokens:,} of {st.total_tokens:,} ({share:.0%})"
+        + (" [--train-on-prompt]" if report.cfg.train_on_prompt else "")
+    )
     if report.example_text is not None:
         lines.append(f"example ({report.example.where}), trained tokens marked {TRAIN_OPEN} {TRAIN_CLOSE}:")
         lines.append(_indent(report.example_text))

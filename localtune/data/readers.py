@@ -61,26 +61,55 @@ def resolve_data_files(spec: str) -> list[Path]:
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-            raise DataError([Problem(str(path), None, f"unsupported file type {path.suffix or '(none)'!r}",
-                                     f"convert it to one of: {', '.join(SUPPORTED_SUFFIXES)}", "unsupported")],
-                            heading="cannot read data")
+            raise DataError(
+                [
+                    Problem(
+                        str(path),
+                        None,
+                        f"unsupported file type {path.suffix or '(none)'!r}",
+                        f"convert it to one of: {', '.join(SUPPORTED_SUFFIXES)}",
+                        "unsupported",
+                    )
+                ],
+                heading="cannot read data",
+            )
         return [path]
     if path.is_dir():
         files = sorted(
-            p for p in path.rglob("*")
-            if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in SUPPORTED_SUFFIXES
             and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
         if not files:
-            raise DataError([Problem(str(path), None, "the folder holds no data files",
-                                     f"put files ending in {', '.join(SUPPORTED_SUFFIXES)} in it", "missing")],
-                            heading="cannot read data")
+            raise DataError(
+                [
+                    Problem(
+                        str(path),
+                        None,
+                        "the folder holds no data files",
+                        f"put files ending in {', '.join(SUPPORTED_SUFFIXES)} in it",
+                        "missing",
+                    )
+                ],
+                heading="cannot read data",
+            )
         return files
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not spec.startswith("."):
         return _download_hub_dataset(spec)
-    raise DataError([Problem(spec, None, "no such file or folder",
-                             "check the path (or give a hub dataset id like 'user/name' when online)", "missing")],
-                    heading="cannot read data")
+    raise DataError(
+        [
+            Problem(
+                spec,
+                None,
+                "no such file or folder",
+                "check the path (or give a hub dataset id like 'user/name' when online)",
+                "missing",
+            )
+        ],
+        heading="cannot read data",
+    )
 
 
 def _download_hub_dataset(repo_id: str) -> list[Path]:
@@ -88,13 +117,21 @@ def _download_hub_dataset(repo_id: str) -> list[Path]:
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(repo_id, repo_type="dataset",
-                                  allow_patterns=[f"*{s}" for s in SUPPORTED_SUFFIXES])
+        local = snapshot_download(repo_id, repo_type="dataset", allow_patterns=[f"*{s}" for s in SUPPORTED_SUFFIXES])
     except Exception as exc:  # offline, unknown id, gated: all become one clear message
-        raise DataError([Problem(repo_id, None, f"not a local path, and the hub dataset could not be fetched "
-                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-                                 "check the path, or the dataset id and your network connection", "missing")],
-                        heading="cannot read data") from None
+        raise DataError(
+            [
+                Problem(
+                    repo_id,
+                    None,
+                    f"not a local path, and the hub dataset could not be fetched "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                    "check the path, or the dataset id and your network connection",
+                    "missing",
+                )
+            ],
+            heading="cannot read data",
+        ) from None
     files = resolve_data_files(local)
     train = [f for f in files if "train" in f.name.lower()]  # hub repos often ship train/test splits
     return train or files
@@ -104,9 +141,18 @@ def read_file(path: Path) -> FileRead:
     """Read one data file; raises DataError only when the file as a whole cannot be read."""
     suffix = path.suffix.lower()
     if path.stat().st_size == 0:
-        raise DataError([Problem(str(path), None, "the file is empty (0 bytes)",
-                                 "check that the export or download that wrote it finished", "empty")],
-                        heading="cannot read data")
+        raise DataError(
+            [
+                Problem(
+                    str(path),
+                    None,
+                    "the file is empty (0 bytes)",
+                    "check that the export or download that wrote it finished",
+                    "empty",
+                )
+            ],
+            heading="cannot read data",
+        )
     if suffix == ".jsonl":
         return _read_jsonl(path)
     if suffix == ".json":
@@ -128,16 +174,31 @@ def _decode(raw: bytes) -> str:
 def _not_utf8(where: str, text: str, field: str | None = None) -> Problem:
     bad = _SURROGATE.search(text)
     byte = ord(bad.group()) - 0xDC00
-    return Problem(where, field, f"byte 0x{byte:02x} at column {bad.start() + 1} is not valid UTF-8",
-                   "re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`), or pass --skip-invalid",
-                   "not_utf8")
+    return Problem(
+        where,
+        field,
+        f"byte 0x{byte:02x} at column {bad.start() + 1} is not valid UTF-8",
+        "re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`), or pass --skip-invalid",
+        "not_utf8",
+    )
 
 
 def _not_object(where: str, value: Any) -> Problem:
-    kind = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false",
-            type(None): "null"}.get(type(value), type(value).__name__)
-    return Problem(where, None, f"expected a JSON object {{...}} per row, got {kind}",
-                   "make every row an object such as {\"messages\": [...]}, or pass --skip-invalid", "not_object")
+    kind = {
+        list: "an array",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "true/false",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+    return Problem(
+        where,
+        None,
+        f"expected a JSON object {{...}} per row, got {kind}",
+        'make every row an object such as {"messages": [...]}, or pass --skip-invalid',
+        "not_object",
+    )
 
 
 def _read_jsonl(path: Path) -> FileRead:
@@ -161,13 +222,25 @@ def _read_jsonl(path: Path) -> FileRead:
         except json.JSONDecodeError as exc:
             cut_off = i == last_content and not raw.endswith(b"\n") and exc.pos >= len(text.rstrip()) - 1
             if cut_off or (i == last_content and "Unterminated string" in exc.msg and not raw.endswith(b"\n")):
-                out.problems.append(Problem(where, None, "the last line ends in the middle of a JSON value: "
-                                            "the file looks cut off", "re-export or re-download the file, or pass "
-                                            "--skip-invalid to drop the partial row", "truncated"))
+                out.problems.append(
+                    Problem(
+                        where,
+                        None,
+                        "the last line ends in the middle of a JSON value: the file looks cut off",
+                        "re-export or re-download the file, or pass --skip-invalid to drop the partial row",
+                        "truncated",
+                    )
+                )
             else:
-                out.problems.append(Problem(where, None, f"not valid JSON: {exc.msg} at column {exc.colno}",
-                                            "fix the JSON on this line (one object per line), or pass --skip-invalid",
-                                            "bad_json"))
+                out.problems.append(
+                    Problem(
+                        where,
+                        None,
+                        f"not valid JSON: {exc.msg} at column {exc.colno}",
+                        "fix the JSON on this line (one object per line), or pass --skip-invalid",
+                        "bad_json",
+                    )
+                )
             continue
         if not isinstance(value, dict):
             out.problems.append(_not_object(where, value))
@@ -194,10 +267,16 @@ def _read_json_array(path: Path) -> FileRead:
         raise DataError([Problem(f"{path}:{line_at(p)}", None, message, fix, reason)], heading="cannot read data")
 
     if pos < len(text) and text[pos] == "{":
-        fatal(pos, "the file holds one JSON object, not an array of rows",
-              "wrap the rows in [ ... ], or save one object per line as .jsonl", "not_array")
+        fatal(
+            pos,
+            "the file holds one JSON object, not an array of rows",
+            "wrap the rows in [ ... ], or save one object per line as .jsonl",
+            "not_array",
+        )
     if pos >= len(text) or text[pos] != "[":
-        fatal(pos, "expected a JSON array of row objects", "start the file with [ and put one object per row", "not_array")
+        fatal(
+            pos, "expected a JSON array of row objects", "start the file with [ and put one object per row", "not_array"
+        )
     pos = ws.match(text, pos + 1).end()
     if pos < len(text) and text[pos] == "]":
         return out
@@ -207,8 +286,12 @@ def _read_json_array(path: Path) -> FileRead:
             value, pos = dec.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             if not text.rstrip().endswith("]"):  # the array never closes: the file was cut short
-                fatal(exc.pos, "the file ends in the middle of the array: it looks cut off",
-                      "re-export or re-download the file", "truncated")
+                fatal(
+                    exc.pos,
+                    "the file ends in the middle of the array: it looks cut off",
+                    "re-export or re-download the file",
+                    "truncated",
+                )
             fatal(exc.pos, f"not valid JSON: {exc.msg}", "fix the JSON syntax at this line", "bad_json")
         where = f"{path}:{line_at(start)}"
         if isinstance(value, dict) and _SURROGATE.search(text, start, pos):
@@ -224,9 +307,18 @@ def _read_json_array(path: Path) -> FileRead:
         if pos < len(text) and text[pos] == "]":
             return out
         if pos >= len(text):
-            fatal(pos, "the file ends before the array is closed with ]: it looks cut off",
-                  "re-export or re-download the file", "truncated")
-        fatal(pos, f"expected ',' or ']' between rows, found {text[pos]!r}", "fix the JSON syntax at this line", "bad_json")
+            fatal(
+                pos,
+                "the file ends before the array is closed with ]: it looks cut off",
+                "re-export or re-download the file",
+                "truncated",
+            )
+        fatal(
+            pos,
+            f"expected ',' or ']' between rows, found {text[pos]!r}",
+            "fix the JSON syntax at this line",
+            "bad_json",
+        )
 
 
 def _read_delimited(path: Path, delimiter: str) -> FileRead:
@@ -240,9 +332,18 @@ def _read_delimited(path: Path, delimiter: str) -> FileRead:
         return out
     header = [h.strip() for h in header]
     if not any(header):
-        raise DataError([Problem(f"{path}:1", None, "the first line must name the columns",
-                                 "add a header line such as `instruction,input,output`", "no_header")],
-                        heading="cannot read data")
+        raise DataError(
+            [
+                Problem(
+                    f"{path}:1",
+                    None,
+                    "the first line must name the columns",
+                    "add a header line such as `instruction,input,output`",
+                    "no_header",
+                )
+            ],
+            heading="cannot read data",
+        )
     prev_end = reader.line_num
     for row in _rows_with_errors(reader, path):
         if isinstance(row, Problem):  # the reader resumes on the next line
@@ -260,9 +361,15 @@ def _read_delimited(path: Path, delimiter: str) -> FileRead:
             out.problems.append(_not_utf8(where, joined))
             continue
         if len(row) != len(header):
-            out.problems.append(Problem(where, None, f"the row has {len(row)} fields but the header names {len(header)}",
-                                        "check quoting and delimiters on this line, or pass --skip-invalid",
-                                        "bad_columns"))
+            out.problems.append(
+                Problem(
+                    where,
+                    None,
+                    f"the row has {len(row)} fields but the header names {len(header)}",
+                    "check quoting and delimiters on this line, or pass --skip-invalid",
+                    "bad_columns",
+                )
+            )
             continue
         out.records.append(Record(str(path), start, dict(zip(header, row))))
     return out
@@ -275,9 +382,13 @@ def _rows_with_errors(reader, path: Path) -> Iterator[list[str] | Problem]:
         except StopIteration:
             return
         except csv.Error as exc:
-            yield Problem(f"{path}:{reader.line_num}", None, f"cannot parse this line: {exc}",
-                          "fix the quoting on this line (a field with the delimiter or a newline needs quotes)",
-                          "bad_csv")
+            yield Problem(
+                f"{path}:{reader.line_num}",
+                None,
+                f"cannot parse this line: {exc}",
+                "fix the quoting on this line (a field with the delimiter or a newline needs quotes)",
+                "bad_csv",
+            )
 
 
 def _read_parquet(path: Path) -> FileRead:
@@ -286,9 +397,18 @@ def _read_parquet(path: Path) -> FileRead:
 
         table = pq.read_table(path)
     except Exception as exc:
-        raise DataError([Problem(str(path), None, f"cannot read as Parquet ({type(exc).__name__}: {exc})",
-                                 "check that the file is complete and really Parquet", "bad_parquet")],
-                        heading="cannot read data") from None
+        raise DataError(
+            [
+                Problem(
+                    str(path),
+                    None,
+                    f"cannot read as Parquet ({type(exc).__name__}: {exc})",
+                    "check that the file is complete and really Parquet",
+                    "bad_parquet",
+                )
+            ],
+            heading="cannot read data",
+        ) from None
     out = FileRead(str(path), [], [])
     for i, row in enumerate(table.to_pylist(), start=1):
         out.records.append(Record(str(path), i, row, unit="row"))

@@ -60,9 +60,11 @@ def resolve_chat_template(tokenizer, override: str | None = None) -> ChatTemplat
         try:
             return ChatTemplate(path.read_text(encoding="utf-8"), str(path))
         except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"model.chat_template names {override!r}, which cannot be read ({exc})",
-                             hint="give the path of a .jinja file, or the template text itself",
-                             title="chat template not found") from None
+            raise UsageError(
+                f"model.chat_template names {override!r}, which cannot be read ({exc})",
+                hint="give the path of a .jinja file, or the template text itself",
+                title="chat template not found",
+            ) from None
     own = getattr(tokenizer, "chat_template", None)
     if isinstance(own, dict):  # several named templates: the default one trains
         own = own.get("default")
@@ -82,8 +84,9 @@ def make_renderer(tokenizer, template: ChatTemplate) -> Renderer:
 
     def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         try:
-            return tokenizer.apply_chat_template(messages, chat_template=template.text, tokenize=False,
-                                                 add_generation_prompt=add_generation_prompt)
+            return tokenizer.apply_chat_template(
+                messages, chat_template=template.text, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
         except Exception as exc:  # jinja's raise_exception ("System role not supported") and friends
             raise TemplateError(f"the chat template rejected this conversation: {exc}") from None
 
@@ -99,8 +102,10 @@ def render_with_spans(messages: list[dict[str, str]], render: Renderer) -> tuple
             continue
         before = render(messages[:i], True)
         if not full.startswith(before):
-            raise TemplateError(f"the template renders the text before assistant turn {i} differently inside "
-                                "the whole conversation, so its trainable span cannot be located")
+            raise TemplateError(
+                f"the template renders the text before assistant turn {i} differently inside "
+                "the whole conversation, so its trainable span cannot be located"
+            )
         start = len(before)
         upto = render(messages[: i + 1], False)
         if full.startswith(upto) and len(upto) > start:
@@ -112,10 +117,12 @@ def render_with_spans(messages: list[dict[str, str]], render: Renderer) -> tuple
         at = full.find(content, start)
         tail_at = upto.rfind(content)
         if at < 0 or tail_at < 0:
-            raise TemplateError(f"the template does not write assistant turn {i}'s text verbatim, so its "
-                                "trainable span cannot be located")
+            raise TemplateError(
+                f"the template does not write assistant turn {i}'s text verbatim, so its "
+                "trainable span cannot be located"
+            )
         end = at + len(content)
-        terminator = upto[tail_at + len(content):]
+        terminator = upto[tail_at + len(content) :]
         while terminator and not full.startswith(terminator, end):
             terminator = terminator[:-1]  # e.g. keep "<|im_end|>" when the final "\n" differs
         spans.append((start, end + len(terminator)))

@@ -34,26 +34,32 @@ class TokenizedRow:
         return sum(1 for x in self.labels[1:] if x != IGNORE)
 
 
-def tokenize_example(example: Example, tokenizer, render: Renderer, *, max_seq_len: int,
-                     train_on_prompt: bool = False) -> list[TokenizedRow]:
+def tokenize_example(
+    example: Example, tokenizer, render: Renderer, *, max_seq_len: int, train_on_prompt: bool = False
+) -> list[TokenizedRow]:
     """One example -> one row (or several windows for long raw text). TemplateError propagates."""
     if example.kind == "text":
         ids = _with_eos(_encode(tokenizer, example.text, add_special_tokens=True).ids, tokenizer)
-        return [TokenizedRow(example.where, ids[i:i + max_seq_len], ids[i:i + max_seq_len], len(ids))
-                for i in range(0, len(ids), max_seq_len)]
+        return [
+            TokenizedRow(example.where, ids[i : i + max_seq_len], ids[i : i + max_seq_len], len(ids))
+            for i in range(0, len(ids), max_seq_len)
+        ]
     if example.kind == "completion":
         text = example.prompt + example.completion
         enc = _encode(tokenizer, text, add_special_tokens=True)
         spans = [(len(example.prompt), len(text))]
         ids = _with_eos(enc.ids, tokenizer)
-        labels = _labels(enc, spans, train_on_prompt) + ids[len(enc.ids):]
+        labels = _labels(enc, spans, train_on_prompt) + ids[len(enc.ids) :]
     else:
         full, spans = render_with_spans(example.as_messages(), render)
         enc = _encode(tokenizer, full, add_special_tokens=False, spans=spans)
         ids, labels = enc.ids, _labels(enc, spans, train_on_prompt)
     full_length = len(ids)
-    return [TokenizedRow(example.where, ids[:max_seq_len], labels[:max_seq_len], full_length,
-                         truncated=full_length > max_seq_len)]
+    return [
+        TokenizedRow(
+            example.where, ids[:max_seq_len], labels[:max_seq_len], full_length, truncated=full_length > max_seq_len
+        )
+    ]
 
 
 @dataclass
@@ -64,12 +70,14 @@ class _Encoding:
 
 def _encode(tokenizer, text: str, *, add_special_tokens: bool, spans=()) -> _Encoding:
     try:
-        enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
-                        return_special_tokens_mask=True)
+        enc = tokenizer(
+            text, add_special_tokens=add_special_tokens, return_offsets_mapping=True, return_special_tokens_mask=True
+        )
     except NotImplementedError:  # a tokenizer without offsets: encode span by span instead
         return _encode_by_segments(tokenizer, text, add_special_tokens, spans)
-    starts = [-1 if special and a == b else a for (a, b), special in
-              zip(enc["offset_mapping"], enc["special_tokens_mask"])]
+    starts = [
+        -1 if special and a == b else a for (a, b), special in zip(enc["offset_mapping"], enc["special_tokens_mask"])
+    ]
     return _Encoding(list(enc["input_ids"]), starts)
 
 
@@ -113,4 +121,4 @@ def split_answer(example: Example, tokenizer, render: Renderer) -> tuple[list[in
     inside = [i for i, s in enumerate(enc.starts) if start <= s < end]
     if not inside:
         return enc.ids, []
-    return enc.ids[:inside[0]], enc.ids[inside[0]:inside[-1] + 1]
+    return enc.ids[: inside[0]], enc.ids[inside[0] : inside[-1] + 1]

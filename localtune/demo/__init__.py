@@ -30,6 +30,12 @@ HELD_OUT_ANSWERS = (
 
 def held_out_rows() -> list[dict]:
     """The held-out questions as chat rows, answered in the demo's style."""
-    return [{"messages": [{"role": "user", "content": q},
-                          {"role": "assistant", "content": f"Ahoy, matey! {a} Fair winds, Captain Byte."}]}
-            for q, a in HELD_OUT_ANSWERS]
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": f"Ahoy, matey! {a} Fair winds, Captain Byte."},
+            ]
+        }
+        for q, a in HELD_OUT_ANSWERS
+    ]

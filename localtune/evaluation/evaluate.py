@@ -29,13 +29,17 @@ def find_run(target: Path) -> tuple[Path | None, list[Path], Path | None]:
 
     if target.is_dir():
         if not RunDir(target).config.is_file():
-            raise UsageError(f"{target} is not a run folder (no config.yaml)", hint="give a RUN_DIR or a .gguf file",
-                             title="cannot evaluate")
+            raise UsageError(
+                f"{target} is not a run folder (no config.yaml)",
+                hint="give a RUN_DIR or a .gguf file",
+                title="cannot evaluate",
+            )
         tuned, base = find_models(target)
         return target, [tuned], base
     if target.suffix != ".gguf":
-        raise UsageError(f"{target} is not a .gguf file", hint="give a RUN_DIR or a .gguf file",
-                         title="cannot evaluate")
+        raise UsageError(
+            f"{target} is not a .gguf file", hint="give a RUN_DIR or a .gguf file", title="cannot evaluate"
+        )
     run = RunDir(target.parent.parent)
     if target.parent == run.gguf and run.config.is_file():
         return run.path, [target], next(iter(run.base_ggufs()), None)
@@ -46,9 +50,18 @@ def bundle_quants(run_dir: Path) -> list[Path]:
     return RunDir(run_dir).tuned_ggufs()
 
 
-def evaluate(target: str | Path, *, data: str | None = None, base: str | Path | None = None,
-             shots_from: str | None = None, settings: runner.Settings | None = None, out: str | Path | None = None,
-             all_quants: bool = False, emit=None, update_card: bool = True) -> rep.EvalReport:
+def evaluate(
+    target: str | Path,
+    *,
+    data: str | None = None,
+    base: str | Path | None = None,
+    shots_from: str | None = None,
+    settings: runner.Settings | None = None,
+    out: str | Path | None = None,
+    all_quants: bool = False,
+    emit=None,
+    update_card: bool = True,
+) -> rep.EvalReport:
     """Evaluate, write the report folder, and return the report. Raises LocaltuneError for bad input."""
     settings = settings or runner.Settings()
     target = Path(target)
@@ -59,12 +72,37 @@ def evaluate(target: str | Path, *, data: str | None = None, base: str | Path | 
 
     # A run is held like export holds it: no export rewrites the bundle (or its card) meanwhile.
     with run_lock(run_dir, "evaluation") if run_dir else contextlib.nullcontext():
-        return _evaluate(target, run_dir, tuned, found_base, data=data, base=base, shots_from=shots_from,
-                         settings=settings, out=out, all_quants=all_quants, emit=emit, update_card=update_card)
+        return _evaluate(
+            target,
+            run_dir,
+            tuned,
+            found_base,
+            data=data,
+            base=base,
+            shots_from=shots_from,
+            settings=settings,
+            out=out,
+            all_quants=all_quants,
+            emit=emit,
+            update_card=update_card,
+        )
 
 
-def _evaluate(target: Path, run_dir: Path | None, tuned: list[Path], found_base: Path | None, *, data, base,
-              shots_from, settings: runner.Settings, out, all_quants: bool, emit, update_card: bool) -> rep.EvalReport:
+def _evaluate(
+    target: Path,
+    run_dir: Path | None,
+    tuned: list[Path],
+    found_base: Path | None,
+    *,
+    data,
+    base,
+    shots_from,
+    settings: runner.Settings,
+    out,
+    all_quants: bool,
+    emit,
+    update_card: bool,
+) -> rep.EvalReport:
     from localtune.config import load_config
 
     base_path = Path(base) if base else found_base
@@ -78,15 +116,21 @@ def _evaluate(target: Path, run_dir: Path | None, tuned: list[Path], found_base:
         encoder = runner.run_encoder(run_dir)
     else:
         if data is None:
-            raise UsageError(f"{target} is not part of a run, so it has no validation rows",
-                             hint="pass --data FILE with the rows to evaluate", title="cannot evaluate")
+            raise UsageError(
+                f"{target} is not part of a run, so it has no validation rows",
+                hint="pass --data FILE with the rows to evaluate",
+                title="cannot evaluate",
+            )
         rows = EvalRows(file_rows(data), file_rows(shots_from) if shots_from else [], str(data))
         from localtune.chat.runtime import open_gguf
 
         encoder = runner.gguf_encoder(open_gguf(tuned[0], n_ctx=64))
     if out and Path(out).exists() and any(Path(out).iterdir()):
-        raise UsageError(f"the report folder {out} exists and is not empty", hint="give --out a new folder, or "
-                         "leave it out for RUN_DIR/eval/<timestamp>", title="report folder in use")
+        raise UsageError(
+            f"the report folder {out} exists and is not empty",
+            hint="give --out a new folder, or leave it out for RUN_DIR/eval/<timestamp>",
+            title="report folder in use",
+        )
     settings.n_ctx = min(settings.n_ctx, _context_length(tuned[0]))
     plan = runner.plan(rows, encoder, tuned, base_path, settings)
 
@@ -95,8 +139,15 @@ def _evaluate(target: Path, run_dir: Path | None, tuned: list[Path], found_base:
             emit(EvalProgress(done, total, round(eta, 1)))
 
     results, interrupted = runner.run(plan, settings, progress=progress)
-    report = rep.build_report(plan, results, settings, target=str(target), source=rows.source,
-                              tokenization=encoder.origin, partial=interrupted)
+    report = rep.build_report(
+        plan,
+        results,
+        settings,
+        target=str(target),
+        source=rows.source,
+        tokenization=encoder.origin,
+        partial=interrupted,
+    )
     if results:
         folder = Path(out) if out else _new_folder(RunDir(run_dir).eval if run_dir else target.parent / "eval")
         rep.write_report(report, folder)

@@ -64,8 +64,9 @@ def rouge_l(answer: str, reference: str) -> float:
     return float(_SCORER.score(reference, answer)["rougeL"].fmeasure)
 
 
-def bootstrap_ci(rows: Sequence, statistic: Callable[[Sequence], float], *, resamples: int = 1000,
-                 level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    rows: Sequence, statistic: Callable[[Sequence], float], *, resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of statistic(rows) over resampled rows (seeded: reports repeat)."""
     import numpy as np
 
@@ -81,8 +82,9 @@ def bootstrap_ci(rows: Sequence, statistic: Callable[[Sequence], float], *, resa
     return float(lo), float(hi)
 
 
-def wins_ties_losses(ours: Sequence[float], theirs: Sequence[float], *, higher_is_better: bool = True,
-                     tol: float = 1e-9) -> tuple[int, int, int]:
+def wins_ties_losses(
+    ours: Sequence[float], theirs: Sequence[float], *, higher_is_better: bool = True, tol: float = 1e-9
+) -> tuple[int, int, int]:
     wins = ties = losses = 0
     for a, b in zip(ours, theirs):
         diff = (a - b) if higher_is_better else (b - a)

@@ -26,8 +26,13 @@ from localtune.evaluation.runner import Plan, RowResult, Settings, System, row_l
 from localtune.files import atomic_folder, write_text
 from localtune.runs.layout import RunDir
 
-METRICS = (("loss", "loss", False), ("exact", "exact match", True), ("f1", "token F1", True),
-           ("rouge_l", "ROUGE-L", True), ("stopped", "stopped", True))
+METRICS = (
+    ("loss", "loss", False),
+    ("exact", "exact match", True),
+    ("f1", "token F1", True),
+    ("rouge_l", "ROUGE-L", True),
+    ("stopped", "stopped", True),
+)
 MIN_STOP_RATE = 0.5
 SAMPLE_ROWS = 8
 
@@ -69,8 +74,15 @@ class EvalReport:
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("rows", "folder")}
-        d["rows"] = [{"where": r.where, "prompt": r.prompt, "reference": r.reference,
-                      "answers": {k: asdict(a) for k, a in r.answers.items()}} for r in self.rows]
+        d["rows"] = [
+            {
+                "where": r.where,
+                "prompt": r.prompt,
+                "reference": r.reference,
+                "answers": {k: asdict(a) for k, a in r.answers.items()},
+            }
+            for r in self.rows
+        ]
         return _finite(d)
 
 
@@ -116,14 +128,28 @@ def compare(rows: list[RowResult], tuned: str, baseline: str) -> Comparison:
     return Comparison(baseline, rl, lo, outcome)
 
 
-def build_report(plan: Plan, rows: list[RowResult], settings: Settings, *, target: str, source: str,
-                 tokenization: str, partial: bool) -> EvalReport:
+def build_report(
+    plan: Plan, rows: list[RowResult], settings: Settings, *, target: str, source: str, tokenization: str, partial: bool
+) -> EvalReport:
     systems = [summarize(s, rows) for s in plan.systems] if rows else []
     tuned = next((s for s in systems if s.role == "tuned"), None)
     comparisons = [compare(rows, tuned.name, s.name) for s in systems if tuned and s.role != "tuned"] if rows else []
     verdict, passed = _verdict(tuned, systems, comparisons, len(rows), partial)
-    return EvalReport(target, source, tokenization, asdict(settings), systems, comparisons, verdict, passed, partial,
-                      rows, plan.skipped, plan.notes, [s.where for s in plan.shots])
+    return EvalReport(
+        target,
+        source,
+        tokenization,
+        asdict(settings),
+        systems,
+        comparisons,
+        verdict,
+        passed,
+        partial,
+        rows,
+        plan.skipped,
+        plan.notes,
+        [s.where for s in plan.shots],
+    )
 
 
 def _verdict(tuned, systems, comparisons, n: int, partial: bool) -> tuple[str, bool]:
@@ -132,19 +158,26 @@ def _verdict(tuned, systems, comparisons, n: int, partial: bool) -> tuple[str, b
         return f"no row was evaluated {scope}", False
     ran_on = round((1 - tuned.values["stopped"]) * n)
     if tuned.values["stopped"] < MIN_STOP_RATE:
-        return (f"FAIL: {tuned.name} never stopped on {ran_on} of {n} rows (no EOS/end-of-turn within the token "
-                "limit): it would run on in every chat; check the chat template and EOS of the export"), False
+        return (
+            f"FAIL: {tuned.name} never stopped on {ran_on} of {n} rows (no EOS/end-of-turn within the token "
+            "limit): it would run on in every chat; check the chat template and EOS of the export"
+        ), False
     by_name = {s.name: s for s in systems}
     parts = []
     for c in comparisons:
         b = by_name[c.baseline]
         label = "the base" if b.role == "base" else f"{b.shots}-shot prompting of the base"
         won, _, lost = c.rouge_l
-        parts.append(f"{c.outcome} of {label} (loss {b.values['loss']:.3f} -> {tuned.values['loss']:.3f}, ROUGE-L "
-                     f"{b.values['rouge_l']:.2f} -> {tuned.values['rouge_l']:.2f}, {won} row(s) better, {lost} worse)")
+        parts.append(
+            f"{c.outcome} of {label} (loss {b.values['loss']:.3f} -> {tuned.values['loss']:.3f}, ROUGE-L "
+            f"{b.values['rouge_l']:.2f} -> {tuned.values['rouge_l']:.2f}, {won} row(s) better, {lost} worse)"
+        )
     if not parts:
-        return f"{tuned.name}: loss {tuned.values['loss']:.3f}, ROUGE-L {tuned.values['rouge_l']:.2f} {scope} " \
-               "(no baseline to compare with)", True
+        return (
+            f"{tuned.name}: loss {tuned.values['loss']:.3f}, ROUGE-L {tuned.values['rouge_l']:.2f} {scope} "
+            "(no baseline to compare with)",
+            True,
+        )
     stops = "" if tuned.values["stopped"] == 1 else f"; it ran to the token limit on {ran_on} row(s)"
     return f"{tuned.name} is " + "; ".join(parts) + f" {scope}{stops}", True
 
@@ -163,9 +196,19 @@ def _cell(s: SystemSummary, key: str) -> str:
 
 def table_rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
     head = ["system", "loss (95% CI)", "ppl", "exact match", "token F1", "ROUGE-L", "length", "stopped"]
-    body = [[s.name, _cell(s, "loss"), f"{s.values['ppl']:.2f}" if math.isfinite(s.values["ppl"]) else "-",
-             _cell(s, "exact"), _cell(s, "f1"), _cell(s, "rouge_l"), f"{s.values['length']:.1f}",
-             _cell(s, "stopped")] for s in report.systems]
+    body = [
+        [
+            s.name,
+            _cell(s, "loss"),
+            f"{s.values['ppl']:.2f}" if math.isfinite(s.values["ppl"]) else "-",
+            _cell(s, "exact"),
+            _cell(s, "f1"),
+            _cell(s, "rouge_l"),
+            f"{s.values['length']:.1f}",
+            _cell(s, "stopped"),
+        ]
+        for s in report.systems
+    ]
     return head, body
 
 
@@ -176,12 +219,16 @@ def render_text(report: EvalReport) -> str:
     lines = [f"eval {report.target}: {len(report.rows)} row(s) from {report.source}", fmt(head)]
     lines += [fmt(r) for r in body]
     for c in report.comparisons:
-        lines.append(f"tuned vs {c.baseline}: ROUGE-L wins/ties/losses {'/'.join(map(str, c.rouge_l))}, "
-                     f"loss {'/'.join(map(str, c.loss))}")
+        lines.append(
+            f"tuned vs {c.baseline}: ROUGE-L wins/ties/losses {'/'.join(map(str, c.rouge_l))}, "
+            f"loss {'/'.join(map(str, c.loss))}"
+        )
     lines += [f"note: {n}" for n in report.notes]
     if report.skipped:
-        lines.append(f"skipped {len(report.skipped)} row(s): {report.skipped[0]}" +
-                     (f" and {len(report.skipped) - 1} more" if len(report.skipped) > 1 else ""))
+        lines.append(
+            f"skipped {len(report.skipped)} row(s): {report.skipped[0]}"
+            + (f" and {len(report.skipped) - 1} more" if len(report.skipped) > 1 else "")
+        )
     lines.append("verdict: " + report.verdict)
     if report.folder:
         lines.append(f"report: {report.folder / 'report.md'}")
@@ -198,28 +245,54 @@ def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
 
 def render_markdown(report: EvalReport) -> str:
     head, body = table_rows(report)
-    lines = [f"# Evaluation of `{report.target}`", "",
-             f"{len(report.rows)} held-out row(s) from {report.source}" + (" (partial: interrupted)" if report.partial
-                                                                           else "") + ".",
-             f"Tokens: {report.tokenization}. Greedy answers; loss is teacher-forced on the reference answer.", "",
-             "## Verdict", "", report.verdict, "", "## Metrics", "", "![metrics per system](chart.png)", ""]
+    lines = [
+        f"# Evaluation of `{report.target}`",
+        "",
+        f"{len(report.rows)} held-out row(s) from {report.source}"
+        + (" (partial: interrupted)" if report.partial else "")
+        + ".",
+        f"Tokens: {report.tokenization}. Greedy answers; loss is teacher-forced on the reference answer.",
+        "",
+        "## Verdict",
+        "",
+        report.verdict,
+        "",
+        "## Metrics",
+        "",
+        "![metrics per system](chart.png)",
+        "",
+    ]
     lines += _md_table(head, body)
     if report.comparisons:
-        lines += ["", "| tuned vs | ROUGE-L wins / ties / losses | loss wins / ties / losses | outcome |",
-                  "|---|---|---|---|"]
-        lines += [f"| {c.baseline} | {' / '.join(map(str, c.rouge_l))} | {' / '.join(map(str, c.loss))} | "
-                  f"{c.outcome} |" for c in report.comparisons]
+        lines += [
+            "",
+            "| tuned vs | ROUGE-L wins / ties / losses | loss wins / ties / losses | outcome |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c.baseline} | {' / '.join(map(str, c.rouge_l))} | {' / '.join(map(str, c.loss))} | {c.outcome} |"
+            for c in report.comparisons
+        ]
     if report.notes or report.skipped:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes] + [f"- skipped {s}" for s in report.skipped]
     if report.shots:
         lines += ["", f"Few-shot turns came from these training rows: {', '.join(report.shots)}."]
     lines += ["", "## Sample of rows", ""]
     for r in report.rows[:SAMPLE_ROWS]:
-        lines += [f"### {r.where}", "", f"**prompt**: {_md_escape(r.prompt)}", "",
-                  f"**reference**: {_md_escape(r.reference)}", "", "| system | answer | ROUGE-L | stopped |",
-                  "|---|---|---|---|"]
-        lines += [f"| {name} | {_md_escape(a.text) or '(empty)'} | {a.rouge_l:.2f} | {'yes' if a.stopped else 'no'} |"
-                  for name, a in r.answers.items()]
+        lines += [
+            f"### {r.where}",
+            "",
+            f"**prompt**: {_md_escape(r.prompt)}",
+            "",
+            f"**reference**: {_md_escape(r.reference)}",
+            "",
+            "| system | answer | ROUGE-L | stopped |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {_md_escape(a.text) or '(empty)'} | {a.rouge_l:.2f} | {'yes' if a.stopped else 'no'} |"
+            for name, a in r.answers.items()
+        ]
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -232,8 +305,7 @@ def draw_chart(report: EvalReport, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     names = [s.name for s in report.systems]
-    colors = ["#1f77b4" if s.role == "tuned" else "#7f7f7f" if s.role == "base" else "#ff7f0e"
-              for s in report.systems]
+    colors = ["#1f77b4" if s.role == "tuned" else "#7f7f7f" if s.role == "base" else "#ff7f0e" for s in report.systems]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.6), constrained_layout=True)
     for ax, (key, label, higher) in zip(axes, METRICS, strict=True):
         values = [s.values[key] for s in report.systems]
@@ -244,8 +316,9 @@ def draw_chart(report: EvalReport, path: Path) -> Path:
         ax.set_title(f"{label} ({'higher' if higher else 'lower'} is better)", fontsize=9)
         if higher:
             ax.set_ylim(0, 1.05)
-    fig.suptitle(f"{report.target}: {len(report.rows)} held-out rows" + (" (partial)" if report.partial else ""),
-                 fontsize=10)
+    fig.suptitle(
+        f"{report.target}: {len(report.rows)} held-out rows" + (" (partial)" if report.partial else ""), fontsize=10
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -257,8 +330,9 @@ def write_report(report: EvalReport, out_dir: Path) -> Path:
     try:
         with atomic_folder(out_dir) as tmp:
             report.folder = out_dir
-            (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False),
-                                             encoding="utf-8")
+            (tmp / "report.json").write_text(
+                json.dumps(report.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8"
+            )
             (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
             if report.systems:
                 draw_chart(report, tmp / "chart.png")
@@ -270,8 +344,14 @@ def write_report(report: EvalReport, out_dir: Path) -> Path:
 
 def card_section(report: EvalReport) -> str:
     head, body = table_rows(report)
-    lines = ["## Evaluation", "", f"`localtune eval` on {len(report.rows)} held-out row(s) from {report.source}"
-             + (f" (report: `{report.folder.name}`)" if report.folder else "") + ":", ""] + _md_table(head, body)
+    lines = [
+        "## Evaluation",
+        "",
+        f"`localtune eval` on {len(report.rows)} held-out row(s) from {report.source}"
+        + (f" (report: `{report.folder.name}`)" if report.folder else "")
+        + ":",
+        "",
+    ] + _md_table(head, body)
     return "\n".join(lines + ["", f"Verdict: {report.verdict}", ""])
 
 
@@ -283,7 +363,7 @@ def update_card(card: Path, report: EvalReport) -> None:
     start = text.find("## Evaluation")
     if start >= 0:
         end = text.find("\n## ", start + 1)
-        text = text[:start] + (text[end + 1:] if end >= 0 else "")
+        text = text[:start] + (text[end + 1 :] if end >= 0 else "")
     at = text.find("## Use")
     section = card_section(report) + "\n"
     text = text[:at] + section + text[at:] if at >= 0 else text.rstrip("\n") + "\n\n" + section
@@ -293,8 +373,14 @@ def update_card(card: Path, report: EvalReport) -> None:
 def latest_report(run_dir: Path) -> dict | None:
     """The newest complete report.json under RUN_DIR/eval, or None."""
     folder = RunDir(run_dir).eval
-    found = sorted((p for p in folder.glob("*/report.json") if not p.parent.name.startswith(".")),
-                   key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    found = (
+        sorted(
+            (p for p in folder.glob("*/report.json") if not p.parent.name.startswith(".")),
+            key=lambda p: p.stat().st_mtime,
+        )
+        if folder.is_dir()
+        else []
+    )
     for path in reversed(found):
         try:
             return {**json.loads(path.read_text(encoding="utf-8")), "folder": str(path.parent)}

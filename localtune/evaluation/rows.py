@@ -34,9 +34,18 @@ def reference(example: Example) -> str:
 
 
 def _answerable(examples: list[Example], source: str) -> list[Example]:
-    bad = [Problem(e.where, "text", "a raw-text row has no answer to compare with",
-                   "evaluate chat, sharegpt, alpaca or prompt_completion rows (the last assistant turn, or the "
-                   "completion, is the reference)", "no_answer") for e in examples if e.kind == "text"]
+    bad = [
+        Problem(
+            e.where,
+            "text",
+            "a raw-text row has no answer to compare with",
+            "evaluate chat, sharegpt, alpaca or prompt_completion rows (the last assistant turn, or the "
+            "completion, is the reference)",
+            "no_answer",
+        )
+        for e in examples
+        if e.kind == "text"
+    ]
     if bad:
         raise DataError(bad[:20], heading=f"{len(bad)} row(s) of {source} cannot be evaluated")
     return examples
@@ -57,8 +66,10 @@ def run_rows(run_dir: Path, cfg, data: str | None = None) -> EvalRows:
     if data is not None:
         val, source = file_rows(data), str(data)
     elif not val:
-        raise NothingToEvaluate(f"the run {run_dir} has no validation rows (its data has fewer than 10 rows, or "
-                                "data.val_fraction is 0)", hint="pass --data FILE with held-out rows")
+        raise NothingToEvaluate(
+            f"the run {run_dir} has no validation rows (its data has fewer than 10 rows, or data.val_fraction is 0)",
+            hint="pass --data FILE with held-out rows",
+        )
     held = {_key(e) for e in val}
     return EvalRows(_answerable(val, source), [e for e in train if _key(e) not in held and e.kind != "text"], source)
 
@@ -93,4 +104,4 @@ def with_shots(example: Example, shots: list[Example]) -> Example:
         return replace(example, prompt=head + example.prompt)
     turns = [t for s in shots if s.kind == "chat" for t in s.messages if t[0] != "system"]
     system = example.messages[:1] if example.messages[0][0] == "system" else ()
-    return replace(example, messages=system + tuple(turns) + example.messages[len(system):])
+    return replace(example, messages=system + tuple(turns) + example.messages[len(system) :])

@@ -84,8 +84,11 @@ def run_encoder(run_dir: Path) -> Encoder:
     run = RunDir(run_dir)
     merged = run.merged
     if not run.has_merged:
-        raise UsageError(f"{run_dir} has not been exported yet", hint=f"run `localtune export {run_dir}` first",
-                         title="cannot evaluate")
+        raise UsageError(
+            f"{run_dir} has not been exported yet",
+            hint=f"run `localtune export {run_dir}` first",
+            title="cannot evaluate",
+        )
     tok = AutoTokenizer.from_pretrained(merged)
     template_file = run.chat_template
     template = resolve_chat_template(tok, str(template_file) if template_file.is_file() else None)
@@ -114,15 +117,19 @@ class GGUFTokenizer:
         raise NotImplementedError  # no offsets: split_answer encodes span by span
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special_tokens and self.add_bos_token,
-                                 special=True)
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special_tokens and self.add_bos_token, special=True)
 
-    def apply_chat_template(self, messages, *, chat_template: str, tokenize: bool = False,
-                            add_generation_prompt: bool = False) -> str:
+    def apply_chat_template(
+        self, messages, *, chat_template: str, tokenize: bool = False, add_generation_prompt: bool = False
+    ) -> str:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        return Jinja2ChatFormatter(chat_template, eos_token=self.eos_token, bos_token=self.bos_token,
-                                   add_generation_prompt=add_generation_prompt)(messages=messages).prompt
+        return Jinja2ChatFormatter(
+            chat_template,
+            eos_token=self.eos_token,
+            bos_token=self.bos_token,
+            add_generation_prompt=add_generation_prompt,
+        )(messages=messages).prompt
 
 
 def gguf_encoder(llm) -> Encoder:
@@ -150,17 +157,26 @@ def score(llm, prompt_ids: list[int], answer_ids: list[int], ref_text: str, limi
     ids = prompt_ids + answer_ids
     llm.reset()
     llm.eval(ids)
-    logits = np.asarray(llm._scores[len(prompt_ids) - 1: len(ids) - 1], dtype=np.float64)
+    logits = np.asarray(llm._scores[len(prompt_ids) - 1 : len(ids) - 1], dtype=np.float64)
     logits -= logits.max(-1, keepdims=True)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     nll = float(-logp[np.arange(len(answer_ids)), answer_ids].sum())
-    out = llm.create_completion(prompt=prompt_ids, max_tokens=limit, temperature=0.0, top_p=1.0, top_k=1,
-                                repeat_penalty=1.0, stream=False)
+    out = llm.create_completion(
+        prompt=prompt_ids, max_tokens=limit, temperature=0.0, top_p=1.0, top_k=1, repeat_penalty=1.0, stream=False
+    )
     choice = out["choices"][0]
     text = choice["text"].strip()
-    return Answer(text, nll, len(answer_ids), out["usage"]["completion_tokens"], choice["finish_reason"] == "stop",
-                  metrics.exact_match(text, ref_text), metrics.token_f1(text, ref_text),
-                  metrics.rouge_l(text, ref_text), len(prompt_ids))
+    return Answer(
+        text,
+        nll,
+        len(answer_ids),
+        out["usage"]["completion_tokens"],
+        choice["finish_reason"] == "stop",
+        metrics.exact_match(text, ref_text),
+        metrics.token_f1(text, ref_text),
+        metrics.rouge_l(text, ref_text),
+        len(prompt_ids),
+    )
 
 
 @dataclass
@@ -189,14 +205,17 @@ def plan(rows: EvalRows, encoder: Encoder, tuned: list[Path], base: Path | None,
             skipped.append(f"{ex.where} ({exc})")
             continue
         if not a or len(p) + len(a) + _limit(len(a), settings) > settings.n_ctx:
-            skipped.append(f"{ex.where} (needs {len(p) + len(a) + _limit(len(a), settings)} tokens, more than "
-                           f"the {settings.n_ctx}-token context)")
+            skipped.append(
+                f"{ex.where} (needs {len(p) + len(a) + _limit(len(a), settings)} tokens, more than "
+                f"the {settings.n_ctx}-token context)"
+            )
             continue
         zero.append((p, a))
         kept.append(ex)
     if not kept:
-        raise NothingToEvaluate("no row can be evaluated: " + "; ".join(skipped[:3]),
-                                hint="raise --ctx, or pass --data with shorter rows")
+        raise NothingToEvaluate(
+            "no row can be evaluated: " + "; ".join(skipped[:3]), hint="raise --ctx, or pass --data with shorter rows"
+        )
     systems = [System(f"tuned {_quant(t)}", "tuned", t) for t in tuned]
     encoded = {s.name: zero for s in systems}
     shots: list[Example] = []
@@ -217,16 +236,21 @@ def plan(rows: EvalRows, encoder: Encoder, tuned: list[Path], base: Path | None,
                 systems.append(System(name, "few-shot", base, k))
                 encoded[name] = few
                 if k < min(settings.shots, len(pool)):
-                    notes.append(f"{k} shot(s), not {settings.shots}: more do not fit the {settings.n_ctx}-token "
-                                 "context with the longest row")
+                    notes.append(
+                        f"{k} shot(s), not {settings.shots}: more do not fit the {settings.n_ctx}-token "
+                        "context with the longest row"
+                    )
                 elif k < settings.shots:
-                    notes.append(f"{k} shot(s), not {settings.shots}: only {len(pool)} training row(s) to take "
-                                 "them from")
+                    notes.append(
+                        f"{k} shot(s), not {settings.shots}: only {len(pool)} training row(s) to take them from"
+                    )
                 break
         else:
             if settings.shots > 0:
-                notes.append("no few-shot system: " + ("no training rows to take shots from" if not pool else
-                                                       "not even one shot fits the context"))
+                notes.append(
+                    "no few-shot system: "
+                    + ("no training rows to take shots from" if not pool else "not even one shot fits the context")
+                )
     else:
         notes.append("no base GGUF: pass --base BASE.gguf to compare with the base model")
     return Plan(systems, kept, encoded, skipped, shots, notes)

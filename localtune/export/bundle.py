@@ -71,11 +71,13 @@ def _export_run(run_dir: Path, quants, verify: bool, say) -> Bundle:
     template = run.chat_template.read_text(encoding="utf-8") if run.chat_template.is_file() else None
     quants = quants or [default_quant(merged)]
     name = run_dir.name
-    bundle.tuned = export_model(merged, quants, bundle.gguf_dir, chat_template=template, verify=verify, stem=name,
-                                say=say)
+    bundle.tuned = export_model(
+        merged, quants, bundle.gguf_dir, chat_template=template, verify=verify, stem=name, say=say
+    )
     base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
-    bundle.base = export_model(base.folder, quants[:1], bundle.gguf_dir, chat_template=template, verify=False,
-                               stem=BASE_STEM, say=say)
+    bundle.base = export_model(
+        base.folder, quants[:1], bundle.gguf_dir, chat_template=template, verify=False, stem=BASE_STEM, say=say
+    )
     try:
         bundle.adapter = export_adapter(run_dir, bundle.gguf_dir, say=say)
     except Exception as exc:  # DoRA or per-module patterns: the merged export still stands
@@ -89,21 +91,28 @@ def _export_run(run_dir: Path, quants, verify: bool, say) -> Bundle:
 
 
 # ---- Ollama -----------------------------------------------------------------------------------------
-CHATML_GO = ("{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
-             "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
-             "<|im_start|>assistant\n")
+CHATML_GO = (
+    "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+    "<|im_start|>assistant\n"
+)
 
 
 def write_modelfile(path: Path, gguf: Path, template: str, tok) -> Path:
     """FROM, a TEMPLATE for ChatML-style models (others use the GGUF's embedded template), stop tokens,
     and the default system prompt the chat template injects, if any."""
     lines = [f"# Ollama: ollama create {gguf.stem.lower()} -f Modelfile", f"FROM ./{gguf.name}", ""]
-    stops = [t for t in {tok.eos_token, *(s for s in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
-                                           if s in template)} if t]
+    stops = [
+        t
+        for t in {
+            tok.eos_token,
+            *(s for s in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>") if s in template),
+        }
+        if t
+    ]
     if "<|im_start|>" in template:
         lines += ['TEMPLATE """' + CHATML_GO + '"""', ""]
-        rendered = tok.apply_chat_template([{"role": "user", "content": "x"}], chat_template=template,
-                                           tokenize=False)
+        rendered = tok.apply_chat_template([{"role": "user", "content": "x"}], chat_template=template, tokenize=False)
         m = re.match(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", rendered, re.S)
         if m:
             lines += ['SYSTEM """' + m.group(1) + '"""', ""]
@@ -117,25 +126,45 @@ def write_card(run_dir: Path, bundle: Bundle, cfg) -> Path:
     run = RunDir(run_dir)
     info = run.load_info()
     data = info.data
-    lines = [f"# {run.name}", "",
-             f"LoRA fine-tune of `{cfg.model.name_or_path}` made with localtune.", "",
-             "## Training", "",
-             f"- data: `{cfg.data.path}` ({data.train_rows if data else '?'} training rows, "
-             f"{data.val_rows if data else '?'} validation rows)",
-             f"- steps: {info.steps}, final training loss {info.final_loss}, eval loss {info.eval_loss}",
-             f"- LoRA rank {cfg.lora.r}, alpha {cfg.lora.alpha}, {'4-bit QLoRA' if info.quantized else 'LoRA'} "
-             f"on {info.device}, {info.seconds} s", "",
-             "## Files", ""]
+    lines = [
+        f"# {run.name}",
+        "",
+        f"LoRA fine-tune of `{cfg.model.name_or_path}` made with localtune.",
+        "",
+        "## Training",
+        "",
+        f"- data: `{cfg.data.path}` ({data.train_rows if data else '?'} training rows, "
+        f"{data.val_rows if data else '?'} validation rows)",
+        f"- steps: {info.steps}, final training loss {info.final_loss}, eval loss {info.eval_loss}",
+        f"- LoRA rank {cfg.lora.r}, alpha {cfg.lora.alpha}, {'4-bit QLoRA' if info.quantized else 'LoRA'} "
+        f"on {info.device}, {info.seconds} s",
+        "",
+        "## Files",
+        "",
+    ]
     for f in bundle.tuned + bundle.base:
         lines.append(f"- `{f.path.name}` ({f.path.stat().st_size / 1e6:.1f} MB)")
     if bundle.adapter:
-        lines.append(f"- `{bundle.adapter.name}` (LoRA adapter for llama.cpp's `--lora` / llama-cpp-python's "
-                     "`lora_path`)")
-    lines += ["- `Modelfile` (Ollama)", "", "## Verification", "", "| file | check | result | detail |",
-              "|---|---|---|---|"]
+        lines.append(
+            f"- `{bundle.adapter.name}` (LoRA adapter for llama.cpp's `--lora` / llama-cpp-python's `lora_path`)"
+        )
+    lines += [
+        "- `Modelfile` (Ollama)",
+        "",
+        "## Verification",
+        "",
+        "| file | check | result | detail |",
+        "|---|---|---|---|",
+    ]
     for f in bundle.tuned:
-        for c in (f.verify.checks if f.verify else []):
+        for c in f.verify.checks if f.verify else []:
             lines.append(f"| {f.path.name} | {c.name} | {'PASS' if c.passed else 'FAIL'} | {c.detail} |")
-    lines += ["", "## Use", "", f"    localtune chat {run_dir}", f"    cd {bundle.gguf_dir} && ollama create "
-              f"{run_dir.name.lower()} -f Modelfile", ""]
+    lines += [
+        "",
+        "## Use",
+        "",
+        f"    localtune chat {run_dir}",
+        f"    cd {bundle.gguf_dir} && ollama create {run_dir.name.lower()} -f Modelfile",
+        "",
+    ]
     return write_text(run.card, "\n".join(lines))

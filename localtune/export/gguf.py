@@ -41,9 +41,17 @@ def estimate_bytes(folder: Path, out_types: list[str]) -> int:
     return need + (expected_bytes(n_weights, "f16") if any(t not in DIRECT_TYPES for t in out_types) else 0)
 
 
-def export_model(folder: str | Path, out_types: list[str], out_dir: str | Path, *, chat_template: str | None = None,
-                 verify: bool = True, stem: str | None = None, say: Callable[[str], None] = print,
-                 progress: Callable[[str, int, int], None] | None = None) -> list[ExportedFile]:
+def export_model(
+    folder: str | Path,
+    out_types: list[str],
+    out_dir: str | Path,
+    *,
+    chat_template: str | None = None,
+    verify: bool = True,
+    stem: str | None = None,
+    say: Callable[[str], None] = print,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[ExportedFile]:
     from localtune.converters.hf_to_gguf import DIRECT_TYPES, convert
     from localtune.converters.quantize import quantize
 
@@ -55,8 +63,11 @@ def export_model(folder: str | Path, out_types: list[str], out_dir: str | Path, 
     out_dir.mkdir(parents=True, exist_ok=True)
     need, free = estimate_bytes(folder, out_types), shutil.disk_usage(out_dir).free
     if need > free:
-        raise UsageError(f"{out_dir} has {free / 1e9:.2f} GB free; the export needs about {need / 1e9:.2f} GB",
-                         hint="free some space or choose another --out", title="not enough disk space")
+        raise UsageError(
+            f"{out_dir} has {free / 1e9:.2f} GB free; the export needs about {need / 1e9:.2f} GB",
+            hint="free some space or choose another --out",
+            title="not enough disk space",
+        )
     if chat_template is None:  # the model's own, or the ChatML default training would have used
         from localtune.data.template import resolve_chat_template
 
@@ -83,8 +94,10 @@ def export_model(folder: str | Path, out_types: list[str], out_dir: str | Path, 
     if intermediate is not None and intermediate.name.startswith("."):
         intermediate.unlink(missing_ok=True)
     for f in results:
-        say(f"wrote {f.path} ({f.path.stat().st_size / 1e6:.1f} MB, {f.mb_per_s:.0f} MB/s)"
-            + "".join(f"\n  note: {n}" for n in f.notes))
+        say(
+            f"wrote {f.path} ({f.path.stat().st_size / 1e6:.1f} MB, {f.mb_per_s:.0f} MB/s)"
+            + "".join(f"\n  note: {n}" for n in f.notes)
+        )
         if verify:
             from localtune.export.verify import verify as run_verify
 
@@ -94,22 +107,27 @@ def export_model(folder: str | Path, out_types: list[str], out_dir: str | Path, 
     return results
 
 
-def export_adapter(run_dir: str | Path, out_dir: str | Path, *, out_type: str = "f32",
-                   say: Callable[[str], None] = print) -> Path:
+def export_adapter(
+    run_dir: str | Path, out_dir: str | Path, *, out_type: str = "f32", say: Callable[[str], None] = print
+) -> Path:
     from localtune.config import load_config
     from localtune.converters.lora import convert_adapter
     from localtune.model.loading import resolve_base
 
     run = RunDir(run_dir)
     if not run.has_adapter:
-        raise UsageError(f"{run_dir} has no trained adapter (adapter/adapter_config.json)",
-                         hint="finish the training run first (localtune train ... --resume)")
+        raise UsageError(
+            f"{run_dir} has no trained adapter (adapter/adapter_config.json)",
+            hint="finish the training run first (localtune train ... --resume)",
+        )
     cfg = load_config(run.config)
     base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     target = Path(out_dir) / adapter_gguf_name(run.name, out_type)
     info = convert_adapter(run.adapter, base.folder, target, out_type=out_type)
-    say(f"wrote {target}: LoRA adapter, {info['tensors']} tensors, rank {info['rank']}, alpha {info['alpha']:g}; "
-        f"load it with llama-cpp-python's lora_path over a GGUF of {base.spec}")
+    say(
+        f"wrote {target}: LoRA adapter, {info['tensors']} tensors, rank {info['rank']}, alpha {info['alpha']:g}; "
+        f"load it with llama-cpp-python's lora_path over a GGUF of {base.spec}"
+    )
     return target
 
 
@@ -120,5 +138,7 @@ def is_run_dir(path: Path) -> bool:
 
 def require_hf_folder(path: Path) -> None:
     if not (path / "config.json").is_file():
-        raise ConversionError(f"{path} is neither a Hugging Face model folder nor a training run folder",
-                              hint="give a folder with config.json and safetensors weights, or a RUN_DIR")
+        raise ConversionError(
+            f"{path} is neither a Hugging Face model folder nor a training run folder",
+            hint="give a folder with config.json and safetensors weights, or a RUN_DIR",
+        )

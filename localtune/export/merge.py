@@ -27,8 +27,10 @@ from localtune.files import atomic_folder
 from localtune.model.checks import check_adapter, read_safetensors_header, weight_shapes
 from localtune.runs.layout import RunDir
 
-SAMPLES = ("The quick brown fox jumps over the lazy dog. 12345",
-           "What is the capital of France? Answer in one sentence.")
+SAMPLES = (
+    "The quick brown fox jumps over the lazy dog. 12345",
+    "What is the capital of France? Answer in one sentence.",
+)
 
 
 class MergeError(LocaltuneError):
@@ -60,8 +62,9 @@ def _dtype_of(path: Path) -> str:
     return next((t.dtype for t in read_safetensors_header(path).values()), "BF16")
 
 
-def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
-              device: str | None = None) -> MergeResult:
+def merge_run(
+    run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, device: str | None = None
+) -> MergeResult:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -78,17 +81,22 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
     base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     recorded = run.load_info().base
     if recorded and recorded.fingerprint and recorded.fingerprint != base.identity["fingerprint"]:
-        raise UsageError(f"the adapter in {run_dir} was trained on a different base than {cfg.model.name_or_path!r} "
-                         "is now", hint="merge with the base model the run was trained on",
-                         title="adapter from a different base")
+        raise UsageError(
+            f"the adapter in {run_dir} was trained on a different base than {cfg.model.name_or_path!r} is now",
+            hint="merge with the base model the run was trained on",
+            title="adapter from a different base",
+        )
     check_adapter(adapter, weight_shapes(base.folder))
     tokenizer = base.tokenizer()
     dev, dtype = merge_placement(base.folder, device or pick_device(cfg.train.device))
     signal_point("merge.load")
     with quiet_progress():
-        model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=dtype,
-                                                     device_map={"": 0 if dev == "cuda" else "cpu"},
-                                                     trust_remote_code=cfg.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            base.folder,
+            dtype=dtype,
+            device_map={"": 0 if dev == "cuda" else "cpu"},
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
     with quiet_progress():
         model = PeftModel.from_pretrained(model, adapter).eval()
     ids = [torch.tensor([tokenizer(s)["input_ids"]], device=model.device) for s in SAMPLES]
@@ -99,8 +107,10 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
     delta = max(float((a - b).abs().max()) for a, b in zip(after, before, strict=True))
     tolerance = 1e-3 if dtype == torch.float32 else 5e-2
     if delta > tolerance:
-        raise MergeError(f"the merged model's logits differ from base+adapter by {delta:.3g} (tolerance {tolerance})",
-                         hint="report this with the run folder; the adapter itself (RUN_DIR/adapter) is unaffected")
+        raise MergeError(
+            f"the merged model's logits differ from base+adapter by {delta:.3g} (tolerance {tolerance})",
+            hint="report this with the run folder; the adapter itself (RUN_DIR/adapter) is unaffected",
+        )
     out = Path(out_dir) if out_dir else run.merged
     try:
         with atomic_folder(out) as tmp:

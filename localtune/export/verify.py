@@ -62,8 +62,13 @@ class VerifyReport:
         return all(c.passed for c in self.checks)
 
     def to_dict(self) -> dict:
-        return {"gguf": self.gguf, "against": self.against, "file_type": self.file_type, "passed": self.passed,
-                "checks": [asdict(c) for c in self.checks]}
+        return {
+            "gguf": self.gguf,
+            "against": self.against,
+            "file_type": self.file_type,
+            "passed": self.passed,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
     def save(self, path: str | os.PathLike) -> Path:
         """The report as JSON under `path`, written whole (files.atomic_file) or not at all."""
@@ -102,8 +107,14 @@ def _ppl_tolerance(file_type: str) -> float:
     return 0.5
 
 
-def verify(gguf_path: str | os.PathLike, hf_dir: str | os.PathLike, *, chat_template: str | None = None,
-           samples: list[str] = (), held_out: list[str] | None = None) -> VerifyReport:
+def verify(
+    gguf_path: str | os.PathLike,
+    hf_dir: str | os.PathLike,
+    *,
+    chat_template: str | None = None,
+    samples: list[str] = (),
+    held_out: list[str] | None = None,
+) -> VerifyReport:
     """Compare the GGUF with the Hugging Face model in hf_dir. Raises GGUFError for unloadable files."""
     from transformers import AutoTokenizer
 
@@ -196,14 +207,23 @@ def _template_check(info, tok, template: str) -> Check:
     embedded = info.metadata.get("tokenizer.chat_template")
     if not embedded:
         return Check("chat template", False, "no chat template embedded: chat would fall back to a guess")
-    msgs = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."},
-            {"role": "user", "content": "And 3+3?"}]
+    msgs = [
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4."},
+        {"role": "user", "content": "And 3+3?"},
+    ]
     want = tok.apply_chat_template(msgs, chat_template=template, add_generation_prompt=True, tokenize=False)
-    got = Jinja2ChatFormatter(embedded, eos_token=tok.eos_token or "", bos_token=tok.bos_token or "",
-                              add_generation_prompt=True)(messages=msgs).prompt
+    got = Jinja2ChatFormatter(
+        embedded, eos_token=tok.eos_token or "", bos_token=tok.bos_token or "", add_generation_prompt=True
+    )(messages=msgs).prompt
     same = got == want
-    return Check("chat template", same, "llama-cpp-python renders the same prompt" if same else
-                 f"renders differ: llama-cpp-python {got[:60]!r} vs transformers {want[:60]!r}")
+    return Check(
+        "chat template",
+        same,
+        "llama-cpp-python renders the same prompt"
+        if same
+        else f"renders differ: llama-cpp-python {got[:60]!r} vs transformers {want[:60]!r}",
+    )
 
 
 def _hf_model(hf_dir: Path):
@@ -228,8 +248,12 @@ def _logits_check(llm, hf_dir: Path, tok, file_type: str) -> Check:
     delta = float(np.abs(got - ref).max())
     top1 = float((got.argmax(-1) == ref.argmax(-1)).mean())
     needed = 0.99 if file_type == "f32" else 0.95
-    return Check("logits", top1 >= needed, f"max |Δlogit| {delta:.2e}, top-1 agreement {top1:.1%} over {len(ids)} "
-                 f"tokens (logit std {ref.std():.2f})", delta)
+    return Check(
+        "logits",
+        top1 >= needed,
+        f"max |Δlogit| {delta:.2e}, top-1 agreement {top1:.1%} over {len(ids)} tokens (logit std {ref.std():.2f})",
+        delta,
+    )
 
 
 def _perplexity(logits, ids) -> float:

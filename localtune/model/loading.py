@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import hashlib
 import os
 import time
@@ -24,9 +22,9 @@ from localtune.config import Config
 from localtune.converters.architectures import SUPPORTED_ARCHITECTURES
 from localtune.errors import ModelSourceError
 from localtune.faults import signal_point
-from localtune.train.speed.kernels import use_fused_kernels
 from localtune.model.checks import check_model_folder, load_tokenizer
 from localtune.model.source import ModelSource, resolve_model
+from localtune.train.speed.kernels import use_fused_kernels
 
 
 @dataclass
@@ -83,12 +81,14 @@ def model_folder(source: ModelSource, *, trust_remote_code: bool = False) -> Pat
             from huggingface_hub import snapshot_download
 
             patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
-            return Path(snapshot_download(source.location,
-                                          allow_patterns=patterns + (["*.py"] if trust_remote_code else [])))
+            return Path(
+                snapshot_download(source.location, allow_patterns=patterns + (["*.py"] if trust_remote_code else []))
+            )
         except Exception as exc:
-            raise ModelSourceError(f"cannot fetch {source.spec!r} from the hub: {str(exc).splitlines()[0]}",
-                                   hint="check the id and your network, or download the model and pass its folder"
-                                   ) from None
+            raise ModelSourceError(
+                f"cannot fetch {source.spec!r} from the hub: {str(exc).splitlines()[0]}",
+                hint="check the id and your network, or download the model and pass its folder",
+            ) from None
     return import_gguf(Path(source.location) / source.gguf_file)
 
 
@@ -121,8 +121,10 @@ def import_gguf(path: Path) -> Path:
             model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as exc:
-        raise ModelSourceError(f"cannot import {path} through transformers' GGUF loader: {str(exc).splitlines()[0]}",
-                               hint="use a Hugging Face folder or hub id for this model instead") from None
+        raise ModelSourceError(
+            f"cannot import {path} through transformers' GGUF loader: {str(exc).splitlines()[0]}",
+            hint="use a Hugging Face folder or hub id for this model instead",
+        ) from None
     finally:
         gguf_utils.tqdm = bar
     # The GGUF loader leaves its (non-serializable) dequantizing quantizer attached; the weights it
@@ -147,10 +149,14 @@ def check_architecture(cfg: dict, spec: str) -> str:
         can_load = model_type in CONFIG_MAPPING
         raise ModelSourceError(
             f"{spec!r} is a {model_type!r} model: "
-            + ("transformers can load it, but localtune's GGUF converters do not export it"
-               if can_load else "this version of transformers cannot load it, and localtune does not export it"),
+            + (
+                "transformers can load it, but localtune's GGUF converters do not export it"
+                if can_load
+                else "this version of transformers cannot load it, and localtune does not export it"
+            ),
             hint=f"use a model of a supported architecture: {', '.join(sorted(set(SUPPORTED_ARCHITECTURES)))}",
-            title="unsupported architecture")
+            title="unsupported architecture",
+        )
     return model_type
 
 
@@ -158,8 +164,11 @@ def pick_device(requested: str) -> str:
     import torch
 
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ModelSourceError("train.device is 'cuda' but no CUDA GPU is available",
-                               hint="use --device cpu (slow) or auto", title="no GPU")
+        raise ModelSourceError(
+            "train.device is 'cuda' but no CUDA GPU is available",
+            hint="use --device cpu (slow) or auto",
+            title="no GPU",
+        )
     if requested == "cpu":
         return "cpu"
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -174,8 +183,9 @@ def compute_dtype(device: str, precision: str):
         return torch.float16
     if device == "cuda" and not torch.cuda.is_bf16_supported():
         if precision == "bf16":
-            raise ModelSourceError("this GPU does not support bf16", hint="use --precision fp16 or auto",
-                                   title="bf16 not supported")
+            raise ModelSourceError(
+                "this GPU does not support bf16", hint="use --precision fp16 or auto", title="bf16 not supported"
+            )
         return torch.float16
     return torch.bfloat16
 
@@ -187,9 +197,14 @@ def resolve_base(spec: str, *, trust_remote_code: bool = False) -> Base:
     cfg = check_model_folder(folder, trust_remote_code=trust_remote_code)
     arch = check_architecture(cfg, source.spec)
     weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
-    return Base(source.spec, folder, arch, {"model": source.spec, "model_type": arch,
-                                            "fingerprint": fingerprint(weights)},
-                vocab_size=cfg["vocab_size"], trust_remote_code=trust_remote_code)
+    return Base(
+        source.spec,
+        folder,
+        arch,
+        {"model": source.spec, "model_type": arch, "fingerprint": fingerprint(weights)},
+        vocab_size=cfg["vocab_size"],
+        trust_remote_code=trust_remote_code,
+    )
 
 
 def load_for_training(cfg: Config, base: Base) -> LoadedModel:
@@ -201,12 +216,19 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
     start = time.monotonic()
     device = pick_device(cfg.train.device)
     dtype = compute_dtype(device, cfg.train.precision)
-    kwargs = {"dtype": dtype, "device_map": {"": 0 if device == "cuda" else "cpu"},
-              "trust_remote_code": cfg.model.trust_remote_code}
+    kwargs = {
+        "dtype": dtype,
+        "device_map": {"": 0 if device == "cuda" else "cpu"},
+        "trust_remote_code": cfg.model.trust_remote_code,
+    }
     if cfg.train.load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=torch.uint8)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_storage=torch.uint8,
+        )
     signal_point("train.load")
     with quiet_progress():
         model = AutoModelForCausalLM.from_pretrained(base.folder, **kwargs)
@@ -229,23 +251,31 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
         model.enable_input_require_grads()
     torch.manual_seed(cfg.train.seed)  # LoRA A matrices start from the run's seed
     targets = cfg.lora.target_modules
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules="all-linear" if targets == ["all-linear"] else list(targets),
-                      use_rslora=cfg.lora.use_rslora, use_dora=cfg.lora.use_dora, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+        use_rslora=cfg.lora.use_rslora,
+        use_dora=cfg.lora.use_dora,
+        task_type="CAUSAL_LM",
+    )
     try:
         with quiet_progress():
             model = get_peft_model(model, lora)
     except ValueError as exc:  # e.g. target modules that do not exist in this model
-        raise ModelSourceError(f"cannot add LoRA adapters: {exc}",
-                               hint="check lora.target_modules against the model's module names") from None
+        raise ModelSourceError(
+            f"cannot add LoRA adapters: {exc}", hint="check lora.target_modules against the model's module names"
+        ) from None
     if device == "cpu":
         from localtune.train.speed import lora_linear
         from localtune.train.speed.lora_dropout import replace_lora_dropout
 
         replace_lora_dropout(model)  # same distribution, a fraction of the random draws (lora_dropout.py)
         lora_linear.install(model)  # base + LoRA in one autograd function, fewer passes over memory
-    return LoadedModel(model, device, str(dtype).removeprefix("torch."), cfg.train.load_in_4bit,
-                       time.monotonic() - start, kernels)
+    return LoadedModel(
+        model, device, str(dtype).removeprefix("torch."), cfg.train.load_in_4bit, time.monotonic() - start, kernels
+    )
 
 
 def memory_in_use(model, device: str) -> int:

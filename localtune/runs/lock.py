@@ -60,10 +60,12 @@ def run_lock(run_dir: str | os.PathLike, what: str):
                 yield
                 return
             if pid_alive(holder.get("pid")):
-                raise RunBusy(f"{run_dir} is in use: {holder.get('what', 'a localtune command')} by process "
-                              f"{holder.get('pid')} since {holder.get('since', '?')}",
-                              hint="wait for it to finish, stop it (Ctrl-C in its terminal, or s in the TUI), or "
-                                   "use another --out") from None
+                raise RunBusy(
+                    f"{run_dir} is in use: {holder.get('what', 'a localtune command')} by process "
+                    f"{holder.get('pid')} since {holder.get('since', '?')}",
+                    hint="wait for it to finish, stop it (Ctrl-C in its terminal, or s in the TUI), or "
+                    "use another --out",
+                ) from None
             stale = lock.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
             with contextlib.suppress(FileNotFoundError):
                 os.replace(lock, stale)  # atomic: only one taker succeeds with this exact file

@@ -24,8 +24,16 @@ from localtune.events import Event, Failed, RunStarted, from_dict
 from localtune.runs.layout import CRASHED, FAILED, INTERRUPTED, LIVE, STARTING, RunDir, RunInfo, pid_alive
 from localtune.runs.lock import RunBusy
 
-__all__ = ["RunSummary", "list_runs", "pid_alive", "read_events_tail", "read_new_events", "start_training",
-           "stop_training", "summarize"]
+__all__ = [
+    "RunSummary",
+    "list_runs",
+    "pid_alive",
+    "read_events_tail",
+    "read_new_events",
+    "start_training",
+    "stop_training",
+    "summarize",
+]
 
 LOG_TAIL_BYTES = 64 * 1024  # how much of a start's train.log is searched for its error
 MESSAGE_LINES = 30  # at most this many lines of an error become RunSummary.message
@@ -177,15 +185,28 @@ def start_training(args: list[str], run_dir: str | os.PathLike) -> subprocess.Po
     run.path.mkdir(parents=True, exist_ok=True)
     prior = run.read_info()
     if prior is not None and prior.live and pid_alive(prior.pid):
-        raise RunBusy(f"{run.path} is in use: training by process {prior.pid} ({prior.status})",
-                      hint="wait for it to finish, or stop it first (s in the TUI)")
+        raise RunBusy(
+            f"{run.path} is in use: training by process {prior.pid} ({prior.status})",
+            hint="wait for it to finish, or stop it first (s in the TUI)",
+        )
     with open(run.train_log, "ab") as log:  # the child keeps its own copy of the descriptor
         offset = log.seek(0, os.SEEK_END)
-        proc = subprocess.Popen([sys.executable, "-m", "localtune", "train", *args], stdout=log, stderr=log,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "localtune", "train", *args],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     # A resumed run keeps what its record holds (base, data, results) until the process writes its own.
-    info = replace(prior or RunInfo(), status=STARTING, pid=proc.pid, log_offset=offset, error="",
-                   started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    info = replace(
+        prior or RunInfo(),
+        status=STARTING,
+        pid=proc.pid,
+        log_offset=offset,
+        error="",
+        started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
     run.save_info(info)
     return proc
 

@@ -73,8 +73,9 @@ class CheckpointStore:
         """Folders with a manifest, oldest first (validity is checked on load)."""
         if not self.root.is_dir():
             return []
-        return sorted(p for p in self.root.iterdir()
-                      if p.is_dir() and p.name.startswith(PREFIX) and (p / MANIFEST).is_file())
+        return sorted(
+            p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / MANIFEST).is_file()
+        )
 
     def remove_stale(self) -> None:
         """Undo what a crash left: a checkpoint moved aside while the same step was saved again is put back
@@ -212,5 +213,6 @@ def _load_data(path: Path):
     try:
         return torch.load(path, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"{path.name} holds more than tensors and plain values, or is damaged "
-                              f"({str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(
+            f"{path.name} holds more than tensors and plain values, or is damaged ({str(exc).splitlines()[0][:200]})"
+        ) from None

@@ -24,14 +24,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from localtune.train.speed.batching import collate  # noqa: F401  (bench/ imports it from here)
-from localtune.train.checkpoint import CheckpointStore, Snapshot
-from localtune.train.speed.chunked_loss import CausalLMLoss
 from localtune.config import Config
 from localtune.data.tokenize import IGNORE
 from localtune.errors import LocaltuneError
 from localtune.events import CheckpointSaved, EvalResult, StepMetrics, Warning
 from localtune.faults import signal_point
+from localtune.train.checkpoint import CheckpointStore, Snapshot
+from localtune.train.speed.batching import collate  # noqa: F401  (bench/ imports it from here)
+from localtune.train.speed.chunked_loss import CausalLMLoss
 
 MAX_NONFINITE_IN_A_ROW = 3
 
@@ -149,9 +149,25 @@ class Hooks:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, model, train_rows, val_rows, *, device: str, dtype: str, pad_id: int,
-                 store: CheckpointStore, identity: dict, emit, stop: StopFlag, micro_batch: int, grad_accum: int,
-                 auto_micro_batch: bool, hooks: Hooks | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        model,
+        train_rows,
+        val_rows,
+        *,
+        device: str,
+        dtype: str,
+        pad_id: int,
+        store: CheckpointStore,
+        identity: dict,
+        emit,
+        stop: StopFlag,
+        micro_batch: int,
+        grad_accum: int,
+        auto_micro_batch: bool,
+        hooks: Hooks | None = None,
+    ):
         import torch
 
         self.cfg, self.model, self.rows, self.val_rows = cfg, model, train_rows, val_rows
@@ -191,8 +207,15 @@ class Trainer:
         from peft import get_peft_model_state_dict
 
         adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
-        return Snapshot(self.state.step, adapter, self.optimizer.state_dict(), self.scheduler.state_dict(),
-                        rng_state(), asdict(self.state), self.identity)
+        return Snapshot(
+            self.state.step,
+            adapter,
+            self.optimizer.state_dict(),
+            self.scheduler.state_dict(),
+            rng_state(),
+            asdict(self.state),
+            self.identity,
+        )
 
     def restore(self, snap: Snapshot) -> None:
         from peft import set_peft_model_state_dict
@@ -226,15 +249,18 @@ class Trainer:
             if self._order[0] != st.epoch:  # shuffled once per epoch, not once per step
                 self._order = (st.epoch, epoch_order(len(self.rows), self.cfg.train.seed, st.epoch))
             order = self._order[1]
-            step_rows = [self.rows[i] for i in order[st.row_offset: st.row_offset + self.rows_per_step]]
+            step_rows = [self.rows[i] for i in order[st.row_offset : st.row_offset + self.rows_per_step]]
             t0 = time.monotonic()
             try:
                 loss, real_tokens = self._accumulate(step_rows)
             except torch.OutOfMemoryError:
                 self._recover_from_oom(step_rows)
                 continue
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                self.params, self.cfg.train.max_grad_norm if self.cfg.train.max_grad_norm > 0 else float("inf")))
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(
+                    self.params, self.cfg.train.max_grad_norm if self.cfg.train.max_grad_norm > 0 else float("inf")
+                )
+            )
             lr = self.scheduler.get_last_lr()[0]
             if math.isfinite(loss) and math.isfinite(grad_norm):
                 self.optimizer.step()
@@ -249,10 +275,20 @@ class Trainer:
             st.tokens_seen += real_tokens
             st.losses.append(loss)
             elapsed = time.monotonic() - start
-            self.emit(StepMetrics(step=st.step, total_steps=self.total_steps, epoch=st.epoch, loss=loss, lr=lr,
-                                  grad_norm=grad_norm, tokens_per_s=real_tokens / max(1e-9, time.monotonic() - t0),
-                                  tokens_seen=st.tokens_seen, peak_memory_bytes=self.peak_memory(),
-                                  eta_s=elapsed / (st.step - start_step) * (self.total_steps - st.step)))
+            self.emit(
+                StepMetrics(
+                    step=st.step,
+                    total_steps=self.total_steps,
+                    epoch=st.epoch,
+                    loss=loss,
+                    lr=lr,
+                    grad_norm=grad_norm,
+                    tokens_per_s=real_tokens / max(1e-9, time.monotonic() - t0),
+                    tokens_seen=st.tokens_seen,
+                    peak_memory_bytes=self.peak_memory(),
+                    eta_s=elapsed / (st.step - start_step) * (self.total_steps - st.step),
+                )
+            )
             if self.stop.signal:
                 self.save_checkpoint()
                 return "interrupted"
@@ -275,7 +311,7 @@ class Trainer:
         targets = sum(n_targets(r.labels) for r in step_rows)
         loss_sum, real = 0.0, 0
         for i in range(0, len(step_rows), st.micro_batch):
-            micro = step_rows[i: i + st.micro_batch]
+            micro = step_rows[i : i + st.micro_batch]
             if self.hooks.before_micro:
                 self.hooks.before_micro(st.step, st.micro_batch)
             loss = self.micro_loss(micro, num_items=targets)
@@ -292,16 +328,21 @@ class Trainer:
         st.nonfinite_in_row += 1
         wheres = sorted({w for r in step_rows for w in getattr(r, "wheres", [r.where])})
         what = f"loss {loss}, gradient norm {grad_norm}"
-        self.emit(Warning(f"step {st.step + 1}: non-finite {what}; step skipped "
-                          f"({st.nonfinite_in_row} in a row; rows {', '.join(wheres[:5])})"))
+        self.emit(
+            Warning(
+                f"step {st.step + 1}: non-finite {what}; step skipped "
+                f"({st.nonfinite_in_row} in a row; rows {', '.join(wheres[:5])})"
+            )
+        )
         if st.nonfinite_in_row >= MAX_NONFINITE_IN_A_ROW:
             raise TrainingError(
                 f"{MAX_NONFINITE_IN_A_ROW} steps in a row had a non-finite loss or gradient; the last at step "
                 f"{st.step + 1} ({what}), learning rate {lr:.3g}, compute dtype {self.dtype}, rows "
                 f"{', '.join(wheres[:10])}",
                 hint="lower --lr, check those rows, or use precision fp32/bf16 instead of fp16; the last "
-                     "checkpoint (all finite) is kept",
-                title="training diverged")
+                "checkpoint (all finite) is kept",
+                title="training diverged",
+            )
 
     def _recover_from_oom(self, step_rows) -> None:
         import torch
@@ -312,15 +353,21 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.device == "cuda":
             torch.cuda.empty_cache()
-        diagnosis = (f"out of GPU memory at step {st.step + 1}: micro-batch {st.micro_batch}, longest sequence "
-                     f"{seq} tokens, peak {peak / 1024**3:.2f} GiB. Suggestions, in order: a smaller micro-batch "
-                     f"(--micro-batch auto does this), a shorter --max-seq-len, gradient checkpointing on, "
-                     f"a lower LoRA rank, 4-bit loading; `localtune plan` estimates each")
+        diagnosis = (
+            f"out of GPU memory at step {st.step + 1}: micro-batch {st.micro_batch}, longest sequence "
+            f"{seq} tokens, peak {peak / 1024**3:.2f} GiB. Suggestions, in order: a smaller micro-batch "
+            f"(--micro-batch auto does this), a shorter --max-seq-len, gradient checkpointing on, "
+            f"a lower LoRA rank, 4-bit loading; `localtune plan` estimates each"
+        )
         if not self.auto_micro_batch or st.micro_batch == 1:
             raise TrainingError(diagnosis, hint="see the suggestions above", title="out of memory")
         micro, accum = st.micro_batch // 2, st.grad_accum * 2
-        self.emit(Warning(f"{diagnosis}. Retrying with micro-batch {micro} and {accum} accumulation steps from "
-                          f"{self.last_checkpoint or 'the start'}"))
+        self.emit(
+            Warning(
+                f"{diagnosis}. Retrying with micro-batch {micro} and {accum} accumulation steps from "
+                f"{self.last_checkpoint or 'the start'}"
+            )
+        )
         latest = self.store.latest_valid() if self.last_checkpoint else None
         snap = self.store.load(*latest, self._read_adapter) if latest else self.start_snapshot
         self.restore(snap)
@@ -356,7 +403,7 @@ class Trainer:
                 if self.stop.signal:
                     self.model.train()
                     return None
-                micro = self.val_rows[i: i + self.state.micro_batch]
+                micro = self.val_rows[i : i + self.state.micro_batch]
                 n = sum(n_targets(r.labels) for r in micro)
                 total += float(self.micro_loss(micro, num_items=n)) * n
                 count += n

@@ -76,8 +76,11 @@ def choose_lr(params: int, scale: float) -> tuple[float, str]:
 def choose_recipe(cfg, *, rows: int, rows_per_step: int, params: int) -> Recipe | None:
     """The recipe for the values of cfg.train the user left at their defaults; None when they set all."""
     t, lo = cfg.train, cfg.lora
-    pick_epochs = t.max_steps <= 0 and cfg.source_of("train.epochs") == "default" \
+    pick_epochs = (
+        t.max_steps <= 0
+        and cfg.source_of("train.epochs") == "default"
         and cfg.source_of("train.max_steps") == "default"
+    )
     pick_lr = cfg.source_of("train.lr") == "default"
     if not (pick_epochs or pick_lr):
         return None

@@ -46,8 +46,12 @@ from localtune.train.loop import Hooks, StopFlag, StopRequested, Trainer, Traini
 from localtune.train.recipe import choose_recipe
 
 # What a checkpoint must share with the run that resumes it; anything else may change.
-IDENTITY_LABELS = {"base": "base model", "data": "training data", "max_seq_len": "data.max_seq_len",
-                   "lora_shape": "LoRA shape (rank, target modules, DoRA)"}
+IDENTITY_LABELS = {
+    "base": "base model",
+    "data": "training data",
+    "max_seq_len": "data.max_seq_len",
+    "lora_shape": "LoRA shape (rank, target modules, DoRA)",
+}
 
 
 @dataclass
@@ -73,17 +77,21 @@ def check_writable(run_dir: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise UsageError(f"cannot write to the output folder {run_dir}: {exc.strerror or exc}",
-                         hint="choose another --out, or fix the folder's permissions", title="output not writable"
-                         ) from None
+        raise UsageError(
+            f"cannot write to the output folder {run_dir}: {exc.strerror or exc}",
+            hint="choose another --out, or fix the folder's permissions",
+            title="output not writable",
+        ) from None
 
 
 def check_disk(run_dir: Path, needed: int) -> None:
     free = shutil.disk_usage(run_dir).free
     if free < needed:
-        raise UsageError(f"{run_dir} has {free / 1e9:.2f} GB free; checkpoints and the adapter need about "
-                         f"{needed / 1e9:.2f} GB", hint="free some space, use another --out, or lower "
-                         "train.keep_checkpoints", title="not enough disk space")
+        raise UsageError(
+            f"{run_dir} has {free / 1e9:.2f} GB free; checkpoints and the adapter need about {needed / 1e9:.2f} GB",
+            hint="free some space, use another --out, or lower train.keep_checkpoints",
+            title="not enough disk space",
+        )
 
 
 def check_resume_identity(saved: dict, current: dict, force: bool, warn) -> None:
@@ -93,17 +101,27 @@ def check_resume_identity(saved: dict, current: dict, force: bool, warn) -> None
     if force:
         warn(f"resuming although these changed: {', '.join(changed)} (--force-resume)")
         return
-    raise UsageError(f"the checkpoint was made with a different {', '.join(changed)}; resuming would not "
-                     "continue the same training", hint="restore the original settings and data, start a new run "
-                     "with another --out, or pass --force-resume to continue anyway", title="cannot resume")
+    raise UsageError(
+        f"the checkpoint was made with a different {', '.join(changed)}; resuming would not continue the same training",
+        hint="restore the original settings and data, start a new run "
+        "with another --out, or pass --force-resume to continue anyway",
+        title="cannot resume",
+    )
 
 
 def resume_command(cfg: Config, run_dir: Path) -> str:
     return f"localtune train --resume --out {run_dir} --model {cfg.model.name_or_path} --data {cfg.data.path}"
 
 
-def train_run(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, force_resume: bool = False,
-              sinks=(), hooks: Hooks | None = None) -> RunResult:
+def train_run(
+    cfg: Config,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    force_resume: bool = False,
+    sinks=(),
+    hooks: Hooks | None = None,
+) -> RunResult:
     """Train cfg's model on cfg's data into run_dir. Raises LocaltuneError for user-fixable problems."""
     run_dir = Path(run_dir)
     check_writable(run_dir)
@@ -127,8 +145,11 @@ def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks) ->
     recovered = run.recover()  # an adapter replacement cut short by a crash: put the old one back first
     store = CheckpointStore(run.checkpoints, cfg.train.keep_checkpoints, warn=lambda m: emit(Warning(m)))
     if not resume and (store.complete() or run.adapter.exists()):
-        raise UsageError(f"{run_dir} already holds a training run",
-                         hint="continue it with --resume, or choose a new --out", title="run folder in use")
+        raise UsageError(
+            f"{run_dir} already holds a training run",
+            hint="continue it with --resume, or choose a new --out",
+            title="run folder in use",
+        )
     emit = Emitter(JsonlSink(run.events), *sinks)
     for line in recovered:
         emit(Warning(line))
@@ -141,11 +162,23 @@ def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks) ->
     except StopRequested:  # before the loop started (data preparation, model loading)
         latest = store.latest_valid()
         if latest is None:
-            emit(Interrupted(step=0, signal=stop.signal, checkpoint=None,
-                             resume_command="nothing was trained yet: run the same command again"))
+            emit(
+                Interrupted(
+                    step=0,
+                    signal=stop.signal,
+                    checkpoint=None,
+                    resume_command="nothing was trained yet: run the same command again",
+                )
+            )
         else:
-            emit(Interrupted(step=latest[1]["step"], signal=stop.signal, checkpoint=str(latest[0]),
-                             resume_command=resume_command(cfg, run_dir)))
+            emit(
+                Interrupted(
+                    step=latest[1]["step"],
+                    signal=stop.signal,
+                    checkpoint=str(latest[0]),
+                    resume_command=resume_command(cfg, run_dir),
+                )
+            )
         run_info.status = INTERRUPTED
         run.save_info(run_info)
         return RunResult(INTERRUPTED, stop.exit_code, run_dir)
@@ -173,9 +206,14 @@ def plan_memory(cfg: Config, shape, lm, longest: int) -> MemoryPlanned:
     else:
         budget = int((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 2 + in_use) * 0.9)
     offload = cfg.train.activation_offload if cuda and cfg.train.gradient_checkpointing else "off"
-    kw = {"rank": cfg.lora.r, "targets": cfg.lora.target_modules, "quantized": cfg.train.load_in_4bit,
-          "checkpointing": cfg.train.gradient_checkpointing, "optimizer": cfg.train.optimizer,
-          "weight_bytes": 2 if cuda else 4}
+    kw = {
+        "rank": cfg.lora.r,
+        "targets": cfg.lora.target_modules,
+        "quantized": cfg.train.load_in_4bit,
+        "checkpointing": cfg.train.gradient_checkpointing,
+        "optimizer": cfg.train.optimizer,
+        "weight_bytes": 2 if cuda else 4,
+    }
     if micro == 0:  # the planner picks the micro-batch; rows per step stay grad_accum
         plan = recommend(shape, budget, seq_len=longest, max_micro_batch=accum, offload=offload, **kw).plan
         micro, accum = plan.micro_batch, -(-accum // plan.micro_batch)
@@ -186,13 +224,15 @@ def plan_memory(cfg: Config, shape, lm, longest: int) -> MemoryPlanned:
             plan = estimate(shape, micro_batch=micro, seq_len=longest, offload=True, **kw)
         reason = f"micro-batch {micro} as configured"
     if plan.offload:
-        reason += ("; checkpoints offloaded to pinned CPU memory" + (" (train.activation_offload on)"
-                   if offload == "on" else ": without that the plan exceeds the free GPU memory"))
+        reason += "; checkpoints offloaded to pinned CPU memory" + (
+            " (train.activation_offload on)"
+            if offload == "on"
+            else ": without that the plan exceeds the free GPU memory"
+        )
     return MemoryPlanned(micro, accum, plan.total, budget, plan.offload, reason)
 
 
-def _train(cfg, run: RunDir, store, emit, stop, resume, force_resume, hooks, run_info: RunInfo,
-           started) -> RunResult:
+def _train(cfg, run: RunDir, store, emit, stop, resume, force_resume, hooks, run_info: RunInfo, started) -> RunResult:
     import torch
 
     from localtune.planner import Shape
@@ -206,11 +246,21 @@ def _train(cfg, run: RunDir, store, emit, stop, resume, force_resume, hooks, run
     base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = base.tokenizer()
     signal_point("train.prepare")
-    prepared = prepare_data(cfg.data, tokenizer, seed=cfg.train.seed, loaded=loaded,
-                            chat_template=cfg.model.chat_template)
+    prepared = prepare_data(
+        cfg.data, tokenizer, seed=cfg.train.seed, loaded=loaded, chat_template=cfg.model.chat_template
+    )
     ts = prepared.train_stats
-    emit(DataPrepared(len(prepared.train), len(prepared.val), ts.total_tokens, ts.trainable_tokens,
-                      len(ts.dropped_no_trainable), ts.truncated, prepared.template.origin))
+    emit(
+        DataPrepared(
+            len(prepared.train),
+            len(prepared.val),
+            ts.total_tokens,
+            ts.trainable_tokens,
+            len(ts.dropped_no_trainable),
+            ts.truncated,
+            prepared.template.origin,
+        )
+    )
     write_text(run.chat_template, prepared.template.text)
     stop.check()
 
@@ -221,16 +271,22 @@ def _train(cfg, run: RunDir, store, emit, stop, resume, force_resume, hooks, run
     opt_bytes = 2 if "8bit" in cfg.train.optimizer and torch.cuda.is_available() else 8
     check_disk(run_dir, lora_params * (4 + opt_bytes) * (cfg.train.keep_checkpoints + 1) + lora_params * 4 + 10**7)
 
-    identity = {"base": base.identity, "data": data_fingerprint(prepared.train),
-                "max_seq_len": cfg.data.max_seq_len,
-                "lora_shape": [cfg.lora.r, sorted(cfg.lora.target_modules), cfg.lora.use_dora]}
+    identity = {
+        "base": base.identity,
+        "data": data_fingerprint(prepared.train),
+        "max_seq_len": cfg.data.max_seq_len,
+        "lora_shape": [cfg.lora.r, sorted(cfg.lora.target_modules), cfg.lora.use_dora],
+    }
     source = None
     store.remove_stale()
     if resume:
         latest = store.latest_valid()
         if latest is None:
-            raise UsageError(f"{run.checkpoints} holds no complete checkpoint to resume from",
-                             hint="start the run without --resume", title="nothing to resume")
+            raise UsageError(
+                f"{run.checkpoints} holds no complete checkpoint to resume from",
+                hint="start the run without --resume",
+                title="nothing to resume",
+            )
         source, manifest = latest
         check_resume_identity(manifest["identity"], identity, force_resume, lambda m: emit(Warning(m)))
         store.protected.add(source.name)
@@ -240,8 +296,20 @@ def _train(cfg, run: RunDir, store, emit, stop, resume, force_resume, hooks, run
     model = lm.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    emit(ModelLoaded(base.spec, base.architecture, lm.device, lm.dtype, lm.quantized, total, trainable,
-                     memory_in_use(model, lm.device), round(lm.seconds, 2), lm.kernels))
+    emit(
+        ModelLoaded(
+            base.spec,
+            base.architecture,
+            lm.device,
+            lm.dtype,
+            lm.quantized,
+            total,
+            trainable,
+            memory_in_use(model, lm.device),
+            round(lm.seconds, 2),
+            lm.kernels,
+        )
+    )
 
     planned = plan_memory(cfg, shape, lm, max(len(r.input_ids) for r in prepared.train))
     micro, accum, auto = planned.micro_batch, planned.grad_accum, cfg.train.micro_batch_size == 0
@@ -250,27 +318,52 @@ def _train(cfg, run: RunDir, store, emit, stop, resume, force_resume, hooks, run
 
         install(model)
     elif cfg.train.activation_offload == "on":
-        emit(Warning("train.activation_offload is on, but training runs on the CPU, where the activations are "
-                     "in CPU memory already; not offloading"))
+        emit(
+            Warning(
+                "train.activation_offload is on, but training runs on the CPU, where the activations are "
+                "in CPU memory already; not offloading"
+            )
+        )
     emit(planned)
-    recipe = choose_recipe(cfg, rows=len(prepared.train), rows_per_step=micro * accum,
-                           params=shape.linear_params() + shape.embedding_params())
+    recipe = choose_recipe(
+        cfg,
+        rows=len(prepared.train),
+        rows_per_step=micro * accum,
+        params=shape.linear_params() + shape.embedding_params(),
+    )
     if recipe is not None:  # what the user left unset; saved, so a resumed run keeps it
         for key in recipe.chosen:
             cfg.set(key, recipe.epochs if key == "train.epochs" else recipe.lr, "recipe")
         cfg.save(run.config)
         emit(RecipeChosen(recipe.epochs, recipe.lr, recipe.total_steps, list(recipe.chosen), recipe.reason))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    trainer = Trainer(cfg, model, prepared.train, prepared.val, device=lm.device, dtype=lm.dtype, pad_id=pad_id,
-                      store=store, identity=identity, emit=emit, stop=stop, micro_batch=micro, grad_accum=accum,
-                      auto_micro_batch=auto, hooks=hooks)
+    trainer = Trainer(
+        cfg,
+        model,
+        prepared.train,
+        prepared.val,
+        device=lm.device,
+        dtype=lm.dtype,
+        pad_id=pad_id,
+        store=store,
+        identity=identity,
+        emit=emit,
+        stop=stop,
+        micro_batch=micro,
+        grad_accum=accum,
+        auto_micro_batch=auto,
+        hooks=hooks,
+    )
     if source is not None:
         try:
             trainer.restore(store.load(source, manifest, trainer._read_adapter))
         except CheckpointError as exc:
-            raise UsageError(f"cannot resume from {source}: {exc}", title="checkpoint refused",
-                             hint="delete that checkpoint folder to resume from an earlier one, or start a new "
-                                  "run with another --out") from None
+            raise UsageError(
+                f"cannot resume from {source}: {exc}",
+                title="checkpoint refused",
+                hint="delete that checkpoint folder to resume from an earlier one, or start a new "
+                "run with another --out",
+            ) from None
         trainer.last_checkpoint = str(source)
         emit(Warning(f"resumed from {source} at step {trainer.state.step}"))
 
@@ -308,6 +401,14 @@ def _train(cfg, run: RunDir, store, emit, stop, resume, force_resume, hooks, run
     eval_loss = st.eval_losses[-1][1] if st.eval_losses else None
     run_info.status, run_info.adapter, run_info.eval_loss = status, str(run.adapter), eval_loss
     run.save_info(run_info)
-    emit(Finished(st.step, run_info.final_loss, eval_loss, str(run.adapter), run_info.seconds,
-                  stopped_early=status == "stopped_early"))
+    emit(
+        Finished(
+            st.step,
+            run_info.final_loss,
+            eval_loss,
+            str(run.adapter),
+            run_info.seconds,
+            stopped_early=status == "stopped_early",
+        )
+    )
     return RunResult(status, 0, run_dir, run.adapter, run_info.final_loss)

@@ -19,8 +19,21 @@ FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i 
 
 
 def train_cmd(model, data, out, *extra):
-    return [sys.executable, "-m", "localtune", "train", "--model", str(model), "--data", str(data), "--out", str(out),
-            "--lr", "5e-3", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "localtune",
+        "train",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--lr",
+        "5e-3",
+        *extra,
+    ]
 
 
 def run(cmd, **kw):
@@ -47,8 +60,9 @@ def steps_done(run_dir) -> int:
 def test_signal_saves_a_complete_checkpoint_and_resume_finishes(sig, code, tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
     out = tmp_path / "run"
-    proc = start_and_wait(train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "400", "--save-every",
-                                    "1000"), out, 3)
+    proc = start_and_wait(
+        train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "400", "--save-every", "1000"), out, 3
+    )
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
@@ -58,8 +72,19 @@ def test_signal_saves_a_complete_checkpoint_and_resume_finishes(sig, code, tmp_p
     interrupted_at = manifest["step"]
     assert 3 <= interrupted_at < 400
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
-    done = run([sys.executable, "-m", "localtune", "train", "--resume", "--out", str(out), "--max-steps",
-                str(interrupted_at + 3)])
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "localtune",
+            "train",
+            "--resume",
+            "--out",
+            str(out),
+            "--max-steps",
+            str(interrupted_at + 3),
+        ]
+    )
     assert done.returncode == 0, done.stderr
     assert "finished: " in done.stdout and (out / "adapter" / "adapter_model.safetensors").is_file()
     steps = [e.step for e in read_events(out / "events.jsonl") if e.kind == "step"]
@@ -109,8 +134,9 @@ def test_cli_train_prints_progress_and_config_overrides(tmp_path, tiny_model_dir
 def test_second_signal_exits_at_once_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
     out = tmp_path / "run"
-    proc = start_and_wait(train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "400", "--save-every", "2"),
-                          out, 5)
+    proc = start_and_wait(
+        train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "400", "--save-every", "2"), out, 5
+    )
     proc.send_signal(signal.SIGINT)
     time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
@@ -125,8 +151,9 @@ def test_second_writer_is_refused_naming_the_holder_and_stale_locks_are_taken_ov
 
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
     out = tmp_path / "run"
-    first = start_and_wait(train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "400", "--save-every", "1"),
-                           out, 2)
+    first = start_and_wait(
+        train_cmd(tiny_model_dir("qwen2"), data, out, "--max-steps", "400", "--save-every", "1"), out, 2
+    )
     second = run([sys.executable, "-m", "localtune", "train", "--resume", "--out", str(out)])
     assert second.returncode == 2 and "is in use: training by process" in second.stderr
     assert str(first.pid) in second.stderr
@@ -135,7 +162,18 @@ def test_second_writer_is_refused_naming_the_holder_and_stale_locks_are_taken_ov
     first.send_signal(signal.SIGKILL)  # dies holding the lock
     first.communicate(timeout=60)
     assert (out / LOCK_NAME).is_file()
-    resumed = run([sys.executable, "-m", "localtune", "train", "--resume", "--out", str(out), "--max-steps",
-                   str(steps_done(out) + 2)])
+    resumed = run(
+        [
+            sys.executable,
+            "-m",
+            "localtune",
+            "train",
+            "--resume",
+            "--out",
+            str(out),
+            "--max-steps",
+            str(steps_done(out) + 2),
+        ]
+    )
     assert resumed.returncode == 0, resumed.stderr  # the stale lock was taken over
     assert not (out / LOCK_NAME).exists()

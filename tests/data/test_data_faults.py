@@ -73,8 +73,9 @@ def test_non_utf8_in_csv_and_txt(tmp_path, suffix):
     assert err.problems[0].where == f"{p}:3" and err.problems[0].reason == "not_utf8"
 
 
-@pytest.mark.parametrize("value,kind", [("[1, 2]", "an array"), ('"just text"', "a string"), ("42", "a number"),
-                                        ("null", "null")])
+@pytest.mark.parametrize(
+    "value,kind", [("[1, 2]", "an array"), ('"just text"', "a string"), ("42", "a number"), ("null", "null")]
+)
 def test_valid_json_that_is_not_an_object(tmp_path, value, kind):
     p = tmp_path / "rows.jsonl"
     p.write_text(json.dumps(GOOD) + "\n" + value + "\n")
@@ -83,42 +84,52 @@ def test_valid_json_that_is_not_an_object(tmp_path, value, kind):
 
 
 def test_unknown_role(tmp_path):
-    p = write_jsonl(tmp_path / "roles.jsonl", [GOOD, {"messages": [{"role": "user", "content": "hi"},
-                                                                    {"role": "bot", "content": "yo"}]}])
+    p = write_jsonl(
+        tmp_path / "roles.jsonl",
+        [GOOD, {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]}],
+    )
     (pr,) = problems_of(p).problems
     assert pr.where == f"{p}:2" and pr.field == "messages[1].role" and "'bot'" in pr.message
     assert "system, user, assistant" in pr.fix
 
 
 def test_unknown_sharegpt_from(tmp_path):
-    p = write_jsonl(tmp_path / "sg.jsonl", [{"conversations": [{"from": "human", "value": "hi"},
-                                                               {"from": "function_call", "value": "{}"}]}])
+    p = write_jsonl(
+        tmp_path / "sg.jsonl",
+        [{"conversations": [{"from": "human", "value": "hi"}, {"from": "function_call", "value": "{}"}]}],
+    )
     (pr,) = problems_of(p).problems
     assert pr.field == "conversations[1].from" and "function_call" in pr.message and "human" in pr.fix
 
 
 def test_unknown_message_keys_under_messages(tmp_path):
-    p = write_jsonl(tmp_path / "keys.jsonl", [GOOD, {"messages": [{"speaker": "user", "text": "hi"},
-                                                                   {"speaker": "assistant", "text": "yo"}]}])
+    p = write_jsonl(
+        tmp_path / "keys.jsonl",
+        [GOOD, {"messages": [{"speaker": "user", "text": "hi"}, {"speaker": "assistant", "text": "yo"}]}],
+    )
     (pr,) = problems_of(p).problems
     assert pr.where == f"{p}:2" and pr.reason == "unknown_keys" and "speaker" in pr.message
 
 
 def test_sharegpt_keys_inside_messages_are_understood(tmp_path):
     """from/value items under `messages` are unambiguous, so they are read rather than rejected."""
-    p = write_jsonl(tmp_path / "mixed.jsonl", [{"messages": [{"from": "human", "value": "hi"},
-                                                             {"from": "gpt", "value": "yo"}]}])
+    p = write_jsonl(
+        tmp_path / "mixed.jsonl", [{"messages": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}]
+    )
     (ex,) = load_examples(str(p)).examples
     assert ex.messages == (("user", "hi"), ("assistant", "yo"))
 
 
-@pytest.mark.parametrize("turns,field,words", [
-    ([("assistant", "first")], "messages[0].role", "starts with 'assistant'"),
-    ([("user", "a"), ("user", "b"), ("assistant", "c")], "messages[1].role", "two 'user' messages in a row"),
-    ([("user", "a"), ("assistant", "b"), ("user", "c")], "messages[2].role", "ends on a 'user' message"),
-    ([("user", "a"), ("system", "late"), ("assistant", "b")], "messages[1].role", "only the first message"),
-    ([("system", "only")], "messages", "only a system message"),
-])
+@pytest.mark.parametrize(
+    "turns,field,words",
+    [
+        ([("assistant", "first")], "messages[0].role", "starts with 'assistant'"),
+        ([("user", "a"), ("user", "b"), ("assistant", "c")], "messages[1].role", "two 'user' messages in a row"),
+        ([("user", "a"), ("assistant", "b"), ("user", "c")], "messages[2].role", "ends on a 'user' message"),
+        ([("user", "a"), ("system", "late"), ("assistant", "b")], "messages[1].role", "only the first message"),
+        ([("system", "only")], "messages", "only a system message"),
+    ],
+)
 def test_role_order_violations(tmp_path, turns, field, words):
     p = write_jsonl(tmp_path / "order.jsonl", [GOOD, {"messages": [{"role": r, "content": c} for r, c in turns]}])
     (pr,) = problems_of(p).problems
@@ -127,22 +138,30 @@ def test_role_order_violations(tmp_path, turns, field, words):
 
 @pytest.mark.parametrize("content,word", [(None, "null"), ("", "empty"), ("   ", "empty")])
 def test_empty_or_null_content(tmp_path, content, word):
-    p = write_jsonl(tmp_path / "empty.jsonl", [GOOD, {"messages": [{"role": "user", "content": "q"},
-                                                                    {"role": "assistant", "content": content}]}])
+    p = write_jsonl(
+        tmp_path / "empty.jsonl",
+        [GOOD, {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": content}]}],
+    )
     (pr,) = problems_of(p).problems
     assert pr.where == f"{p}:2" and pr.field == "messages[1].content" and word in pr.message
 
 
 def test_alpaca_missing_and_empty_fields(tmp_path):
-    p = write_jsonl(tmp_path / "alpaca.jsonl", [
-        {"instruction": "Add", "input": "2+2", "output": "4"},
-        {"instruction": "Add", "input": "1+1", "output": ""},
-        {"instruction": "", "output": "x"},
-        {"instruction": "Say hi", "output": 5},
-    ])
+    p = write_jsonl(
+        tmp_path / "alpaca.jsonl",
+        [
+            {"instruction": "Add", "input": "2+2", "output": "4"},
+            {"instruction": "Add", "input": "1+1", "output": ""},
+            {"instruction": "", "output": "x"},
+            {"instruction": "Say hi", "output": 5},
+        ],
+    )
     got = [(pr.where, pr.field, pr.reason) for pr in problems_of(p).problems]
-    assert got == [(f"{p}:2", "output", "empty_content"), (f"{p}:3", "instruction", "empty_content"),
-                   (f"{p}:4", "output", "wrong_type")]
+    assert got == [
+        (f"{p}:2", "output", "empty_content"),
+        (f"{p}:3", "instruction", "empty_content"),
+        (f"{p}:4", "output", "wrong_type"),
+    ]
 
 
 def test_row_of_another_format_in_a_file(tmp_path):
@@ -199,8 +218,9 @@ def test_rows_without_trainable_tokens_after_truncation_all(tmp_path, tiny_token
 def test_cli_strict_failure_shows_file_line_and_no_traceback(tmp_path):
     p = tmp_path / "cut.jsonl"
     p.write_text(json.dumps(GOOD) + "\n" + '{"messages": [')
-    proc = subprocess.run([sys.executable, "-m", "localtune", "data", "inspect", str(p)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "localtune", "data", "inspect", str(p)], capture_output=True, text=True
+    )
     assert proc.returncode == 1
     assert f"{p}:2" in proc.stdout and "cut off" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr

@@ -11,17 +11,41 @@ from localtune.data.dataset import load_examples
 
 ROWS = {
     "text": [{"text": "The sky is blue."}, {"text": "Water boils at 100 C.\nAt sea level."}],
-    "alpaca": [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
-               {"instruction": "Say hello.", "input": "", "output": "Hello!"}],
-    "chat": [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                           {"role": "assistant", "content": "Hello."}]},
-             {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
-                           {"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]}],
-    "sharegpt": [{"conversations": [{"from": "system", "value": "Be kind."}, {"from": "human", "value": "Hi"},
-                                    {"from": "gpt", "value": "Hello."}]},
-                 {"conversations": [{"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Bye!"}]}],
-    "prompt_completion": [{"prompt": "The capital of France is", "completion": " Paris."},
-                          {"prompt": "2 + 2 =", "completion": " 4"}],
+    "alpaca": [
+        {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+        {"instruction": "Say hello.", "input": "", "output": "Hello!"},
+    ],
+    "chat": [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4"},
+                {"role": "user", "content": "3+3?"},
+                {"role": "assistant", "content": "6"},
+            ]
+        },
+    ],
+    "sharegpt": [
+        {
+            "conversations": [
+                {"from": "system", "value": "Be kind."},
+                {"from": "human", "value": "Hi"},
+                {"from": "gpt", "value": "Hello."},
+            ]
+        },
+        {"conversations": [{"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Bye!"}]},
+    ],
+    "prompt_completion": [
+        {"prompt": "The capital of France is", "completion": " Paris."},
+        {"prompt": "2 + 2 =", "completion": " 4"},
+    ],
 }
 EXPECTED = {  # what the first row becomes
     "text": {"text": "The sky is blue."},
@@ -88,7 +112,10 @@ def test_txt_is_one_row_per_paragraph(tmp_path, cli):
     path.write_text("First paragraph\nstill first.\n\n\nSecond one.\n\nThird.\n")
     loaded = load_examples(str(path))
     assert [(e.where, e.text) for e in loaded.examples] == [
-        (f"{path}:1", "First paragraph\nstill first."), (f"{path}:5", "Second one."), (f"{path}:7", "Third.")]
+        (f"{path}:1", "First paragraph\nstill first."),
+        (f"{path}:5", "Second one."),
+        (f"{path}:7", "Third."),
+    ]
     result = cli("data", "inspect", path)
     assert result.exit_code == 0 and "format: text (from .txt file" in result.output
 
@@ -104,7 +131,10 @@ def test_folder_of_mixed_files(tmp_path, cli):
     write_rows(folder / ".hidden" / "x.jsonl", ROWS["text"])
     loaded = load_examples(str(folder))
     assert [(f.path.rsplit("/", 1)[-1], f.format) for f in loaded.files] == [
-        ("a.jsonl", "chat"), ("c.txt", "text"), ("b.csv", "alpaca")]
+        ("a.jsonl", "chat"),
+        ("c.txt", "text"),
+        ("b.csv", "alpaca"),
+    ]
     assert len(loaded.examples) == 5
     result = cli("data", "inspect", folder)
     assert result.exit_code == 0 and "all files: 5 rows, 5 valid" in result.output
@@ -117,9 +147,17 @@ def test_format_override(tmp_path):
 
 
 def test_conversational_prompt_completion_and_content_parts(tmp_path):
-    path = write_rows(tmp_path / "d.jsonl", [
-        {"prompt": [{"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]}],
-         "completion": [{"role": "assistant", "content": "Hello"}]}])
+    path = write_rows(
+        tmp_path / "d.jsonl",
+        [
+            {
+                "prompt": [
+                    {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]}
+                ],
+                "completion": [{"role": "assistant", "content": "Hello"}],
+            }
+        ],
+    )
     (ex,) = load_examples(str(path)).examples
     assert ex.messages == (("user", "Hi there"), ("assistant", "Hello"))
 

@@ -12,17 +12,34 @@ import pytest
 
 from localtune.data.formats import Example
 from localtune.data.inspect import TRAIN_CLOSE, TRAIN_OPEN, mark_trained
-from localtune.data.template import (CHATML_EOS_TEMPLATE, CHATML_TEMPLATE, make_renderer, render_with_spans,
-                                     resolve_chat_template)
+from localtune.data.template import (
+    CHATML_EOS_TEMPLATE,
+    CHATML_TEMPLATE,
+    make_renderer,
+    render_with_spans,
+    resolve_chat_template,
+)
 from localtune.data.tokenize import IGNORE, tokenize_example
 from localtune.model.tiny import ARCHITECTURES
 
 # The token each family's template writes at the end of an assistant turn.
-TURN_END = {"llama": "</s>", "llama3": "<|eot_id|>", "mistral": "</s>", "qwen2": "<|im_end|>",
-            "qwen3": "<|im_end|>", "gemma": "<end_of_turn>", "gemma2": "<end_of_turn>", "gemma3": "<end_of_turn>",
-            "phi3": "<|end|>"}
-CONVERSATION = (("user", "Ask one about rivers"), ("assistant", "Reply one is water"),
-                ("user", "Ask two about light"), ("assistant", "Reply two is fast"))
+TURN_END = {
+    "llama": "</s>",
+    "llama3": "<|eot_id|>",
+    "mistral": "</s>",
+    "qwen2": "<|im_end|>",
+    "qwen3": "<|im_end|>",
+    "gemma": "<end_of_turn>",
+    "gemma2": "<end_of_turn>",
+    "gemma3": "<end_of_turn>",
+    "phi3": "<|end|>",
+}
+CONVERSATION = (
+    ("user", "Ask one about rivers"),
+    ("assistant", "Reply one is water"),
+    ("user", "Ask two about light"),
+    ("assistant", "Reply two is fast"),
+)
 
 
 def tokenize(tok, messages, **kw):
@@ -71,8 +88,10 @@ def test_spans_map_to_exact_tokens(tiny_tokenizer):
     """The labels are the assistant tokens of a tokenization of the full text, not of pieces."""
     tok = tiny_tokenizer("qwen2")
     row = tokenize(tok, CONVERSATION[:2])
-    full_ids = tok(tok.apply_chat_template([{"role": r, "content": c} for r, c in CONVERSATION[:2]],
-                                           tokenize=False), add_special_tokens=False)["input_ids"]
+    full_ids = tok(
+        tok.apply_chat_template([{"role": r, "content": c} for r, c in CONVERSATION[:2]], tokenize=False),
+        add_special_tokens=False,
+    )["input_ids"]
     assert row.input_ids == full_ids
     trained = [t for t, lab in zip(row.input_ids, row.labels) if lab != IGNORE]
     assert tok.decode(trained) == "Reply one is water<|im_end|>\n"
@@ -121,8 +140,9 @@ def test_text_rows_split_into_windows_and_end_with_eos(tiny_tokenizer):
 
 def test_completion_trains_completion_and_eos_only(tiny_tokenizer):
     tok = tiny_tokenizer("llama")
-    (row,) = tokenize_example(Example("t:1", prompt="The capital of France is", completion=" Paris"), tok, None,
-                              max_seq_len=64)
+    (row,) = tokenize_example(
+        Example("t:1", prompt="The capital of France is", completion=" Paris"), tok, None, max_seq_len=64
+    )
     trained = [t for t, lab in zip(row.input_ids, row.labels) if lab != IGNORE]
     assert trained[-1] == tok.eos_token_id
     assert "Paris" in tok.decode(trained) and "capital" not in tok.decode(trained)

@@ -12,8 +12,10 @@ from localtune.data.tokenize import IGNORE, TokenizedRow
 
 
 def rows_of(lengths):
-    return [TokenizedRow(f"f:{i}", [i * 100 + j for j in range(n)], [i * 100 + j for j in range(n)], n)
-            for i, n in enumerate(lengths)]
+    return [
+        TokenizedRow(f"f:{i}", [i * 100 + j for j in range(n)], [i * 100 + j for j in range(n)], n)
+        for i, n in enumerate(lengths)
+    ]
 
 
 def test_packing_keeps_every_token_and_fits():
@@ -45,14 +47,17 @@ def test_packed_rows_do_not_attend_across_boundaries(arch, tiny_model_dir):
         r.input_ids = [5 + (t * 7) % 500 for t in r.input_ids]
     (packed,) = pack_rows(rows, max_seq_len=32)
     with torch.no_grad():
-        together = model(input_ids=torch.tensor([packed.input_ids]),
-                         position_ids=torch.tensor([packed.position_ids]), use_cache=False).logits[0]
+        together = model(
+            input_ids=torch.tensor([packed.input_ids]),
+            position_ids=torch.tensor([packed.position_ids]),
+            use_cache=False,
+        ).logits[0]
         by_where = {r.where: r for r in rows}
         offset = 0
         for where in packed.wheres:
             ids = by_where[where].input_ids
             alone = model(input_ids=torch.tensor([ids])).logits[0]
-            torch.testing.assert_close(together[offset:offset + len(ids)], alone, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(together[offset : offset + len(ids)], alone, atol=1e-4, rtol=1e-4)
             offset += len(ids)
 
 
@@ -96,7 +101,13 @@ def test_tokenizing_reports_progress(tmp_path, tiny_tokenizer):
     p = write_jsonl(tmp_path / "d.jsonl", [chat(f"q{i}", f"a{i}") for i in range(n)])
     tok = tiny_tokenizer("qwen2")
     calls = []
-    rows, stats = tokenize_all(load_examples(str(p)).examples, tok, make_renderer(tok, resolve_chat_template(tok)),
-                               DataConfig(path=str(p)), [], progress=lambda done, total: calls.append((done, total)))
+    rows, stats = tokenize_all(
+        load_examples(str(p)).examples,
+        tok,
+        make_renderer(tok, resolve_chat_template(tok)),
+        DataConfig(path=str(p)),
+        [],
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert calls == [(0, n), (PROGRESS_EVERY, n), (2 * PROGRESS_EVERY, n), (n, n)]
     assert len(rows) == stats.rows == n

@@ -21,8 +21,12 @@ def test_metrics_against_rouge_score_and_by_hand():
     from rouge_score import rouge_scorer
 
     reference = rouge_scorer.RougeScorer(["rougeL"])  # the package's own tokenizer, on ASCII text
-    pairs = [("the cat sat on the mat", "the cat on mat"), ("a b c d e", "e d c b a"),
-             ("Paris is the capital of France", "The capital of France is Paris."), ("x y z", "nothing alike")]
+    pairs = [
+        ("the cat sat on the mat", "the cat on mat"),
+        ("a b c d e", "e d c b a"),
+        ("Paris is the capital of France", "The capital of France is Paris."),
+        ("x y z", "nothing alike"),
+    ]
     for ref, answer in pairs:
         assert metrics.rouge_l(answer, ref) == pytest.approx(reference.score(ref, answer)["rougeL"].fmeasure)
     assert metrics.rouge_l("the cat on mat", "the cat sat on the mat") == pytest.approx(0.8)  # LCS 4: P 1, R 4/6
@@ -65,16 +69,24 @@ def test_answer_split_is_the_training_tokenization(tiny_tokenizer):
         tok = tiny_tokenizer(arch)
         template = resolve_chat_template(tok)
         render = make_renderer(tok, template)
-        ex = Example("t:1", messages=(("user", "What is 2+2?"), ("assistant", "4, of course."),
-                                      ("user", "And 3+3?"), ("assistant", "It is 6.")))
+        ex = Example(
+            "t:1",
+            messages=(
+                ("user", "What is 2+2?"),
+                ("assistant", "4, of course."),
+                ("user", "And 3+3?"),
+                ("assistant", "It is 6."),
+            ),
+        )
         prompt, answer = split_answer(ex, tok, render)
         row = tokenize_example(ex, tok, render, max_seq_len=512)[0]
-        assert prompt + answer == row.input_ids[:len(prompt) + len(answer)]
+        assert prompt + answer == row.input_ids[: len(prompt) + len(answer)]
         trained = [i for i, x in enumerate(row.labels) if x != IGNORE]
         assert answer == [row.input_ids[i] for i in trained if i >= len(prompt)] and answer
         assert tok.decode(answer, skip_special_tokens=True).strip() == "It is 6."
-        want = tok.apply_chat_template(ex.as_messages()[:-1], chat_template=template.text, tokenize=False,
-                                       add_generation_prompt=True)
+        want = tok.apply_chat_template(
+            ex.as_messages()[:-1], chat_template=template.text, tokenize=False, add_generation_prompt=True
+        )
         assert prompt == tok(want, add_special_tokens=False)["input_ids"], arch
     comp = Example("t:2", prompt="The capital of France is", completion=" Paris.")
     prompt, answer = split_answer(comp, tok, render)
@@ -99,16 +111,22 @@ def test_text_rows_and_bad_rows_are_refused_with_file_and_line(tmp_path, evaluat
 @pytest.fixture(scope="module")
 def evaluated_run(tmp_path_factory, tiny_model_dir):
     """A tiny Qwen2 taught that every crate's code word is 'lantern', exported as f32, then evaluated."""
-    from localtune.export.bundle import export_run
     from localtune.config import load_config
     from localtune.evaluation.evaluate import evaluate
     from localtune.events import ListSink
+    from localtune.export.bundle import export_run
     from localtune.train.run import train_run
 
     root = tmp_path_factory.mktemp("eval")
     data = write_jsonl(root / "mapping.jsonl", MAPPING)
-    values = {"model.name_or_path": str(tiny_model_dir("qwen2")), "data.path": str(data), "train.max_steps": 40,
-              "train.lr": 1e-2, "train.load_in_4bit": False, "data.val_fraction": 0.2}
+    values = {
+        "model.name_or_path": str(tiny_model_dir("qwen2")),
+        "data.path": str(data),
+        "train.max_steps": 40,
+        "train.lr": 1e-2,
+        "train.load_in_4bit": False,
+        "data.val_fraction": 0.2,
+    }
     train_run(load_config(None, {k: (v, "test") for k, v in values.items()}), root / "run")
     export_run(root / "run", ["f32"], verify=False, say=lambda m: None)
     sink = ListSink()
@@ -155,7 +173,7 @@ def test_teacher_forced_loss_equals_transformers(evaluated_run):
         for ex, row in zip(rows, report.rows):
             prompt, answer = encoder(ex)
             with torch.no_grad():
-                logits = model(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1:-1]
+                logits = model(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1]
             nll = torch.nn.functional.cross_entropy(logits, torch.tensor(answer), reduction="sum").item()
             assert row.answers[name].nll == pytest.approx(nll, rel=1e-3, abs=1e-3), (name, ex.where)
 
@@ -165,8 +183,11 @@ def test_report_files_card_and_latest(evaluated_run):
 
     run, report = evaluated_run["run"], evaluated_run["report"]
     folder = report.folder
-    assert folder.parent == run / "eval" and {p.name for p in folder.iterdir()} == {"report.md", "report.json",
-                                                                                    "chart.png"}
+    assert folder.parent == run / "eval" and {p.name for p in folder.iterdir()} == {
+        "report.md",
+        "report.json",
+        "chart.png",
+    }
     saved = json.loads((folder / "report.json").read_text())
     assert saved["verdict"] == report.verdict and len(saved["rows"]) == 8 and not saved["partial"]
     assert set(saved["rows"][0]["answers"]) == {s.name for s in report.systems}
@@ -288,5 +309,7 @@ def test_a_gguf_that_never_emits_eos_is_flagged(tmp_path, tiny_model_dir, cli):
     result = cli("eval", exported.path, "--data", data, "--max-tokens", "24")
     assert result.exit_code == 1, result.output
     assert "never stopped on 4 of 4 rows" in result.output and "0%" in result.output
-    assert "llama.cpp's tokenizer" in json.loads(next((tmp_path / "gguf" / "eval").glob("*/report.json"))
-                                                 .read_text())["tokenization"]
+    assert (
+        "llama.cpp's tokenizer"
+        in json.loads(next((tmp_path / "gguf" / "eval").glob("*/report.json")).read_text())["tokenization"]
+    )

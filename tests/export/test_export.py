@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from helpers import chat, train_tiny_run, write_jsonl
 
+from localtune.chat.runtime import cpu_has_amx, open_gguf
 from localtune.converters.gguf_file import ConversionError, GGUFError, check_gguf
 from localtune.converters.hf_to_gguf import convert
 from localtune.converters.quantize import quantize
-from localtune.chat.runtime import cpu_has_amx, open_gguf
-from localtune.model.tiny import ARCHITECTURES
 from localtune.export.verify import verify
+from localtune.model.tiny import ARCHITECTURES
 
 # llama.cpp's CPU GELU (Gemma's activation) uses an fp16 lookup table: ~1e-3 of logit error that no
 # converter can remove (shared/reference/gguf-conversion.md §5). Everything else matches to ~1e-5.
@@ -108,8 +108,10 @@ def test_direct_types_store_each_weight_exactly_as_ggml_rounds_it(arch, source, 
         expected[name] = w
     T = gguf.GGMLQuantizationType
     for out_type, wanted in (("f32", T.F32), ("f16", T.F16), ("bf16", T.BF16), ("q8_0", T.Q8_0)):
-        stored = {t.name: t for t in gguf.GGUFReader(convert(folder, tmp_path / f"{out_type}.gguf",
-                                                             out_type=out_type).path).tensors}
+        stored = {
+            t.name: t
+            for t in gguf.GGUFReader(convert(folder, tmp_path / f"{out_type}.gguf", out_type=out_type).path).tensors
+        }
         assert set(expected) <= set(stored)
         for name, w in expected.items():
             assert stored[name].tensor_type == (T.F32 if w.ndim == 1 else wanted), (out_type, name)
@@ -126,8 +128,14 @@ def test_q8_0_blocks_match_gguf_on_ties_zeros_and_extremes():
     rng = np.random.default_rng(0)
     halves = np.float32([127.0, *(np.arange(-15, 16) + 0.5)])  # max 127: d = 1, so every other value is a tie
     ties = np.stack([halves, -halves, halves * 2, -halves * 2])
-    rows = np.concatenate([ties.reshape(2, 64), np.zeros((1, 64), np.float32),  # exact halves; an all-zero block
-                           np.float32([[1e-30] * 32 + [-65504.0] * 32]), rng.standard_normal((8, 64), np.float32)])
+    rows = np.concatenate(
+        [
+            ties.reshape(2, 64),
+            np.zeros((1, 64), np.float32),  # exact halves; an all-zero block
+            np.float32([[1e-30] * 32 + [-65504.0] * 32]),
+            rng.standard_normal((8, 64), np.float32),
+        ]
+    )
     want = gguf.quants.quantize(rows, gguf.GGMLQuantizationType.Q8_0)
     assert np.array_equal(q8_0_blocks(torch.from_numpy(rows)), want)
 
@@ -147,9 +155,10 @@ def test_lora_adapter_gguf_matches_peft(arch, rslora, tiny_model_dir, gguf_of, t
 
     folder = tiny_model_dir(arch)
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
-                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", use_rslora=rslora,
-                                      task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+        LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", use_rslora=rslora, task_type="CAUSAL_LM"),
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -159,8 +168,9 @@ def test_lora_adapter_gguf_matches_peft(arch, rslora, tiny_model_dir, gguf_of, t
     with torch.no_grad():
         want = model.eval()(torch.tensor([ids])).logits[0].numpy()
     convert_adapter(tmp_path / "adapter", folder, tmp_path / "adapter.gguf")
-    llm = open_gguf(gguf_of(arch, "f32"), n_ctx=128, logits_all=True, f32_kv=True,
-                    lora_path=str(tmp_path / "adapter.gguf"))
+    llm = open_gguf(
+        gguf_of(arch, "f32"), n_ctx=128, logits_all=True, f32_kv=True, lora_path=str(tmp_path / "adapter.gguf")
+    )
     llm.eval(ids)
     got = np.array(llm._scores[: len(ids)])
     assert np.abs(got - want).max() < 1e-3
@@ -219,8 +229,17 @@ def test_unknown_pre_tokenizer_shows_the_regex():
     from localtune.converters.vocab import VocabError, choose_pre_tokenizer
 
     with pytest.raises(VocabError, match=r"split \\p\{L\}\+"):
-        choose_pre_tokenizer({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": r"\p{L}+"}}, {"type": "ByteLevel", "use_regex": False}]}})
+        choose_pre_tokenizer(
+            {
+                "pre_tokenizer": {
+                    "type": "Sequence",
+                    "pretokenizers": [
+                        {"type": "Split", "pattern": {"Regex": r"\p{L}+"}},
+                        {"type": "ByteLevel", "use_regex": False},
+                    ],
+                }
+            }
+        )
 
 
 def test_interrupted_export_keeps_the_previous_file(tmp_path, tiny_model_dir):
@@ -280,11 +299,15 @@ def test_export_killed_mid_write_leaves_no_final_file(tmp_path, tiny_model_dir):
 HOSTILE = {
     "zero bytes": b"",
     "bad magic": b"GGML" + b"\x00" * 60,
-    "renamed safetensors": b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}" + b"\x00" * 16,
+    "renamed safetensors": b'\x08\x00\x00\x00\x00\x00\x00\x00{"a":1}' + b"\x00" * 16,
     "huge counts": b"GGUF" + (3).to_bytes(4, "little") + (1 << 60).to_bytes(8, "little") + (1).to_bytes(8, "little"),
     "counts beyond EOF": b"GGUF" + (3).to_bytes(4, "little") + (2).to_bytes(8, "little") + (5).to_bytes(8, "little"),
-    "string beyond EOF": b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little") + (1).to_bytes(8, "little")
-                         + (1 << 40).to_bytes(8, "little") + b"general",
+    "string beyond EOF": b"GGUF"
+    + (3).to_bytes(4, "little")
+    + (0).to_bytes(8, "little")
+    + (1).to_bytes(8, "little")
+    + (1 << 40).to_bytes(8, "little")
+    + b"general",
 }
 
 
@@ -308,7 +331,7 @@ def test_truncated_and_huge_dim_files(tmp_path, gguf_of, cli):
     name = next(iter(info.tensors)).encode()
     at = good.index(name) + len(name) + 4  # the first dimension of the first tensor
     huge = bytearray(good)
-    huge[at: at + 8] = (1 << 50).to_bytes(8, "little")
+    huge[at : at + 8] = (1 << 50).to_bytes(8, "little")
     (tmp_path / "huge.gguf").write_bytes(bytes(huge))
     with pytest.raises(GGUFError, match="impossible dimensions|past the end"):
         open_gguf(tmp_path / "huge.gguf")
@@ -343,13 +366,15 @@ def test_smollm2_exports_verifies_and_chats(tmp_path, monkeypatch):
 
     monkeypatch.setenv("LOCALTUNE_CACHE", str(tmp_path / "cache"))
     base = resolve_base("smollm2")
-    files = export_model(base.folder, ["f16", "q8_0", "q4_k_m"], tmp_path / "out", stem="smollm2",
-                         say=lambda m: None)
+    files = export_model(base.folder, ["f16", "q8_0", "q4_k_m"], tmp_path / "out", stem="smollm2", say=lambda m: None)
     assert [f.out_type for f in files] == ["f16", "q8_0", "q4_k_m"]
     for f in files:
         assert f.verify.passed, f.verify.render()
     llm = open_gguf(files[-1].path, n_ctx=512)
-    out = llm.create_chat_completion([{"role": "user", "content": "What is the capital of France? Answer in one "
-                                                                  "sentence."}], max_tokens=64, temperature=0)
+    out = llm.create_chat_completion(
+        [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
+        max_tokens=64,
+        temperature=0,
+    )
     choice = out["choices"][0]
     assert choice["finish_reason"] == "stop" and "Paris" in choice["message"]["content"]

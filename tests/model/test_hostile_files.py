@@ -30,13 +30,15 @@ MAX_SECONDS = 45  # a hang detector; these cases take 3-10 s on a 2-core CI mach
 MAX_RSS_MB = 1000  # measured 16-400 MB (the CLI alone, or with torch imported); an allocation would exceed it
 # The child's own peak RSS: VmHWM belongs to the process image, while getrusage's ru_maxrss survives
 # exec and would report the (large) pytest process that forked it.
-MEASURE = ("import atexit, re, runpy, sys\n"
-           "def peak():\n"
-           "    status = open('/proc/self/status').read()\n"
-           "    print('PEAK_RSS_KB', re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"
-           "atexit.register(peak)\n"
-           "sys.argv = ['localtune'] + sys.argv[1:]\n"
-           "runpy.run_module('localtune', run_name='__main__')\n")
+MEASURE = (
+    "import atexit, re, runpy, sys\n"
+    "def peak():\n"
+    "    status = open('/proc/self/status').read()\n"
+    "    print('PEAK_RSS_KB', re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"
+    "atexit.register(peak)\n"
+    "sys.argv = ['localtune'] + sys.argv[1:]\n"
+    "runpy.run_module('localtune', run_name='__main__')\n"
+)
 FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i * 7}.") for i in range(6)]
 
 
@@ -45,8 +47,13 @@ def refused(*args, expect: str, code: int | None = None) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("LOCALTUNE_FAULT", None)
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", MEASURE, *map(str, args)], capture_output=True, text=True,
-                            timeout=MAX_SECONDS * 4, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=MAX_SECONDS * 4,
+        env=env,
+    )
     seconds = time.monotonic() - start
     err = result.stderr
     assert result.returncode in ((code,) if code else (1, 2)), err[-2000:]
@@ -73,12 +80,16 @@ SAFETENSORS_CASES = {
     "huge_header_length": (struct.pack("<Q", 2**62) + b"{}", r"header claims \d+ bytes but the file has 10"),
     "header_not_json": (struct.pack("<Q", 16) + b"\x00\xffnot json at all", r"header is not JSON"),
     "header_is_a_list": (_header_bytes([1, 2, 3]), r"header is a JSON list, not an object"),
-    "offsets_beyond_the_end": (_header_bytes({"w": _tensor(offsets=(0, 1 << 40))}) + bytes(16),
-                               r"tensor 'w' lies at bytes 0\.\.1099511627776, beyond the 16 bytes"),
+    "offsets_beyond_the_end": (
+        _header_bytes({"w": _tensor(offsets=(0, 1 << 40))}) + bytes(16),
+        r"tensor 'w' lies at bytes 0\.\.1099511627776, beyond the 16 bytes",
+    ),
     "unknown_dtype": (_header_bytes({"w": _tensor(dtype="Q4_K")}) + bytes(16), r"unknown dtype 'Q4_K'"),
     "negative_shape": (_header_bytes({"w": _tensor(shape=(-1, 4))}) + bytes(16), r"shape \[-1, 4\]"),
-    "shape_and_bytes_disagree": (_header_bytes({"w": _tensor(shape=(1 << 20, 1 << 20))}) + bytes(16),
-                                 r"needs 4398046511104 bytes but is given 16"),
+    "shape_and_bytes_disagree": (
+        _header_bytes({"w": _tensor(shape=(1 << 20, 1 << 20))}) + bytes(16),
+        r"needs 4398046511104 bytes but is given 16",
+    ),
     "renamed_gguf": (b"GGUF" + struct.pack("<IQQ", 3, 2**40, 2**40) + bytes(64), r"GGUF file renamed"),
 }
 
@@ -86,10 +97,12 @@ SAFETENSORS_CASES = {
 @pytest.fixture
 def model_copy(tiny_model_dir, tmp_path):
     """model_copy(arch="llama") -> a writable copy of a tiny model folder to damage."""
+
     def make(arch: str = "llama") -> Path:
         dest = tmp_path / f"model-{arch}"
         shutil.copytree(tiny_model_dir(arch), dest)
         return dest
+
     return make
 
 
@@ -109,8 +122,19 @@ def test_broken_safetensors_are_refused_before_training_loads_anything(case, mod
     content, expect = SAFETENSORS_CASES[case]
     (folder / "model.safetensors").write_bytes(content)
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
-    refused("train", "--model", folder, "--data", data, "--out", tmp_path / "run", "--max-steps", "1", "--no-quant",
-            expect=expect)
+    refused(
+        "train",
+        "--model",
+        folder,
+        "--data",
+        data,
+        "--out",
+        tmp_path / "run",
+        "--max-steps",
+        "1",
+        "--no-quant",
+        expect=expect,
+    )
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -122,8 +146,10 @@ CONFIG_CASES = {
     "negative_width": ({"hidden_size": -64}, r"hidden_size = -64"),
     "vocab_of_a_trillion": ({"vocab_size": 10**12}, r"vocab_size = 1000000000000"),
     "size_as_a_string": ({"hidden_size": "64"}, r"hidden_size = '64' \(expected an integer"),
-    "heads_do_not_divide": ({"num_attention_heads": 5, "num_key_value_heads": 2},
-                            r"num_attention_heads = 5 is not a multiple of num_key_value_heads = 2"),
+    "heads_do_not_divide": (
+        {"num_attention_heads": 5, "num_key_value_heads": 2},
+        r"num_attention_heads = 5 is not a multiple of num_key_value_heads = 2",
+    ),
     "more_layers_than_weights": ({"num_hidden_layers": 7}, r"says num_hidden_layers 7, but the weights hold 2 layers"),
     "vocab_disagrees_with_weights": ({"vocab_size": 4096}, r"says vocab_size 4096 x hidden_size \d+, but the weights"),
 }
@@ -158,8 +184,19 @@ def test_absurd_config_is_refused_by_training_too(model_copy, tmp_path):
     folder = model_copy("qwen2")
     _damage_config(folder, {"num_hidden_layers": 10**9})
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
-    refused("train", "--model", folder, "--data", data, "--out", tmp_path / "run", "--max-steps", "1", "--no-quant",
-            expect=r"num_hidden_layers = 1000000000")
+    refused(
+        "train",
+        "--model",
+        folder,
+        "--data",
+        data,
+        "--out",
+        tmp_path / "run",
+        "--max-steps",
+        "1",
+        "--no-quant",
+        expect=r"num_hidden_layers = 1000000000",
+    )
 
 
 # ---- tokenizer files ------------------------------------------------------------------------------------
@@ -171,8 +208,19 @@ def test_tokenizer_from_another_model_is_refused(model_copy, tmp_path, tiny_mode
         if f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens", "chat_template")):
             shutil.copy2(f, folder / f.name)
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
-    refused("train", "--model", folder, "--data", data, "--out", tmp_path / "run", "--max-steps", "1", "--no-quant",
-            expect=r"the tokenizer in .* has \d+ tokens .*but the model's embedding has \d+ rows")
+    refused(
+        "train",
+        "--model",
+        folder,
+        "--data",
+        data,
+        "--out",
+        tmp_path / "run",
+        "--max-steps",
+        "1",
+        "--no-quant",
+        expect=r"the tokenizer in .* has \d+ tokens .*but the model's embedding has \d+ rows",
+    )
     refused("export", folder, "--quant", "f16", "--out", tmp_path / "out", expect=r"model's embedding has \d+ rows")
 
 
@@ -180,8 +228,19 @@ def test_damaged_tokenizer_file_is_named(model_copy, tmp_path):
     folder = model_copy("qwen2")
     (folder / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE", "vocab": 12')
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
-    refused("train", "--model", folder, "--data", data, "--out", tmp_path / "run", "--max-steps", "1", "--no-quant",
-            expect=r"cannot load the tokenizer of .*tokenizer\.json")
+    refused(
+        "train",
+        "--model",
+        folder,
+        "--data",
+        data,
+        "--out",
+        tmp_path / "run",
+        "--max-steps",
+        "1",
+        "--no-quant",
+        expect=r"cannot load the tokenizer of .*tokenizer\.json",
+    )
 
 
 # ---- adapters -------------------------------------------------------------------------------------------
@@ -249,11 +308,17 @@ def test_custom_model_code_runs_only_with_trust_remote_code(model_copy, tmp_path
     (folder / "config.json").write_text(json.dumps(cfg))
     (folder / "modeling_custom.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
-        "from transformers import LlamaForCausalLM\n\n\nclass CustomLlama(LlamaForCausalLM):\n    pass\n")
+        "from transformers import LlamaForCausalLM\n\n\nclass CustomLlama(LlamaForCausalLM):\n    pass\n"
+    )
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
     args = ["train", "--model", folder, "--data", data, "--max-steps", "1", "--no-quant"]
-    refused(*args, "--out", tmp_path / "run1", expect=r"error: model needs custom code\n.*modeling_custom\.CustomLlama"
-            r"(.|\n)*--trust-remote-code")
+    refused(
+        *args,
+        "--out",
+        tmp_path / "run1",
+        expect=r"error: model needs custom code\n.*modeling_custom\.CustomLlama"
+        r"(.|\n)*--trust-remote-code",
+    )
     assert not marker.exists()
     ok = localtune_process(*args, "--out", tmp_path / "run2", "--trust-remote-code")
     assert ok.returncode == 0, ok.stderr[-2000:]
@@ -288,6 +353,12 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(tmp_path, tiny_mode
     manifest["files"]["rng.pt"] = {"bytes": len(planted), "sha256": hashlib.sha256(planted).hexdigest()}
     (checkpoint / "manifest.json").write_text(json.dumps(manifest))
     shutil.rmtree(run / "adapter")
-    refused(*cmd, "--max-steps", "3", "--resume", expect=r"error: checkpoint refused\ncannot resume from .*step-\d+: rng\.pt holds "
-            r"more than tensors and plain values")
+    refused(
+        *cmd,
+        "--max-steps",
+        "3",
+        "--resume",
+        expect=r"error: checkpoint refused\ncannot resume from .*step-\d+: rng\.pt holds "
+        r"more than tensors and plain values",
+    )
     assert not marker.exists()

@@ -11,8 +11,17 @@ from localtune.errors import ModelSourceError
 from localtune.model.source import DEMO_MODEL, demo_model_path, load_tokenizer, resolve_model
 from localtune.model.tiny import ARCHITECTURES, FAMILIES
 
-EXPECTED_MODEL_TYPE = {"llama": "llama", "llama3": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
-                       "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text", "phi3": "phi3"}
+EXPECTED_MODEL_TYPE = {
+    "llama": "llama",
+    "llama3": "llama",
+    "mistral": "mistral",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma": "gemma",
+    "gemma2": "gemma2",
+    "gemma3": "gemma3_text",
+    "phi3": "phi3",
+}
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -28,16 +28,27 @@ def _reaped() -> int:
 
 
 def step(n: int, total: int, loss: float) -> StepMetrics:
-    return StepMetrics(step=n, total_steps=total, epoch=0, loss=loss, lr=1e-3, grad_norm=1.0, tokens_per_s=100.0,
-                       tokens_seen=n * 10, peak_memory_bytes=0, eta_s=1.0)
+    return StepMetrics(
+        step=n,
+        total_steps=total,
+        epoch=0,
+        loss=loss,
+        lr=1e-3,
+        grad_norm=1.0,
+        tokens_per_s=100.0,
+        tokens_seen=n * 10,
+        peak_memory_bytes=0,
+        eta_s=1.0,
+    )
 
 
 # ---- start_training: a start that fails at once --------------------------------------------------------------
 def test_a_start_with_a_bad_value_ends_failed_with_the_message(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", [chat("Hi?", "Hello.")])
     run = tmp_path / "runs" / "bad-lr"
-    proc = start_training(["--model", str(tmp_path / "no-model"), "--data", str(data), "--out", str(run),
-                           "--lr", "abc"], run)
+    proc = start_training(
+        ["--model", str(tmp_path / "no-model"), "--data", str(data), "--out", str(run), "--lr", "abc"], run
+    )
     info = RunDir(run).load_info()
     assert info.status == STARTING and info.pid == proc.pid and info.log_offset == 0  # recorded before it runs
     assert proc.wait(timeout=120) != 0
@@ -54,8 +65,9 @@ def test_a_start_missing_an_option_ends_failed_and_a_later_start_has_its_own_mes
     summary = summarize(run)
     assert summary.status == FAILED and "--data" in summary.message, summary
     first_output = RunDir(run).train_log.stat().st_size
-    second = start_training(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl"), "--out", str(run),
-                             "--lr", "fast"], run)
+    second = start_training(
+        ["--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl"), "--out", str(run), "--lr", "fast"], run
+    )
     assert RunDir(run).load_info().log_offset == first_output  # train.log is appended to: this start's part
     second.wait(timeout=120)
     summary = summarize(run)
@@ -94,7 +106,7 @@ def test_a_titled_error_in_the_log_is_the_message(tmp_path):
 
 
 def test_a_traceback_gives_its_last_line(tmp_path):
-    log = "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nRuntimeError: kaboom\n"
+    log = 'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\nRuntimeError: kaboom\n'
     summary = summarize(started_run(tmp_path, "", log, _reaped()).path)
     assert (summary.status, summary.message) == (FAILED, "RuntimeError: kaboom")
 
@@ -118,8 +130,16 @@ def test_summarize_reads_typed_events_and_the_latest_attempts_failure(tmp_path):
     run.path.mkdir()
     run.config.write_text("model:\n  name_or_path: smollm2\ndata:\n  path: data/facts.jsonl\n")
     sink = JsonlSink(run.events)
-    for event in (RunStarted(str(run), {}), step(1, 8, 2.5), Failed("error: old failure"), RunStarted(str(run), {}),
-                  step(2, 8, 2.0), step(3, 8, float("nan")), Warning("loss is nan"), Failed("error: diverged", 3)):
+    for event in (
+        RunStarted(str(run), {}),
+        step(1, 8, 2.5),
+        Failed("error: old failure"),
+        RunStarted(str(run), {}),
+        step(2, 8, 2.0),
+        step(3, 8, float("nan")),
+        Warning("loss is nan"),
+        Failed("error: diverged", 3),
+    ):
         sink(event)
     run.events.open("a").write('{"kind": "from_a_newer_version"}\n{"kind": "step", "step": 4')  # skipped; partial
     run.save_info(RunInfo(status=FAILED, pid=None, error="error: diverged"))
@@ -141,19 +161,38 @@ def test_read_new_events_gives_typed_events_and_waits_for_a_partial_line(tmp_pat
     assert [type(e) for e in events] == [StepMetrics] and events[0].step == 1
     assert offset == path.read_bytes().rfind(b"\n") + 1
     with open(path, "a") as fh:
-        fh.write('ep": 2, "total_steps": 4, "epoch": 0, "loss": "nan", "lr": 0.1, "grad_norm": 1, "tokens_per_s": 1, '
-                 '"tokens_seen": 2, "peak_memory_bytes": 0, "eta_s": 0}\n')
+        fh.write(
+            'ep": 2, "total_steps": 4, "epoch": 0, "loss": "nan", "lr": 0.1, "grad_norm": 1, "tokens_per_s": 1, '
+            '"tokens_seen": 2, "peak_memory_bytes": 0, "eta_s": 0}\n'
+        )
     events, offset2 = read_new_events(path, offset)
     assert [e.step for e in events] == [2] and math.isnan(events[0].loss) and offset2 == path.stat().st_size
 
 
 # ---- RunInfo and RunDir --------------------------------------------------------------------------------------
 def test_run_info_round_trips_and_stays_strict_json(tmp_path):
-    info = RunInfo(status=FINISHED, started="2025-01-31T12:00:00", pid=123, log_offset=77,
-                   base=BaseInfo("smollm2", "llama", "0123456789abcdef"), data=DataInfo("fedcba9876543210", 40, 4),
-                   device="cpu", dtype="float32", quantized=False, micro_batch=2, grad_accum=4, steps=3,
-                   tokens_seen=300, final_loss=1.5, losses=[2.0, float("nan"), 1.5], eval_losses=[(2, 1.75)],
-                   eval_loss=1.75, seconds=12.5, adapter="/r/adapter", extra={"written_by": "a newer version"})
+    info = RunInfo(
+        status=FINISHED,
+        started="2025-01-31T12:00:00",
+        pid=123,
+        log_offset=77,
+        base=BaseInfo("smollm2", "llama", "0123456789abcdef"),
+        data=DataInfo("fedcba9876543210", 40, 4),
+        device="cpu",
+        dtype="float32",
+        quantized=False,
+        micro_batch=2,
+        grad_accum=4,
+        steps=3,
+        tokens_seen=300,
+        final_loss=1.5,
+        losses=[2.0, float("nan"), 1.5],
+        eval_losses=[(2, 1.75)],
+        eval_loss=1.75,
+        seconds=12.5,
+        adapter="/r/adapter",
+        extra={"written_by": "a newer version"},
+    )
     path = info.save(tmp_path / "run.json")
     raw = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
     assert raw["losses"][1] == "nan" and raw["base"]["model_type"] == "llama" and raw["written_by"] == "a newer version"
@@ -165,8 +204,9 @@ def test_run_info_round_trips_and_stays_strict_json(tmp_path):
 
 def test_run_info_reads_older_records_and_refuses_unreadable_ones(tmp_path):
     old = tmp_path / "run.json"
-    old.write_text(json.dumps({"status": "interrupted", "pid": 42, "steps": 5, "base": {"fingerprint": "ab",
-                                                                                        "future_key": 1}}))
+    old.write_text(
+        json.dumps({"status": "interrupted", "pid": 42, "steps": 5, "base": {"fingerprint": "ab", "future_key": 1}})
+    )
     info = RunInfo.load(old)
     assert (info.status, info.pid, info.steps, info.base.fingerprint, info.data) == (INTERRUPTED, 42, 5, "ab", None)
     with pytest.raises(RunFolderError, match="run.json is missing"):
@@ -195,12 +235,41 @@ def test_is_run(tmp_path):
 
 def test_run_dir_names_every_path(tmp_path):
     run = RunDir(tmp_path / "my-run")
-    names = {p.relative_to(run.path).as_posix() for p in (
-        run.config, run.run_json, run.events, run.train_log, run.chat_template, run.checkpoints, run.adapter,
-        run.merged, run.gguf, run.eval, run.quick_json, run.lock, run.card, run.modelfile)}
-    assert names == {"config.yaml", "run.json", "events.jsonl", "train.log", "chat_template.jinja", "checkpoints",
-                     "adapter", "merged", "gguf", "eval", "quick.json", ".localtune.lock", "gguf/README.md",
-                     "gguf/Modelfile"}
+    names = {
+        p.relative_to(run.path).as_posix()
+        for p in (
+            run.config,
+            run.run_json,
+            run.events,
+            run.train_log,
+            run.chat_template,
+            run.checkpoints,
+            run.adapter,
+            run.merged,
+            run.gguf,
+            run.eval,
+            run.quick_json,
+            run.lock,
+            run.card,
+            run.modelfile,
+        )
+    }
+    assert names == {
+        "config.yaml",
+        "run.json",
+        "events.jsonl",
+        "train.log",
+        "chat_template.jinja",
+        "checkpoints",
+        "adapter",
+        "merged",
+        "gguf",
+        "eval",
+        "quick.json",
+        ".localtune.lock",
+        "gguf/README.md",
+        "gguf/Modelfile",
+    }
     run.gguf.mkdir(parents=True)
     for name in ("my-run-Q8_0.gguf", "base-Q8_0.gguf", "my-run-adapter-F32.gguf"):
         (run.gguf / name).write_bytes(b"")
@@ -233,6 +302,6 @@ def test_a_checkpoint_moved_aside_by_an_interrupted_replacement_is_restored(tmp_
     seen = []
     store.warn = seen.append
     store.remove_stale()
-    (folder, manifest), = [store.latest_valid()]
+    ((folder, manifest),) = [store.latest_valid()]
     assert folder.name == "step-000002" and manifest["step"] == 2 and "restored checkpoint" in seen[0]
     assert [p.name for p in (tmp_path / "ck").iterdir()] == ["step-000002"]

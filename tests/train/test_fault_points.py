@@ -16,12 +16,17 @@ import pytest
 from helpers import chat, train_tiny_run, write_jsonl
 from helpers import localtune_process as localtune
 
-from localtune.train.checkpoint import CheckpointStore
 from localtune.converters.gguf_file import check_gguf
+from localtune.train.checkpoint import CheckpointStore
 
 REPO = Path(__file__).resolve().parents[2]
-POINTS = sorted({m for f in list((REPO / "localtune").rglob("*.py")) + list((REPO / "converters").rglob("*.py"))
-                 for m in re.findall(r'fault_point\("([\w.]+)"\)', f.read_text())})
+POINTS = sorted(
+    {
+        m
+        for f in list((REPO / "localtune").rglob("*.py")) + list((REPO / "converters").rglob("*.py"))
+        for m in re.findall(r'fault_point\("([\w.]+)"\)', f.read_text())
+    }
+)
 TRAIN_POINTS = [p for p in POINTS if p.startswith(("checkpoint.", "adapter."))]
 EXPORT_POINTS = [p for p in POINTS if p not in TRAIN_POINTS]
 FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i * 7}.") for i in range(8)]
@@ -30,7 +35,6 @@ FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i 
 def test_every_point_is_exercised():
     assert len(POINTS) >= 10 and set(TRAIN_POINTS) | set(EXPORT_POINTS) == set(POINTS)
     assert {"checkpoint.rename", "merge.rename", "gguf.tensors", "quantize.done", "verify.save"} <= set(POINTS)
-
 
 
 def check_run_invariants(run: Path) -> None:
@@ -59,8 +63,20 @@ def fault_outcome(result, action: str, point: str) -> None:
 def test_training_survives_a_fault_at(point, action, tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
     run = tmp_path / "run"
-    cmd = ["train", "--model", tiny_model_dir("qwen2"), "--data", data, "--out", run, "--max-steps", "4",
-           "--save-every", "2", "--no-quant"]
+    cmd = [
+        "train",
+        "--model",
+        tiny_model_dir("qwen2"),
+        "--data",
+        data,
+        "--out",
+        run,
+        "--max-steps",
+        "4",
+        "--save-every",
+        "2",
+        "--no-quant",
+    ]
     fault_outcome(localtune(*cmd, fault=f"{point}:{action}"), action, point)
     check_run_invariants(run)
     has_checkpoint = bool(CheckpointStore(run / "checkpoints", 2, lambda m: None).complete())

@@ -57,6 +57,18 @@ def test_a_run_prints_applies_and_saves_its_recipe(tmp_path, tiny_model_dir, cli
     assert saved["train"]["epochs"] == 8 and saved["train"]["lr"] == 1e-3
     again = load_config(run / "config.yaml")  # what --resume loads: the values are now set, nothing is re-chosen
     assert choose_recipe(again, rows=11, rows_per_step=8, params=1) is None
-    mine = cli("train", "--model", tiny_model_dir("qwen2"), "--data", data, "--out", tmp_path / "mine",
-               "--no-quant", "--max-steps", "2", "--lr", "5e-3")
+    mine = cli(
+        "train",
+        "--model",
+        tiny_model_dir("qwen2"),
+        "--data",
+        data,
+        "--out",
+        tmp_path / "mine",
+        "--no-quant",
+        "--max-steps",
+        "2",
+        "--lr",
+        "5e-3",
+    )
     assert mine.exit_code == 0 and "recipe:" not in mine.output

@@ -13,30 +13,47 @@ import pytest
 from helpers import chat, train_tiny_run, write_jsonl
 from helpers import localtune_process as localtune
 
-from localtune.train.checkpoint import CheckpointStore
 from localtune.events import read_events
+from localtune.train.checkpoint import CheckpointStore
 
 FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i * 7}.") for i in range(12)]
 CODES = {"sigint": 130, "sigterm": 143}
-
 
 
 def steps_logged(run):
     return [e.step for e in read_events(run / "events.jsonl") if e.kind == "step"]
 
 
-@pytest.mark.parametrize("moment,action,saved_step", [
-    ("train.prepare", "sigint", None),   # data preparation: nothing trained yet
-    ("train.load", "sigterm", None),     # loading the base model
-    ("train.eval", "sigint", 2),         # the evaluation after step 2: abandoned, step 2 saved
-    ("checkpoint.optimizer", "sigterm", 2),  # in the middle of writing the step-2 checkpoint: it completes
-])
-def test_a_signal_at_an_awkward_moment_stops_cleanly_and_resume_finishes(moment, action, saved_step, tmp_path,
-                                                                          tiny_model_dir):
+@pytest.mark.parametrize(
+    "moment,action,saved_step",
+    [
+        ("train.prepare", "sigint", None),  # data preparation: nothing trained yet
+        ("train.load", "sigterm", None),  # loading the base model
+        ("train.eval", "sigint", 2),  # the evaluation after step 2: abandoned, step 2 saved
+        ("checkpoint.optimizer", "sigterm", 2),  # in the middle of writing the step-2 checkpoint: it completes
+    ],
+)
+def test_a_signal_at_an_awkward_moment_stops_cleanly_and_resume_finishes(
+    moment, action, saved_step, tmp_path, tiny_model_dir
+):
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
     run = tmp_path / "run"
-    cmd = ["train", "--model", tiny_model_dir("qwen2"), "--data", data, "--out", run, "--max-steps", "4",
-           "--save-every", "2", "--eval-every", "2", "--no-quant"]
+    cmd = [
+        "train",
+        "--model",
+        tiny_model_dir("qwen2"),
+        "--data",
+        data,
+        "--out",
+        run,
+        "--max-steps",
+        "4",
+        "--save-every",
+        "2",
+        "--eval-every",
+        "2",
+        "--no-quant",
+    ]
     stopped = localtune(*cmd, fault=f"{moment}:{action}")
     assert stopped.returncode == CODES[action], stopped.stderr[-2000:]
     assert "Traceback" not in stopped.stderr
@@ -61,8 +78,20 @@ def test_a_signal_at_an_awkward_moment_stops_cleanly_and_resume_finishes(moment,
 def test_a_signal_while_a_resume_loads_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "d.jsonl", FACTS)
     run = tmp_path / "run"
-    cmd = ["train", "--model", tiny_model_dir("qwen2"), "--data", data, "--out", run, "--max-steps", "4",
-           "--save-every", "2", "--no-quant"]
+    cmd = [
+        "train",
+        "--model",
+        tiny_model_dir("qwen2"),
+        "--data",
+        data,
+        "--out",
+        run,
+        "--max-steps",
+        "4",
+        "--save-every",
+        "2",
+        "--no-quant",
+    ]
     assert localtune(*cmd, fault="checkpoint.optimizer:sigint").returncode == 130  # stopped with step 2 saved
     stopped = localtune(*cmd, "--resume", fault="train.load:sigint")
     assert stopped.returncode == 130, stopped.stderr[-2000:]

@@ -10,11 +10,11 @@ import signal
 import pytest
 from helpers import chat, write_jsonl
 
-from localtune.train.checkpoint import CheckpointStore
 from localtune.config import load_config
 from localtune.errors import LocaltuneError, ModelSourceError
 from localtune.events import CheckpointSaved, EvalResult, Finished, ListSink, StepMetrics, read_events
 from localtune.events import Warning as WarningEvent
+from localtune.train.checkpoint import CheckpointStore
 from localtune.train.loop import Hooks, TrainingError
 from localtune.train.run import train_run
 
@@ -27,8 +27,16 @@ def data(tmp_path):
 
 
 def make_cfg(model_dir, data, **overrides):
-    values = {"model.name_or_path": str(model_dir), "data.path": str(data), "train.max_steps": 30, "train.lr": 5e-3,
-              "train.grad_accum": 4, "data.val_fraction": 0, "train.save_every": 100, "train.seed": 7}
+    values = {
+        "model.name_or_path": str(model_dir),
+        "data.path": str(data),
+        "train.max_steps": 30,
+        "train.lr": 5e-3,
+        "train.grad_accum": 4,
+        "data.val_fraction": 0,
+        "train.save_every": 100,
+        "train.seed": 7,
+    }
     values.update(overrides)
     return load_config(None, {k: (v, "test") for k, v in values.items()})
 
@@ -40,8 +48,9 @@ def losses(sink: ListSink) -> list[float]:
 @pytest.mark.parametrize("quant", [True, False], ids=["qlora-4bit", "lora-fp32"])
 def test_loss_falls_on_a_memorization_set(quant, tmp_path, data, tiny_model_dir):
     sink = ListSink()
-    result = train_run(make_cfg(tiny_model_dir("qwen2"), data, **{"train.load_in_4bit": quant}), tmp_path / "run",
-                       sinks=[sink])
+    result = train_run(
+        make_cfg(tiny_model_dir("qwen2"), data, **{"train.load_in_4bit": quant}), tmp_path / "run", sinks=[sink]
+    )
     got = losses(sink)
     assert result.status == "finished" and len(got) == 30
     assert got[-1] < got[0] / 2, got
@@ -64,11 +73,20 @@ def test_run_folder_and_adapter_reproduce_the_trained_model(tmp_path, data, tiny
             captured["logits"] = model(input_ids=ids).logits
 
     run = tmp_path / "run"
-    result = train_run(make_cfg(model_dir, data, **{"train.max_steps": 8, "data.val_fraction": 0.2,
-                                                     "train.eval_every": 4}), run, hooks=Hooks(trained=trained))
+    result = train_run(
+        make_cfg(model_dir, data, **{"train.max_steps": 8, "data.val_fraction": 0.2, "train.eval_every": 4}),
+        run,
+        hooks=Hooks(trained=trained),
+    )
     assert result.status == "finished"
-    for name in ("config.yaml", "events.jsonl", "run.json", "adapter/adapter_config.json",
-                 "adapter/adapter_model.safetensors", "chat_template.jinja"):
+    for name in (
+        "config.yaml",
+        "events.jsonl",
+        "run.json",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "chat_template.jinja",
+    ):
         assert (run / name).is_file(), name
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["steps"] == 8 and len(info["losses"]) == 8
@@ -78,8 +96,12 @@ def test_run_folder_and_adapter_reproduce_the_trained_model(tmp_path, data, tiny
     assert kinds[:3] == ["run_started", "data_prepared", "model_loaded"] and kinds[-1] == "finished"
     assert kinds.count("step") == 8 and kinds.count("eval") == 2
 
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=torch.float32)
+    q = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
     base = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=q, dtype=torch.float32)
     for m in base.modules():  # bitsandbytes' bf16 CPU inference kernel is approximate: compare like with like
         if hasattr(m, "support_avx512bf16_for_cpu"):
@@ -109,15 +131,21 @@ def interrupt_at(step: int, micro: int):
 @pytest.mark.parametrize("step,micro", [(4, 1), (2, 0), (5, 0)], ids=["mid-accumulation", "epoch-end", "plain"])
 def test_resume_reproduces_the_uninterrupted_losses(step, micro, tmp_path, data, tiny_model_dir):
     # 10 rows, 2 per micro-batch, 2 micro-batches a step: epochs end after steps 3, 6, 9 (4 + 4 + 2 rows).
-    over = {"train.max_steps": 10, "train.micro_batch_size": 2, "train.grad_accum": 2, "lora.dropout": 0.1,
-            "train.save_every": 4}
+    over = {
+        "train.max_steps": 10,
+        "train.micro_batch_size": 2,
+        "train.grad_accum": 2,
+        "lora.dropout": 0.1,
+        "train.save_every": 4,
+    }
     model_dir = tiny_model_dir("qwen2")
     full = ListSink()
     train_run(make_cfg(model_dir, data, **over), tmp_path / "full", sinks=[full])
 
     first, second = ListSink(), ListSink()
-    result = train_run(make_cfg(model_dir, data, **over), tmp_path / "cut", sinks=[first],
-                       hooks=interrupt_at(step, micro))
+    result = train_run(
+        make_cfg(model_dir, data, **over), tmp_path / "cut", sinks=[first], hooks=interrupt_at(step, micro)
+    )
     assert result.status == "interrupted" and result.exit_code == 130
     assert [e.step for e in first.of(StepMetrics)][-1] == step + 1  # the step in progress finished
     result = train_run(make_cfg(model_dir, data, **over), tmp_path / "cut", resume=True, sinks=[second])
@@ -130,17 +158,18 @@ def test_resume_reproduces_the_uninterrupted_losses(step, micro, tmp_path, data,
 def test_resume_refuses_changed_data_and_shape_but_accepts_benign_changes(tmp_path, data, tiny_model_dir):
     model_dir = tiny_model_dir("qwen2")
     run = tmp_path / "run"
-    train_run(make_cfg(model_dir, data, **{"train.max_steps": 6, "train.save_every": 2}), run,
-              hooks=interrupt_at(3, 0))
+    train_run(make_cfg(model_dir, data, **{"train.max_steps": 6, "train.save_every": 2}), run, hooks=interrupt_at(3, 0))
     changed = write_jsonl(tmp_path / "other.jsonl", FACTS[:-1] + [chat("new", "row")])
     with pytest.raises(LocaltuneError, match="different training data"):
         train_run(make_cfg(model_dir, changed, **{"train.max_steps": 6}), run, resume=True)
     with pytest.raises(LocaltuneError, match=r"different training data, data.max_seq_len, LoRA shape"):
-        train_run(make_cfg(model_dir, data, **{"train.max_steps": 6, "data.max_seq_len": 64, "lora.r": 4}), run,
-                  resume=True)
+        train_run(
+            make_cfg(model_dir, data, **{"train.max_steps": 6, "data.max_seq_len": 64, "lora.r": 4}), run, resume=True
+        )
     sink = ListSink()
-    result = train_run(make_cfg(model_dir, data, **{"train.max_steps": 6, "train.lr": 1e-3}), run, resume=True,
-                       sinks=[sink])
+    result = train_run(
+        make_cfg(model_dir, data, **{"train.max_steps": 6, "train.lr": 1e-3}), run, resume=True, sinks=[sink]
+    )
     assert result.status == "finished" and [e.step for e in sink.of(StepMetrics)] == [5, 6]
     with pytest.raises(LocaltuneError, match="already holds a training run"):
         train_run(make_cfg(model_dir, data), run)
@@ -149,12 +178,12 @@ def test_resume_refuses_changed_data_and_shape_but_accepts_benign_changes(tmp_pa
 def test_force_resume_continues_with_a_warning(tmp_path, data, tiny_model_dir):
     model_dir = tiny_model_dir("qwen2")
     run = tmp_path / "run"
-    train_run(make_cfg(model_dir, data, **{"train.max_steps": 4, "train.save_every": 1}), run,
-              hooks=interrupt_at(1, 0))
+    train_run(make_cfg(model_dir, data, **{"train.max_steps": 4, "train.save_every": 1}), run, hooks=interrupt_at(1, 0))
     changed = write_jsonl(tmp_path / "other.jsonl", FACTS[:5])
     sink = ListSink()
-    result = train_run(make_cfg(model_dir, changed, **{"train.max_steps": 4}), run, resume=True, force_resume=True,
-                       sinks=[sink])
+    result = train_run(
+        make_cfg(model_dir, changed, **{"train.max_steps": 4}), run, resume=True, force_resume=True, sinks=[sink]
+    )
     assert result.status == "finished"
     assert any("--force-resume" in w.message for w in sink.of(WarningEvent))
 
@@ -168,8 +197,12 @@ def test_nan_loss_stops_after_three_with_the_documented_error(tmp_path, data, ti
     run = tmp_path / "run"
     sink = ListSink()
     with pytest.raises(TrainingError) as info:
-        train_run(make_cfg(tiny_model_dir("qwen2"), data, **{"train.save_every": 1, "train.max_steps": 20}), run,
-                  sinks=[sink], hooks=Hooks(loss=poison))
+        train_run(
+            make_cfg(tiny_model_dir("qwen2"), data, **{"train.save_every": 1, "train.max_steps": 20}),
+            run,
+            sinks=[sink],
+            hooks=Hooks(loss=poison),
+        )
     msg = info.value.render()
     assert "3 steps in a row had a non-finite loss" in msg and "step 6" in msg
     assert "learning rate" in msg and "compute dtype float32" in msg and "facts.jsonl:" in msg
@@ -200,8 +233,12 @@ def test_simulated_oom_halves_the_micro_batch_and_continues(tmp_path, data, tiny
     full = ListSink()
     train_run(make_cfg(tiny_model_dir("qwen2"), data, **over), tmp_path / "full", sinks=[full])
     sink = ListSink()
-    result = train_run(make_cfg(tiny_model_dir("qwen2"), data, **over, **{"train.save_every": 2}),
-                       tmp_path / "run", sinks=[sink], hooks=Hooks(before_micro=oom))
+    result = train_run(
+        make_cfg(tiny_model_dir("qwen2"), data, **over, **{"train.save_every": 2}),
+        tmp_path / "run",
+        sinks=[sink],
+        hooks=Hooks(before_micro=oom),
+    )
     assert result.status == "finished" and fired == [4]
     (warning,) = [w.message for w in sink.of(WarningEvent) if "out of GPU memory" in w.message]
     assert "micro-batch 4" in warning and "Retrying with micro-batch 2 and 2 accumulation steps" in warning
@@ -220,17 +257,33 @@ def test_oom_with_a_fixed_micro_batch_explains_and_stops(tmp_path, data, tiny_mo
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
     with pytest.raises(TrainingError, match="out of GPU memory at step 1: micro-batch 2"):
-        train_run(make_cfg(tiny_model_dir("qwen2"), data, **{"train.micro_batch_size": 2}), tmp_path / "run",
-                  hooks=Hooks(before_micro=oom))
+        train_run(
+            make_cfg(tiny_model_dir("qwen2"), data, **{"train.micro_batch_size": 2}),
+            tmp_path / "run",
+            hooks=Hooks(before_micro=oom),
+        )
 
 
 def test_early_stopping_on_eval_loss(tmp_path, tiny_model_dir):
     rows = [chat(f"q{i}", f"answer {i} " * 5) for i in range(30)]
     data = write_jsonl(tmp_path / "d.jsonl", rows)
     sink = ListSink()
-    result = train_run(make_cfg(tiny_model_dir("qwen2"), data, **{
-        "train.max_steps": 60, "train.lr": 0.5, "data.val_fraction": 0.2, "train.eval_every": 2,
-        "train.early_stopping_patience": 2, "train.optimizer": "adamw"}), tmp_path / "run", sinks=[sink])
+    result = train_run(
+        make_cfg(
+            tiny_model_dir("qwen2"),
+            data,
+            **{
+                "train.max_steps": 60,
+                "train.lr": 0.5,
+                "data.val_fraction": 0.2,
+                "train.eval_every": 2,
+                "train.early_stopping_patience": 2,
+                "train.optimizer": "adamw",
+            },
+        ),
+        tmp_path / "run",
+        sinks=[sink],
+    )
     evals = [e.loss for e in sink.of(EvalResult)]
     assert result.status == "stopped_early" and len(sink.of(StepMetrics)) < 60
     best = min(evals[:-2])
@@ -240,16 +293,22 @@ def test_early_stopping_on_eval_loss(tmp_path, tiny_model_dir):
 
 def test_damaged_newest_checkpoint_falls_back_and_rotation(tmp_path, data, tiny_model_dir):
     run = tmp_path / "run"
-    train_run(make_cfg(tiny_model_dir("qwen2"), data, **{"train.max_steps": 8, "train.save_every": 2,
-                                                          "train.keep_checkpoints": 2}), run, hooks=interrupt_at(6, 0))
+    train_run(
+        make_cfg(
+            tiny_model_dir("qwen2"), data, **{"train.max_steps": 8, "train.save_every": 2, "train.keep_checkpoints": 2}
+        ),
+        run,
+        hooks=interrupt_at(6, 0),
+    )
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["step-000006", "step-000007"]  # rotation kept the newest 2
     with open(run / "checkpoints" / "step-000007" / "optimizer.pt", "r+b") as fh:
         fh.seek(100)
         fh.write(b"\x00\x01\x02")  # torn write, same size: only the hash can tell
     sink = ListSink()
-    result = train_run(make_cfg(tiny_model_dir("qwen2"), data, **{"train.max_steps": 8}), run, resume=True,
-                       sinks=[sink])
+    result = train_run(
+        make_cfg(tiny_model_dir("qwen2"), data, **{"train.max_steps": 8}), run, resume=True, sinks=[sink]
+    )
     warnings = [w.message for w in sink.of(WarningEvent)]
     assert any("step-000007 is damaged (optimizer.pt does not match its hash" in w for w in warnings)
     assert any("resumed from" in w and "step-000006" in w for w in warnings)
@@ -277,8 +336,10 @@ def test_rotation_never_deletes_the_resume_source(tmp_path):
 def test_unsupported_architecture_is_named(tmp_path):
     from localtune.model.loading import resolve_base
 
-    for model_type, words in (("gpt2", "transformers can load it, but localtune's GGUF converters do not export"),
-                              ("warpdrive", "this version of transformers cannot load it")):
+    for model_type, words in (
+        ("gpt2", "transformers can load it, but localtune's GGUF converters do not export"),
+        ("warpdrive", "this version of transformers cannot load it"),
+    ):
         folder = tmp_path / model_type
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
@@ -333,8 +394,9 @@ def test_smollm2_qlora_on_cpu_learns(tmp_path, data, monkeypatch):
     """The real model: SmolLM2-135M-Instruct, imported from its GGUF, trained in 4-bit on the CPU."""
     monkeypatch.setenv("LOCALTUNE_CACHE", str(tmp_path / "cache"))
     sink = ListSink()
-    result = train_run(make_cfg("smollm2", data, **{"train.max_steps": 6, "train.lr": 1e-3}), tmp_path / "run",
-                       sinks=[sink])
+    result = train_run(
+        make_cfg("smollm2", data, **{"train.max_steps": 6, "train.lr": 1e-3}), tmp_path / "run", sinks=[sink]
+    )
     got = losses(sink)
     assert result.status == "finished" and got[-1] < got[0] / 2, got
     loaded = [e for e in sink.events if e.kind == "model_loaded"][0]
@@ -346,9 +408,21 @@ def test_smollm2_qlora_on_cpu_learns(tmp_path, data, monkeypatch):
 
 def test_dora_and_rslora_options_reach_peft(tmp_path, data, tiny_model_dir):
     run = tmp_path / "run"
-    result = train_run(make_cfg(tiny_model_dir("qwen2"), data, **{
-        "train.max_steps": 2, "train.load_in_4bit": False, "lora.use_dora": True, "lora.use_rslora": True,
-        "lora.target_modules": "q_proj,v_proj", "lora.r": 4}), run)
+    result = train_run(
+        make_cfg(
+            tiny_model_dir("qwen2"),
+            data,
+            **{
+                "train.max_steps": 2,
+                "train.load_in_4bit": False,
+                "lora.use_dora": True,
+                "lora.use_rslora": True,
+                "lora.target_modules": "q_proj,v_proj",
+                "lora.r": 4,
+            },
+        ),
+        run,
+    )
     assert result.status == "finished"
     saved = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert saved["use_dora"] and saved["use_rslora"] and saved["r"] == 4

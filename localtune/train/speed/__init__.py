@@ -1,5 +1,4 @@
-"""Speed-ups of a training step, each proven equal to the plain computation by tests/train/speed/test_fast_path.py,
-tests/train/speed/test_lora_linear.py, tests/train/speed/test_lora_dropout.py, tests/train/speed/test_activation_offload.py and tests/train/speed/test_kernels.py:
+"""Speed-ups of a training step, each proven equal to the plain computation by the tests in tests/train/speed/:
 
 - batching.py: length-grouped batches and padding-free packing of rows;
 - chunked_loss.py: the LM head and cross-entropy in chunks (no full logits tensor);

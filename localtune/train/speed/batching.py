@@ -49,8 +49,12 @@ def padding_free(rows, device) -> MicroBatch:
         bounds.append(len(ids))
     index = [i for i, t in enumerate(targets) if t != IGNORE]  # built on the CPU: no device sync
     inputs = {"input_ids": torch.tensor([ids], device=device), "position_ids": torch.tensor([positions], device=device)}
-    return MicroBatch(inputs, torch.tensor(index, device=device),
-                      torch.tensor([targets[i] for i in index], device=device), tuple(bounds))
+    return MicroBatch(
+        inputs,
+        torch.tensor(index, device=device),
+        torch.tensor([targets[i] for i in index], device=device),
+        tuple(bounds),
+    )
 
 
 def collate(rows, pad_id: int, device) -> dict:

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import functools
 
-from localtune.train.speed.batching import collate, padding_free
 from localtune.data.tokenize import IGNORE
+from localtune.train.speed.batching import collate, padding_free
 from localtune.train.speed.row_attention import PREFIX, use_row_attention
 
 PADDING_FREE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
@@ -69,7 +69,7 @@ def _fused_head_loss():
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_hidden = torch.empty_like(hidden)
             for start in range(0, hidden.shape[0], chunk):
-                h, t = hidden[start: start + chunk], target_ids[start: start + chunk]
+                h, t = hidden[start : start + chunk], target_ids[start : start + chunk]
                 logits = torch.nn.functional.linear(h, weight, bias).float()
                 cap_slope = None
                 if softcap is not None:
@@ -81,7 +81,7 @@ def _fused_head_loss():
                 grad[torch.arange(t.shape[0], device=t.device), t] -= 1  # minus the one-hot target
                 if cap_slope is not None:
                     grad *= cap_slope
-                grad_hidden[start: start + chunk] = grad.to(weight.dtype) @ weight
+                grad_hidden[start : start + chunk] = grad.to(weight.dtype) @ weight
             ctx.save_for_backward(grad_hidden)
             return total
 
@@ -100,13 +100,18 @@ def chunked_cross_entropy(hidden, target_ids, lm_head, *, softcap: float | None 
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    if (torch.is_grad_enabled() and hidden.requires_grad and type(lm_head) is torch.nn.Linear
-            and not lm_head.weight.requires_grad and (lm_head.bias is None or not lm_head.bias.requires_grad)
-            and hidden.shape[0] > 0):
+    if (
+        torch.is_grad_enabled()
+        and hidden.requires_grad
+        and type(lm_head) is torch.nn.Linear
+        and not lm_head.weight.requires_grad
+        and (lm_head.bias is None or not lm_head.bias.requires_grad)
+        and hidden.shape[0] > 0
+    ):
         return _fused_head_loss().apply(hidden, lm_head.weight, lm_head.bias, target_ids, softcap, chunk)
     total = hidden[:0].float().sum()  # 0, still attached to the graph when there are no targets
     for start in range(0, hidden.shape[0], chunk):
-        h, t = hidden[start: start + chunk], target_ids[start: start + chunk]
+        h, t = hidden[start : start + chunk], target_ids[start : start + chunk]
         if torch.is_grad_enabled() and h.requires_grad:
             total = total + checkpoint(_chunk_loss, h, t, lm_head, softcap, use_reentrant=False)
         else:
@@ -117,8 +122,11 @@ def chunked_cross_entropy(hidden, target_ids, lm_head, *, softcap: float | None 
 def fast_path_supported(base) -> bool:
     """Whether this transformers model (not the peft wrapper) gets the padding-free, chunked path."""
     impl = (base.config._attn_implementation or "").removeprefix(PREFIX)
-    return (base.config.model_type in PADDING_FREE_MODEL_TYPES and impl in PADDING_FREE_ATTENTION
-            and type(base).__module__.startswith("transformers.models."))  # not remote code
+    return (
+        base.config.model_type in PADDING_FREE_MODEL_TYPES
+        and impl in PADDING_FREE_ATTENTION
+        and type(base).__module__.startswith("transformers.models.")
+    )  # not remote code
 
 
 class CausalLMLoss:

@@ -21,13 +21,23 @@ from localtune.errors import UsageError
 
 # model_type -> Liger's patch function for it
 LIGER_PATCHES = {
-    "llama": "apply_liger_kernel_to_llama", "mistral": "apply_liger_kernel_to_mistral",
-    "qwen2": "apply_liger_kernel_to_qwen2", "qwen3": "apply_liger_kernel_to_qwen3",
-    "gemma": "apply_liger_kernel_to_gemma", "gemma2": "apply_liger_kernel_to_gemma2",
-    "gemma3_text": "apply_liger_kernel_to_gemma3_text", "phi3": "apply_liger_kernel_to_phi3",
+    "llama": "apply_liger_kernel_to_llama",
+    "mistral": "apply_liger_kernel_to_mistral",
+    "qwen2": "apply_liger_kernel_to_qwen2",
+    "qwen3": "apply_liger_kernel_to_qwen3",
+    "gemma": "apply_liger_kernel_to_gemma",
+    "gemma2": "apply_liger_kernel_to_gemma2",
+    "gemma3_text": "apply_liger_kernel_to_gemma3_text",
+    "phi3": "apply_liger_kernel_to_phi3",
 }
-WANTED = {"rope": True, "rms_norm": True, "swiglu": True, "geglu": True,
-          "cross_entropy": False, "fused_linear_cross_entropy": False}
+WANTED = {
+    "rope": True,
+    "rms_norm": True,
+    "swiglu": True,
+    "geglu": True,
+    "cross_entropy": False,
+    "fused_linear_cross_entropy": False,
+}
 
 
 def _why_not(device: str, model_type: str) -> str | None:
@@ -54,8 +64,11 @@ def use_fused_kernels(model, device: str, mode: str) -> str:
             why_not = f"this liger-kernel version has no {LIGER_PATCHES[model_type]}"
     if why_not is not None:
         if mode == "liger":
-            raise UsageError(f"train.kernels is 'liger', but {why_not}", title="fused kernels unavailable",
-                             hint="set train.kernels to auto (Liger where it can run) or off")
+            raise UsageError(
+                f"train.kernels is 'liger', but {why_not}",
+                title="fused kernels unavailable",
+                hint="set train.kernels to auto (Liger where it can run) or off",
+            )
         return ""
     accepted = inspect.signature(patch).parameters
     options = {k: v for k, v in WANTED.items() if k in accepted}

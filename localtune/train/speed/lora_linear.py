@@ -69,8 +69,9 @@ class _LoraLinear(torch.autograd.Function):
         ctx.base, ctx.scale, ctx.p = base, scale, p
         ctx.has_bias, ctx.bias_dtype = bias is not None, None if bias is None else bias.dtype
         ctx.dropout = positions is not None
-        ctx.save_for_backward(x2, h, positions if positions is not None else x2.new_empty(0, dtype=torch.int64),
-                              lora_a, lora_b)
+        ctx.save_for_backward(
+            x2, h, positions if positions is not None else x2.new_empty(0, dtype=torch.int64), lora_a, lora_b
+        )
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
@@ -118,8 +119,9 @@ def _fused_args(layer, x: torch.Tensor, args, kwargs):
         return None
     quantized = getattr(base.weight, "quant_state", None) is not None
     if quantized:
-        if getattr(base, "compute_dtype", None) not in (None, x.dtype) or \
-                getattr(base.weight.quant_state, "packing_format_for_cpu", False):
+        if getattr(base, "compute_dtype", None) not in (None, x.dtype) or getattr(
+            base.weight.quant_state, "packing_format_for_cpu", False
+        ):
             return None
     elif type(base) is not torch.nn.Linear or base.weight.dtype != x.dtype:
         return None

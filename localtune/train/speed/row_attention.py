@@ -43,8 +43,9 @@ def _row_by_row(name: str):
         outputs = []
         for start, end in itertools.pairwise(row_bounds):  # [batch 1, heads, tokens, head_dim] in
             block = None if attention_mask is None else attention_mask[..., start:end, start:end]
-            out, _ = inner(module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], block,
-                           **kwargs)
+            out, _ = inner(
+                module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], block, **kwargs
+            )
             outputs.append(out)  # [1, row tokens, heads, head_dim]
         return torch.cat(outputs, dim=1), None
 

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from localtune.train.speed import offload as activation_offload
 from localtune.config import load_config
 from localtune.planner import GIB, Shape, estimate, recommend
+from localtune.train.speed import offload as activation_offload
 
 LLAMA_8B = Shape(layers=32, hidden=4096, ffn=14336, heads=32, kv_heads=8, head_dim=128, vocab=128256, tied=False)
 
@@ -30,7 +30,10 @@ def test_offloaded_checkpoints_give_the_same_loss_and_gradients(lora_llama, monk
     model = lora_llama(0.2)
     assert activation_offload.install(model) == model.config.num_hidden_layers
     calls = {"forward": 0, "recompute": 0}
-    real_forward, real_backward = activation_offload._OffloadedLayer.forward, activation_offload._OffloadedLayer.backward
+    real_forward, real_backward = (
+        activation_offload._OffloadedLayer.forward,
+        activation_offload._OffloadedLayer.backward,
+    )
 
     def counting_forward(ctx, run, hidden, *args):
         calls["forward"] += 1
@@ -85,8 +88,14 @@ def test_auto_offloads_only_when_no_micro_batch_fits_without_it():
 def planned(monkeypatch, *, device: str, free: int, offload: str, micro: int = 1, longest: int = 32768):
     from localtune.train import run as training_run
 
-    cfg = load_config(None, {"train.activation_offload": (offload, "test"), "train.micro_batch_size": (micro, "test"),
-                             "train.grad_accum": (4, "test")})
+    cfg = load_config(
+        None,
+        {
+            "train.activation_offload": (offload, "test"),
+            "train.micro_batch_size": (micro, "test"),
+            "train.grad_accum": (4, "test"),
+        },
+    )
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (free, 80 * GIB))
     monkeypatch.setattr(training_run, "memory_in_use", lambda model, device: 6 * GIB)
     lm = SimpleNamespace(device=device, model=None)
@@ -118,4 +127,6 @@ def test_offload_on_without_checkpointing_is_a_config_error():
     from localtune.errors import ConfigError
 
     with pytest.raises(ConfigError, match="activation_offload"):
-        load_config(None, {"train.activation_offload": ("on", "--set"), "train.gradient_checkpointing": (False, "--set")})
+        load_config(
+            None, {"train.activation_offload": ("on", "--set"), "train.gradient_checkpointing": (False, "--set")}
+        )

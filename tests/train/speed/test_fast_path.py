@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from localtune.data.packing import pack_rows
+from localtune.data.tokenize import IGNORE
+from localtune.model.tiny import ARCHITECTURES
 from localtune.train.speed import chunked_loss, row_attention
 from localtune.train.speed.batching import collate, padding_free
 from localtune.train.speed.chunked_loss import CausalLMLoss, chunked_cross_entropy
-from localtune.data.packing import pack_rows
-from localtune.data.tokenize import IGNORE
 from localtune.train.speed.row_attention import PREFIX
-from localtune.model.tiny import ARCHITECTURES
 
 LENGTHS = (90, 37, 2, 23)  # different lengths, one longer than Gemma's 64-token window, one without targets
 
@@ -39,7 +39,7 @@ def make_rows(vocab: int, lengths=LENGTHS, seed: int = 1) -> list[Row]:
     rows = []
     for n in lengths:
         ids = torch.randint(5, vocab, (n,), generator=g).tolist()
-        rows.append(Row(ids, [IGNORE] * (n // 3) + ids[n // 3:]))
+        rows.append(Row(ids, [IGNORE] * (n // 3) + ids[n // 3 :]))
     return rows
 
 
@@ -56,8 +56,11 @@ def lora_model(model_dir, *, targets="all-linear", quantized=False, checkpointin
     kwargs = {"dtype": torch.float32, **config}
     if quantized:
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
+        )
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     for m in model.modules():  # bitsandbytes' bf16 CPU inference kernel is approximate (as in model_loading)
         if hasattr(m, "support_avx512bf16_for_cpu"):
@@ -125,8 +128,7 @@ def test_mistral_with_a_sliding_window_shorter_than_the_rows(tiny_model_dir):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
-def test_with_activation_checkpointing_the_recomputed_attention_is_row_by_row_too(arch, tiny_model_dir,
-                                                                                  monkeypatch):
+def test_with_activation_checkpointing_the_recomputed_attention_is_row_by_row_too(arch, tiny_model_dir, monkeypatch):
     model = lora_model(tiny_model_dir(arch), checkpointing=True)
     assert model.get_base_model().is_activation_checkpointing and model.training
     rows = make_rows(model.config.vocab_size)
@@ -141,6 +143,7 @@ def test_with_activation_checkpointing_the_recomputed_attention_is_row_by_row_to
         def call(module, query, *args, **kwargs):
             query_lengths.append(query.shape[2])
             return inner(module, query, *args, **kwargs)
+
         return call
 
     monkeypatch.setattr(row_attention, "_original", recording)

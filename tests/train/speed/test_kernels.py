@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from localtune.train.speed import kernels
 from localtune.errors import UsageError
+from localtune.train.speed import kernels
 from localtune.train.speed.kernels import use_fused_kernels
 
 
@@ -24,13 +24,26 @@ def fake_liger(monkeypatch):
     """A stand-in liger_kernel package whose patch functions record their calls."""
     calls = []
 
-    def apply_liger_kernel_to_llama(rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True,
-                                    swiglu=True, model=None):
-        calls.append(("llama", dict(rope=rope, cross_entropy=cross_entropy, rms_norm=rms_norm, swiglu=swiglu,
-                                    fused_linear_cross_entropy=fused_linear_cross_entropy, model=model)))
+    def apply_liger_kernel_to_llama(
+        rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, swiglu=True, model=None
+    ):
+        calls.append(
+            (
+                "llama",
+                dict(
+                    rope=rope,
+                    cross_entropy=cross_entropy,
+                    rms_norm=rms_norm,
+                    swiglu=swiglu,
+                    fused_linear_cross_entropy=fused_linear_cross_entropy,
+                    model=model,
+                ),
+            )
+        )
 
-    def apply_liger_kernel_to_gemma(rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True,
-                                    geglu=True, model=None):
+    def apply_liger_kernel_to_gemma(
+        rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, geglu=True, model=None
+    ):
         calls.append(("gemma", dict(geglu=geglu, fused_linear_cross_entropy=fused_linear_cross_entropy, model=model)))
 
     package, transformers = types.ModuleType("liger_kernel"), types.ModuleType("liger_kernel.transformers")
@@ -40,8 +53,11 @@ def fake_liger(monkeypatch):
     monkeypatch.setitem(sys.modules, "liger_kernel", package)
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", transformers)
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(kernels.importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "liger_kernel" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        kernels.importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "liger_kernel" else real_find_spec(name, *a),
+    )
     return calls
 
 
@@ -49,7 +65,7 @@ def test_on_cuda_with_liger_installed_the_model_is_patched_without_its_loss(fake
     model = model_of("llama")
     applied = use_fused_kernels(model, "cuda", "auto")
     assert applied == "liger: rope, rms_norm, swiglu"
-    (name, args), = fake_liger
+    ((name, args),) = fake_liger
     assert name == "llama" and args["model"] is model
     # localtune's chunked loss stays: Liger's cross-entropy and fused linear cross-entropy are off
     assert args["cross_entropy"] is False and args["fused_linear_cross_entropy"] is False
@@ -65,10 +81,13 @@ def test_auto_leaves_the_model_alone_where_liger_cannot_run(fake_liger):
     assert fake_liger == []
 
 
-@pytest.mark.parametrize("device, model_type, reason", [
-    ("cpu", "llama", "trains on the CPU"),
-    ("cuda", "gpt2", "no kernels for model type 'gpt2'"),
-])
+@pytest.mark.parametrize(
+    "device, model_type, reason",
+    [
+        ("cpu", "llama", "trains on the CPU"),
+        ("cuda", "gpt2", "no kernels for model type 'gpt2'"),
+    ],
+)
 def test_asking_for_liger_where_it_cannot_run_is_a_clear_error(fake_liger, device, model_type, reason):
     with pytest.raises(UsageError, match=reason) as info:
         use_fused_kernels(model_of(model_type), device, "liger")
@@ -77,8 +96,11 @@ def test_asking_for_liger_where_it_cannot_run_is_a_clear_error(fake_liger, devic
 
 def test_without_liger_installed_liger_is_refused_and_auto_is_silent(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(kernels.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "liger_kernel" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        kernels.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "liger_kernel" else real_find_spec(name, *a),
+    )
     assert use_fused_kernels(model_of("llama"), "cuda", "auto") == ""
     with pytest.raises(UsageError, match="pip install 'localtune\\[liger\\]'"):
         use_fused_kernels(model_of("llama"), "cuda", "liger")
@@ -89,10 +111,23 @@ def test_a_cpu_training_run_reports_no_fused_kernels(tiny_model_dir):
     from localtune.model.loading import load_for_training, resolve_base
 
     folder = tiny_model_dir("llama")
-    cfg = load_config(None, {"model.name_or_path": (str(folder), "test"), "train.load_in_4bit": (False, "test"),
-                             "train.device": ("cpu", "test")})
+    cfg = load_config(
+        None,
+        {
+            "model.name_or_path": (str(folder), "test"),
+            "train.load_in_4bit": (False, "test"),
+            "train.device": ("cpu", "test"),
+        },
+    )
     assert load_for_training(cfg, resolve_base(str(folder))).kernels == ""
-    cfg = load_config(None, {"model.name_or_path": (str(folder), "test"), "train.load_in_4bit": (False, "test"),
-                             "train.device": ("cpu", "test"), "train.kernels": ("liger", "test")})
+    cfg = load_config(
+        None,
+        {
+            "model.name_or_path": (str(folder), "test"),
+            "train.load_in_4bit": (False, "test"),
+            "train.device": ("cpu", "test"),
+            "train.kernels": ("liger", "test"),
+        },
+    )
     with pytest.raises(UsageError, match="train.kernels"):
         load_for_training(cfg, resolve_base(str(folder)))

@@ -104,8 +104,12 @@ def test_in_a_lora_model_checkpointing_replays_the_same_drops(lora_llama):
         swapped = replace_lora_dropout(model)
         lora_layers = sum(1 for m in model.modules() if hasattr(m, "lora_A"))
         assert swapped == lora_layers > 0
-        assert all(type(d) is SparseDropout for m in model.modules() if hasattr(m, "lora_dropout")
-                   for d in m.lora_dropout.values())
+        assert all(
+            type(d) is SparseDropout
+            for m in model.modules()
+            if hasattr(m, "lora_dropout")
+            for d in m.lora_dropout.values()
+        )
         results.append(lora_grads(model, ids))
     (loss_plain, plain), (loss_ckpt, ckpt) = results
     torch.testing.assert_close(loss_ckpt, loss_plain)
@@ -121,8 +125,15 @@ def test_training_on_the_cpu_uses_it(tiny_model_dir):
     from localtune.model.loading import load_for_training, resolve_base
 
     folder = tiny_model_dir("llama")
-    cfg = load_config(None, {"model.name_or_path": (str(folder), "test"), "lora.dropout": (0.1, "test"),
-                             "train.load_in_4bit": (False, "test"), "train.device": ("cpu", "test")})
+    cfg = load_config(
+        None,
+        {
+            "model.name_or_path": (str(folder), "test"),
+            "lora.dropout": (0.1, "test"),
+            "train.load_in_4bit": (False, "test"),
+            "train.device": ("cpu", "test"),
+        },
+    )
     model = load_for_training(cfg, resolve_base(str(folder))).model
     drops = [d for m in model.modules() if hasattr(m, "lora_dropout") for d in m.lora_dropout.values()]
     assert drops and all(type(d) is SparseDropout and d.p == 0.1 for d in drops)

@@ -35,11 +35,14 @@ def fused_calls(monkeypatch) -> list:
     return calls
 
 
-@pytest.mark.parametrize("arch,quantized,extra", [
-    ("llama", False, {}),
-    ("qwen2", True, {"bias": "all"}),  # 4-bit base whose q/k/v biases train as well
-    ("phi3", False, {}),  # fused qkv and gate_up projections
-])
+@pytest.mark.parametrize(
+    "arch,quantized,extra",
+    [
+        ("llama", False, {}),
+        ("qwen2", True, {"bias": "all"}),  # 4-bit base whose q/k/v biases train as well
+        ("phi3", False, {}),  # fused qkv and gate_up projections
+    ],
+)
 def test_same_loss_and_gradients_as_peft(lora_llama, monkeypatch, arch, quantized, extra):
     ids = torch.randint(5, 250, (2, 33), generator=torch.Generator().manual_seed(0))
     results = []
@@ -89,7 +92,7 @@ def saved_bytes(model, ids) -> int:
 
     torch.manual_seed(7)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=ids, labels=ids).loss
+        model(input_ids=ids, labels=ids)  # the forward with labels saves what the loss backward needs
     return sum(storages.values())
 
 
@@ -144,8 +147,14 @@ def test_training_on_the_cpu_installs_it(tiny_model_dir):
     from localtune.model.loading import load_for_training, resolve_base
 
     folder = tiny_model_dir("llama")
-    cfg = load_config(None, {"model.name_or_path": (str(folder), "test"), "train.load_in_4bit": (True, "test"),
-                             "train.device": ("cpu", "test")})
+    cfg = load_config(
+        None,
+        {
+            "model.name_or_path": (str(folder), "test"),
+            "train.load_in_4bit": (True, "test"),
+            "train.device": ("cpu", "test"),
+        },
+    )
     model = load_for_training(cfg, resolve_base(str(folder))).model
     lora_layers = [m for m in model.modules() if hasattr(m, "lora_A")]
     assert lora_layers and all("_localtune_peft_forward" in m.__dict__ for m in lora_layers)
