@@ -81,6 +81,7 @@ def run_quick(
         if status != "done":
             say(f"== phase {i + 1}/{len(PHASES)}: {name}" + (" (already done)" if status == "skipped" else ""))
 
+    loaded = None  # the data as preflight read it, handed to training (None when preflight is skipped)
     for i, name in enumerate(PHASES):
         if name in state["done"] and name != "sample":
             phase(i, name, "skipped")
@@ -109,7 +110,7 @@ def run_quick(
 
             # Only a complete checkpoint counts: a save cut short leaves just a temporary folder.
             resume = bool(CheckpointStore(run.checkpoints, 1, warn=say).complete())
-            outcome = train_run(cfg, run_dir, resume=resume, sinks=sinks)
+            outcome = train_run(cfg, run_dir, resume=resume, sinks=sinks, loaded=loaded)
             if outcome.exit_code:
                 say(f"interrupted: run `localtune quick --out {run_dir}` again to continue")
                 result.exit_code = outcome.exit_code

@@ -7,6 +7,7 @@ One class knows where things live, so no other module joins a name onto a RUN_DI
       run.json              RunInfo: status, pid, base and data identity, results
       events.jsonl          every event the run emitted (events.JsonlSink; read back typed)
       train.log             stdout and stderr of a training started by workspace.start_training
+      library.log           warnings and log records of transformers/peft (localtune/console.py)
       chat_template.jinja   the template training rendered with (merge and export embed it)
       checkpoints/          step-NNNNNN/ folders (train/checkpoint.py)
       adapter/              the final LoRA adapter (peft format)
@@ -226,8 +227,6 @@ class RunInfo:
 
 # ---- the folder ------------------------------------------------------------------------------------------
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
-
-
 LIBRARY_LOG = "library.log"  # library warnings, in a run folder or beside exported GGUFs
 
 

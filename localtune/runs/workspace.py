@@ -28,7 +28,6 @@ __all__ = [
     "RunSummary",
     "list_runs",
     "pid_alive",
-    "read_events_tail",
     "read_new_events",
     "start_training",
     "stop_training",
@@ -62,19 +61,6 @@ def _read_complete_lines(path: Path, offset: int) -> tuple[list[bytes], int]:
         return [], offset
     end = data.rfind(b"\n") + 1  # a line still being written waits for the next read
     return data[:end].splitlines(), offset + end
-
-
-def read_events_tail(path: Path, offset: int = 0) -> tuple[list[dict], int]:
-    """Complete JSON lines appended since `offset`, and the new offset (a partial last line waits).
-    String-keyed dicts; new code uses read_new_events, which gives typed events."""
-    lines, offset = _read_complete_lines(path, offset)
-    events = []
-    for line in lines:
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
-    return events, offset
 
 
 def read_new_events(path: str | os.PathLike, offset: int = 0) -> tuple[list[Event], int]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localtune.config import Config
-from localtune.data.dataset import load_examples, prepare_data
+from localtune.data.dataset import LoadedData, load_examples, prepare_data
 from localtune.errors import LocaltuneError, UsageError
 from localtune.events import (
     DataPrepared,
@@ -121,12 +121,16 @@ def train_run(
     force_resume: bool = False,
     sinks=(),
     hooks: Hooks | None = None,
+    loaded: LoadedData | None = None,
 ) -> RunResult:
-    """Train cfg's model on cfg's data into run_dir. Raises LocaltuneError for user-fixable problems."""
+    """Train cfg's model on cfg's data into run_dir. Raises LocaltuneError for user-fixable problems.
+
+    loaded: cfg's data, already read and validated by the caller (quick's preflight), so it is not read twice.
+    """
     run_dir = Path(run_dir)
     check_writable(run_dir)
     with run_lock(run_dir, "training"):
-        return _locked_train_run(cfg, run_dir, resume, force_resume, sinks, hooks)
+        return _locked_train_run(cfg, run_dir, resume, force_resume, sinks, hooks, loaded)
 
 
 def _new_info(run: RunDir, resume: bool) -> RunInfo:
@@ -140,7 +144,7 @@ def _new_info(run: RunDir, resume: bool) -> RunInfo:
     return info
 
 
-def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks) -> RunResult:
+def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks, loaded) -> RunResult:
     run = RunDir(run_dir)
     recovered = run.recover()  # an adapter replacement cut short by a crash: put the old one back first
     store = CheckpointStore(run.checkpoints, cfg.train.keep_checkpoints, warn=lambda m: emit(Warning(m)))
@@ -158,7 +162,7 @@ def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks) ->
     started = time.monotonic()
     run_info = _new_info(run, resume)
     try:
-        return _train(cfg, run, store, emit, stop, resume, force_resume, hooks, run_info, started)
+        return _train(cfg, run, store, emit, stop, resume, force_resume, hooks, run_info, started, loaded)
     except StopRequested:  # before the loop started (data preparation, model loading)
         latest = store.latest_valid()
         if latest is None:
@@ -232,7 +236,9 @@ def plan_memory(cfg: Config, shape, lm, longest: int) -> MemoryPlanned:
     return MemoryPlanned(micro, accum, plan.total, budget, plan.offload, reason)
 
 
-def _train(cfg, run: RunDir, store, emit, stop, resume, force_resume, hooks, run_info: RunInfo, started) -> RunResult:
+def _train(
+    cfg, run: RunDir, store, emit, stop, resume, force_resume, hooks, run_info: RunInfo, started, loaded
+) -> RunResult:
     import torch
 
     from localtune.planner import Shape
@@ -241,7 +247,8 @@ def _train(cfg, run: RunDir, store, emit, stop, resume, force_resume, hooks, run
     cfg.save(run.config)
     run.save_info(run_info)  # status "starting" and our pid, for watchers
     emit(RunStarted(str(run_dir), cfg.to_dict(), resume=resume))
-    loaded = load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
+    if loaded is None:
+        loaded = load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
     stop.check()
     base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = base.tokenizer()
