@@ -92,29 +92,28 @@ class _Bar:
         return lambda *a, **k: None
 
 
-class _LogFileHandler(logging.Handler):
-    """Appends a library's log records to the current run's log file (opened per record: rare)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        path = _log.get()
-        if path is None:
-            return
-        try:
-            with open(path, "a", encoding="utf-8") as fh:
-                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {record.name}: {record.getMessage()}\n")
-        except OSError:
-            pass
-
-
-def _to_log(message, category, filename, lineno, file=None, line=None) -> None:
+def _append_to_log(text: str) -> None:
+    """One line in the current run's library log (opened per line: library warnings are rare)."""
     path = _log.get()
     if path is None:
         return
     try:
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {category.__name__}: {message} ({filename}:{lineno})\n")
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
     except OSError:
-        pass
+        pass  # a log line is not worth failing the run for (the folder may not exist yet)
+
+
+class _LogFileHandler(logging.Handler):
+    """A library's log records into the current run's library log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _append_to_log(f"{record.name}: {record.getMessage()}")
+
+
+def _to_log(message, category, filename, lineno, file=None, line=None) -> None:
+    """warnings.showwarning's replacement: the warning into the library log, not onto the terminal."""
+    _append_to_log(f"{category.__name__}: {message} ({filename}:{lineno})")
 
 
 @contextlib.contextmanager

@@ -59,27 +59,9 @@ def _fsync_tree(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(target: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temporary file for writing; on a clean exit it replaces `target`, on an error it is removed."""
-    target = Path(target)
-    tmp = partial_name(target)
-    binary = "b" in mode
-    try:
-        with open(tmp, mode, encoding=None if binary else encoding) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
-
-
-@contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """A temporary path for a writer that wants a file name (a library's save function); on a clean
-    exit the file it wrote there is fsync'd and renamed to `target`."""
+    exit the file it wrote there is fsync'd and renamed to `target`, on an error it is removed."""
     target = Path(target)
     tmp = partial_name(target)
     try:
@@ -91,6 +73,13 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary file for writing; on a clean exit it replaces `target`, on an error it is removed."""
+    with atomic_path(target) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
+        yield fh
 
 
 def write_text(target: str | os.PathLike, text: str) -> Path:
