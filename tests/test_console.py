@@ -34,12 +34,13 @@ def test_library_bars_become_progress_events_and_warnings_go_to_the_log(tmp_path
 def test_outside_report_to_nothing_is_drawn_or_written(tmp_path, capsys):
     from transformers.utils import logging as hf_logging
 
+    was = hf_logging.is_progress_bar_enabled()
     with library_output():
         assert sum(1 for _ in hf_logging.tqdm(range(3), desc="Writing model shards")) == 3
         warnings.warn("nobody listens", UserWarning, stacklevel=1)
     out = capsys.readouterr()
     assert out.err == "" and out.out == ""
-    assert hf_logging.is_progress_bar_enabled()  # restored as it was
+    assert hf_logging.is_progress_bar_enabled() == was  # restored as it was
 
 
 def test_train_prints_our_progress_line_and_no_library_output(cli, tmp_path, tiny_model_dir):

@@ -229,10 +229,11 @@ def _template_check(info, tok, template: str) -> Check:
 def _hf_model(hf_dir: Path):
     import torch
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
 
-    logging.disable_progress_bar()  # the report is the output; no loading bars in between
-    return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    from localtune.model.loading import quiet_progress
+
+    with quiet_progress():  # the report is the output: loading shows as our progress line, if any
+        return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
 
 
 def _logits_check(llm, hf_dir: Path, tok, file_type: str) -> Check:
