@@ -5,6 +5,11 @@ does not save it; localtune keeps it). BPE tokens and merges come from `tokenize
 llama.cpp pre-tokenizer is chosen by matching the tokenizer's own split rules against the ones
 llama.cpp implements: an unknown rule is an error showing the regex, never a silent "default".
 Special token ids, add_bos/add_eos and the chat template are written by gguf's SpecialVocab.
+
+A model imported from a GGUF keeps its source's tokenizer facts: `SOURCE_VOCAB`, a GGUF holding every
+key of the source file and no tensors, travels with the imported folder (and its merged copies), and
+export copies the tokenizer keys from it verbatim instead of re-deriving them from tokenizer.json.
+`GGUFTokenizer` is llama.cpp's own tokenizer of a file, the reference such models are checked against.
 """
 
 from __future__ import annotations
@@ -36,6 +41,26 @@ KNOWN_PRE_TOKENIZERS: dict[tuple, str] = {
 }
 
 
+# Texts that tell tokenizers apart: blank lines before digits and lists, digit runs, code, whitespace runs,
+# accents, CJK, emoji, contractions. Import and verification both tokenize these.
+HARD_TEXTS = (
+    "Hello world! The quick brown fox jumps over the lazy dog.",
+    "   leading spaces, two  spaces,\ttabs\tand\ttrailing   ",
+    "line one\nline two\n\n\nafter blank lines\r\nwindows line",
+    "Numbers: 0 7 42 1234567 3.14159 -12 1,000,000 2026-11-22",
+    "def add(a, b):\n    return a + b  # code with indentation\n\nprint(add(2, 3))",
+    "Here are three tips for sleeping better:\n\n1. **Avoid screens** an hour before bed.\n2. Keep it cool (18C).",
+    "Whitespace runs:\n\n\n    \n\t\t  x    y\n  \n12\n\n345",
+    "Accents: café naïve über résumé Ångström São Paulo",
+    "CJK: 東京は日本の首都です。 数据 模型 北京",
+    "Emoji: 🙂🚀👍🏽 family 👨‍👩‍👧 flags 🇫🇷",
+    "Mixed: it's we'll they'd I'M HELLO... (brackets) [x] {y} <z>",
+)
+SOURCE_VOCAB = "source-vocab.gguf"
+_SOURCE_FILE_KEY = "localtune.source.file"
+_SOURCE_WEIGHTS_KEY = "localtune.source.weights"
+
+
 class VocabError(LocaltuneError):
     exit_code = 2
     title = "unsupported tokenizer"
@@ -58,6 +83,25 @@ def pre_tokenizer_steps(spec: dict | None) -> tuple:
     return ((kind,),)
 
 
+def pre_tokenizer_for(pre: str):
+    """The `tokenizers` pre-tokenizer that splits text as llama.cpp's pre-tokenizer `pre` does, or None."""
+    from tokenizers import Regex, pre_tokenizers
+
+    for steps, name in KNOWN_PRE_TOKENIZERS.items():
+        if name != pre:
+            continue
+        built = []
+        for step in steps:
+            if step[0] == "split":
+                built.append(pre_tokenizers.Split(Regex(step[1]), behavior="isolated"))
+            elif step[0] == "digits":
+                built.append(pre_tokenizers.Digits(individual_digits=step[1]))
+            else:
+                built.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=step[0] != "bytelevel"))
+        return built[0] if len(built) == 1 else pre_tokenizers.Sequence(built)
+    return None
+
+
 def choose_pre_tokenizer(tokenizer_json: dict) -> str:
     steps = pre_tokenizer_steps(tokenizer_json.get("pre_tokenizer"))
     name = KNOWN_PRE_TOKENIZERS.get(steps)
@@ -75,6 +119,8 @@ def write_vocab(writer, folder: Path, n_vocab: int, chat_template: str | None, a
     """Write the tokenizer keys; returns the vocab kind ("llama" or "gpt2")."""
     import gguf
 
+    if (folder / SOURCE_VOCAB).is_file():
+        return copy_source_vocab(writer, folder / SOURCE_VOCAB, n_vocab, chat_template)
     if (folder / "tokenizer.model").is_file():
         kind = "llama"
         tokens, scores, types = _sentencepiece(folder, n_vocab)
@@ -192,3 +238,112 @@ def _bpe(folder: Path, tj: dict, n_vocab: int):
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
     return tokens, types
+
+
+# --- models imported from a GGUF --------------------------------------------------------------------
+def save_source_vocab(source: Path, out: Path, weights: str) -> None:
+    """Keep every metadata key of the GGUF `source` (no tensors) in `out`, with where it came from and
+    the fingerprint of the weights imported from it."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(source))
+    arch = reader.fields["general.architecture"].contents()
+    writer = gguf.GGUFWriter(str(out), arch=arch)
+    for name, f in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture" or name.startswith("localtune."):
+            continue
+        kind = f.types[0]
+        writer.add_key_value(
+            name, f.contents(), kind, sub_type=f.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        )
+    writer.add_string(_SOURCE_FILE_KEY, str(Path(source).resolve()))
+    writer.add_string(_SOURCE_WEIGHTS_KEY, weights)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+
+
+def source_of(folder: Path) -> dict | None:
+    """For a folder imported from a GGUF: {"vocab": its SOURCE_VOCAB, "file": the source GGUF's path
+    (None if it is no longer there), "weights": the imported weights' fingerprint, "pre": the
+    pre-tokenizer}; None for other folders."""
+    import gguf
+
+    path = Path(folder) / SOURCE_VOCAB
+    if not path.is_file():
+        return None
+    fields = gguf.GGUFReader(str(path)).fields
+
+    def value(key):
+        return fields[key].contents() if key in fields else None
+
+    file = value(_SOURCE_FILE_KEY)
+    return {
+        "vocab": path,
+        "file": Path(file) if file and Path(file).is_file() else None,
+        "weights": value(_SOURCE_WEIGHTS_KEY),
+        "pre": value("tokenizer.ggml.pre"),
+        "model": value("tokenizer.ggml.model"),
+    }
+
+
+def copy_source_vocab(writer, vocab: Path, n_vocab: int, chat_template: str | None) -> str:
+    """Write the tokenizer keys of an imported model's source GGUF as they are; returns the vocab kind."""
+    import gguf
+
+    fields = gguf.GGUFReader(str(vocab)).fields
+    tokens = fields.get("tokenizer.ggml.tokens")
+    if tokens is None or len(tokens.data) != n_vocab:
+        raise VocabError(
+            f"{vocab} holds {len(tokens.data) if tokens else 0} tokens but the model has {n_vocab}",
+            hint="the vocabulary changed since the model was imported from its GGUF; delete this file to export "
+            "from the folder's tokenizer.json instead",
+        )
+    for name, f in fields.items():
+        if not name.startswith("tokenizer.") or (chat_template and name == "tokenizer.chat_template"):
+            continue
+        kind = f.types[0]
+        writer.add_key_value(
+            name, f.contents(), kind, sub_type=f.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        )
+    if chat_template:
+        writer.add_chat_template(chat_template)
+    return fields["tokenizer.ggml.model"].contents()
+
+
+def _copy_field(writer, name: str, field) -> None:
+    import gguf
+
+    kind = field.types[0]
+    sub_type = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+    writer.add_key_value(name, field.contents(), kind, sub_type=sub_type)
+
+
+class GGUFTokenizer:
+    """llama.cpp's own tokenizer of a GGUF file, loaded without its tensors."""
+
+    def __init__(self, path: Path):
+        import llama_cpp
+        from llama_cpp._internals import LlamaModel
+
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self.path = Path(path)
+        self._model = LlamaModel(path_model=str(path), params=params, verbose=False)
+        self.bos, self.eos = self._model.token_bos(), self._model.token_eos()
+
+    def __call__(self, text: str, special: bool = False) -> list[int]:
+        return self._model.tokenize(text.encode("utf-8"), False, special)
+
+    def close(self) -> None:
+        self._model.close()
+
+
+def first_mismatch(reference, candidate, texts) -> tuple[str, list[int], list[int]] | None:
+    """The first text two tokenizers (callables text -> ids) split differently, with both splits."""
+    for text in texts:
+        want, got = reference(text), candidate(text)
+        if want != got:
+            return text, want, got
+    return None

@@ -3,9 +3,9 @@
 The base is reloaded unquantized (bf16/fp16 on a GPU, fp32 on the CPU), the adapter applied, its
 logits on sample rows recorded, then merged and compared again: a merge that moves the logits past
 tolerance fails loudly. The result is a normal Hugging Face folder (sharded safetensors, tokenizer
-files with the original tokenizer.model, the chat template used in training, generation config),
-written to a temporary folder and renamed in whole (files.atomic_folder): an earlier merged/ stays in
-place until the new one is complete.
+files with the original tokenizer.model or the source GGUF's tokenizer keys, the chat template used
+in training, generation config), written to a temporary folder and renamed in whole
+(files.atomic_folder): an earlier merged/ stays in place until the new one is complete.
 
 The whole model is loaded at once (no layer-by-layer streaming yet): on the CPU, large models merge
 in bf16 so peak RAM stays near one 16-bit copy.
@@ -21,6 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from localtune.converters.vocab import SOURCE_VOCAB
 from localtune.errors import LocaltuneError, UsageError
 from localtune.faults import disk_full, fault_point, signal_point
 from localtune.files import atomic_folder
@@ -117,8 +118,11 @@ def merge_run(
             with quiet_progress():
                 merged.save_pretrained(tmp, max_shard_size="2GB")
             tokenizer.save_pretrained(tmp)
-            if (base.folder / "tokenizer.model").is_file():  # transformers 5 does not save it; GGUF export needs it
-                shutil.copy2(base.folder / "tokenizer.model", tmp / "tokenizer.model")
+            # transformers 5 does not save tokenizer.model, and a base imported from a GGUF keeps its source's
+            # tokenizer keys (converters.vocab.SOURCE_VOCAB): GGUF export and verification need both.
+            for name in ("tokenizer.model", SOURCE_VOCAB):
+                if (base.folder / name).is_file():
+                    shutil.copy2(base.folder / name, tmp / name)
             if run.chat_template.is_file():  # the template training rendered with, so the export embeds the same
                 shutil.copy2(run.chat_template, tmp / "chat_template.jinja")
             fault_point("merge.rename")

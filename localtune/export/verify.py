@@ -1,13 +1,18 @@
 """Does a GGUF behave like the Hugging Face model it came from? Checked, not assumed.
 
-Checks, each pass/fail with its numbers:
-- tokenizer: llama.cpp's tokens equal the reference tokenizer's (sentencepiece itself for
-  SentencePiece models, transformers for BPE) on a fixed set of hard texts plus sample rows;
+Checks, each pass/fail with its numbers, against references that our conversion did not derive:
+- tokenizer: llama.cpp's tokens equal the reference tokenizer's on a fixed set of hard texts plus
+  sample rows. The reference is the original tokenizer files (sentencepiece itself for SentencePiece
+  models, `tokenizers` for BPE), or, for a model imported from a GGUF, llama.cpp's tokenizer of that
+  source file, which the tokenizer training used must then match too;
 - special tokens: the GGUF's BOS/EOS ids equal the tokenizer's, and EOS ends generation;
 - chat template: llama-cpp-python renders the embedded template to the same prompt string as
   transformers renders the training template;
 - logits (f32/f16/bf16 files): max |Δlogit| and top-1 agreement on a 64-token prompt;
-- perplexity (quantized files): GGUF vs HF on held-out text, with the relative delta.
+- perplexity (quantized files): GGUF vs HF on held-out text, with the relative delta;
+- source predictions (a GGUF of an imported model's untouched weights): its next-token predictions
+  agree with the source GGUF's own in llama.cpp.
+The report names the references it used.
 
 Run as:  localtune verify GGUF --against HF_DIR
 """
@@ -20,17 +25,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-FIXED_TEXTS = [
-    "Hello world! The quick brown fox jumps over the lazy dog.",
-    "   leading spaces, two  spaces,\ttabs\tand\ttrailing   ",
-    "line one\nline two\n\n\nafter blank lines\r\nwindows line",
-    "Numbers: 0 7 42 1234567 3.14159 -12 1,000,000 2026-11-22",
-    "def add(a, b):\n    return a + b  # code with indentation\n\nprint(add(2, 3))",
-    "Accents: café naïve über résumé Ångström São Paulo",
-    "CJK: 東京は日本の首都です。 数据 模型 北京",
-    "Emoji: 🙂🚀👍🏽 family 👨‍👩‍👧 flags 🇫🇷",
-    "Mixed: it's we'll they'd I'M HELLO... (brackets) [x] {y} <z>",
-]
+from localtune.converters.vocab import HARD_TEXTS, first_mismatch
+
+FIXED_TEXTS = list(HARD_TEXTS)
 HELD_OUT = (
     "The river flows slowly through the valley, carrying water from the mountains to the sea. "
     "People have lived along its banks for thousands of years, farming the rich soil and fishing "
@@ -40,6 +37,9 @@ HELD_OUT = (
 # Largest acceptable relative perplexity increase per quantization family (random tiny weights are
 # a worst case; real models stay far below these).
 PPL_TOLERANCE = {"q8_0": 0.05, "q6_k": 0.10, "q5": 0.20, "q4": 0.35, "q3": 0.75, "q2": 1.5}
+# Least top-1 agreement with the source GGUF's own predictions, for a GGUF of the same weights: the
+# source computes in its quantized type, so a few near-ties flip; a broken conversion agrees on few.
+SOURCE_AGREEMENT = {"f32": 0.9, "f16": 0.9, "bf16": 0.9, "q8_0": 0.85}
 
 
 @dataclass
@@ -56,6 +56,7 @@ class VerifyReport:
     against: str
     file_type: str
     checks: list[Check] = field(default_factory=list)
+    reference: str = ""  # what the checks compared with
 
     @property
     def passed(self) -> bool:
@@ -66,6 +67,7 @@ class VerifyReport:
             "gguf": self.gguf,
             "against": self.against,
             "file_type": self.file_type,
+            "reference": self.reference,
             "passed": self.passed,
             "checks": [asdict(c) for c in self.checks],
         }
@@ -87,6 +89,8 @@ class VerifyReport:
     def render(self) -> str:
         width = max(len(c.name) for c in self.checks) + 2
         lines = [f"verify {self.gguf} ({self.file_type}) against {self.against}"]
+        if self.reference:
+            lines.append(f"  reference: {self.reference}")
         for c in self.checks:
             lines.append(f"  {'PASS' if c.passed else 'FAIL'}  {c.name:<{width}} {c.detail}")
         lines.append("result: " + ("PASS" if self.passed else "FAIL: this GGUF does not behave like the model"))
@@ -120,6 +124,7 @@ def verify(
 
     from localtune.chat.runtime import open_gguf
     from localtune.converters.gguf_file import check_gguf
+    from localtune.converters.vocab import GGUFTokenizer, source_of
     from localtune.data.template import resolve_chat_template
 
     gguf_path, hf_dir = Path(gguf_path), Path(hf_dir)
@@ -127,7 +132,20 @@ def verify(
     report = VerifyReport(str(gguf_path), str(hf_dir), file_type_name(info))
     tok = AutoTokenizer.from_pretrained(hf_dir)
     llm = open_gguf(gguf_path, n_ctx=512, logits_all=True, f32_kv=True)
-    report.checks.append(_tokenizer_check(llm, tok, hf_dir, list(FIXED_TEXTS) + list(samples)))
+    source = source_of(hf_dir)
+    texts = list(FIXED_TEXTS) + list(samples)
+    if source:
+        reference = GGUFTokenizer(source["file"] or source["vocab"])
+        try:
+            report.checks.append(_source_tokenizer_check(llm, tok, reference, texts))
+        finally:
+            reference.close()
+        shown = source["file"] or f"{source['vocab']} (the source's keys; the source file has moved)"
+        report.reference = f"tokens: llama.cpp's tokenizer of the source GGUF {shown}"
+    else:
+        report.checks.append(_tokenizer_check(llm, tok, hf_dir, texts))
+        spm = (hf_dir / "tokenizer.model").is_file()
+        report.reference = "tokens: " + ("sentencepiece (tokenizer.model)" if spm else "tokenizers (tokenizer.json)")
     report.checks.append(_special_tokens_check(llm, tok))
     template = chat_template or resolve_chat_template(tok).text
     report.checks.append(_template_check(info, tok, template))
@@ -135,7 +153,61 @@ def verify(
         report.checks.append(_logits_check(llm, hf_dir, tok, report.file_type))
     else:
         report.checks.append(_perplexity_check(llm, hf_dir, tok, held_out or [HELD_OUT], report.file_type))
+    report.reference += "; predictions: transformers' model in the folder"
+    if source and source["file"] and _same_weights(hf_dir, source["weights"]):
+        report.checks.append(_source_predictions_check(llm, source["file"], tok, report.file_type))
+        report.reference += f" and the source GGUF {source['file'].name}"
     return report
+
+
+def _same_weights(hf_dir: Path, imported: str | None) -> bool:
+    """Are hf_dir's weights the ones imported from the source GGUF (not a tuned copy)?"""
+    from localtune.model.loading import fingerprint
+
+    return bool(imported) and fingerprint(sorted(hf_dir.glob("*.safetensors"))) == imported
+
+
+def _source_tokenizer_check(llm, tok, reference, texts: list[str]) -> Check:
+    """Imported models: our GGUF and the tokenizer training used must both split like the source GGUF."""
+    text = special_text(tok)
+    ours = first_mismatch(
+        lambda t: reference(t, special=True), lambda t: llm.tokenize(t.encode("utf-8"), False, True), texts + [text]
+    )
+    training = first_mismatch(
+        lambda t: reference(t, special=True), lambda t: tok(t, add_special_tokens=False)["input_ids"], texts + [text]
+    )
+    bad = [f"this GGUF on {ours[0][:40]!r}"] if ours else []
+    bad += [f"the training tokenizer on {training[0][:40]!r}"] if training else []
+    detail = f"{len(texts) + 1} texts tokenize as the source GGUF does, in this GGUF and in training"
+    if bad:
+        detail = "differs from the source GGUF: " + "; ".join(bad)
+    return Check("tokenizer parity", not bad, detail, float(len(bad)))
+
+
+def _source_predictions_check(llm, source: Path, tok, file_type: str) -> Check:
+    import numpy as np
+
+    from localtune.chat.runtime import open_gguf
+
+    ids = tok(" ".join(FIXED_TEXTS))["input_ids"][:128]
+    llm.reset()
+    llm.eval(ids)
+    ours = np.array(llm._scores[: len(ids)])
+    src = open_gguf(source, n_ctx=512, logits_all=True, f32_kv=True)
+    try:
+        src.eval(ids)
+        theirs = np.array(src._scores[: len(ids)])
+    finally:
+        src.close()
+    top1 = float((ours.argmax(-1) == theirs.argmax(-1)).mean())
+    needed = SOURCE_AGREEMENT.get(file_type, 0.75)
+    return Check(
+        "source predictions",
+        top1 >= needed,
+        f"top-1 agrees with the source GGUF on {top1:.1%} of {len(ids)} tokens (needs {needed:.0%}); "
+        f"max |Δlogit| {float(np.abs(ours - theirs).max()):.2f}",
+        top1,
+    )
 
 
 def _reference_tokens(tok, hf_dir: Path, text: str) -> list[int]:

@@ -1,8 +1,9 @@
 """Loading a base model for training: source resolution, GGUF import, 4-bit quantization, LoRA.
 
 - A hub id is fetched into the local Hugging Face cache and used as a folder.
-- A `.gguf` file is imported through transformers' GGUF loader (dequantized) and saved once as a
-  normal Hugging Face folder under the localtune cache, keyed by the file's fingerprint.
+- A `.gguf` file is imported through transformers' GGUF loader (dequantized), its tokenizer checked
+  against llama.cpp's, and saved once as a normal Hugging Face folder under the localtune cache
+  (model/gguf_import.py).
 - On CUDA the base loads in 4-bit NF4 with double quantization (bitsandbytes) and computes in bf16
   where the GPU supports it, fp16 otherwise. Without CUDA the same path runs on the CPU in fp32.
   `train.load_in_4bit: false` (`--no-quant`) trains plain LoRA on a 16/32-bit base.
@@ -89,6 +90,8 @@ def model_folder(source: ModelSource, *, trust_remote_code: bool = False) -> Pat
                 f"cannot fetch {source.spec!r} from the hub: {str(exc).splitlines()[0]}",
                 hint="check the id and your network, or download the model and pass its folder",
             ) from None
+    from localtune.model.gguf_import import import_gguf
+
     return import_gguf(Path(source.location) / source.gguf_file)
 
 
@@ -98,46 +101,6 @@ def quiet_progress():
     from localtune.console import library_output
 
     return library_output()
-
-
-def import_gguf(path: Path) -> Path:
-    """Dequantize a GGUF through transformers and keep it as a Hugging Face folder (cached)."""
-    from localtune.files import atomic_folder, recover_folder
-
-    target = cache_dir() / "gguf-imports" / f"{path.stem}-{fingerprint([path])}"
-    recover_folder(target)  # an import replaced by a crashed one: the moved-aside copy is complete
-    if (target / "config.json").is_file():
-        return target
-    import functools
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
-
-    bar = gguf_utils.tqdm  # its dequantizing bar ignores transformers' switch: silence it for this call
-    gguf_utils.tqdm = functools.partial(bar, disable=True)
-    try:
-        with quiet_progress():
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except Exception as exc:
-        raise ModelSourceError(
-            f"cannot import {path} through transformers' GGUF loader: {str(exc).splitlines()[0]}",
-            hint="use a Hugging Face folder or hub id for this model instead",
-        ) from None
-    finally:
-        gguf_utils.tqdm = bar
-    # The GGUF loader leaves its (non-serializable) dequantizing quantizer attached; the weights it
-    # produced are plain tensors, so detach it and save them as an ordinary checkpoint.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    # Saved under a temporary name and renamed whole: a crash mid-save never leaves a folder that the
-    # config.json check above would take for a finished import.
-    with quiet_progress(), atomic_folder(target) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return target
 
 
 def check_architecture(cfg: dict, spec: str) -> str:

@@ -361,15 +361,33 @@ def test_amx_detection_and_safe_loading(wide_llama, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_smollm2_exports_verifies_and_chats(tmp_path, monkeypatch):
+    from localtune.converters.vocab import HARD_TEXTS, GGUFTokenizer
     from localtune.export.gguf import export_model
     from localtune.model.loading import resolve_base
+    from localtune.model.source import demo_model_path
 
     monkeypatch.setenv("LOCALTUNE_CACHE", str(tmp_path / "cache"))
     base = resolve_base("smollm2")
     files = export_model(base.folder, ["f16", "q8_0", "q4_k_m"], tmp_path / "out", stem="smollm2", say=lambda m: None)
     assert [f.out_type for f in files] == ["f16", "q8_0", "q4_k_m"]
+    source = demo_model_path()
     for f in files:
         assert f.verify.passed, f.verify.render()
+        assert f"source GGUF {source}" in f.verify.reference  # compared with the source, not with our import
+        assert "source predictions" in {c.name for c in f.verify.checks}
+
+    # The round trip: import -> export gives the source's tokens (llama.cpp on both files, and the
+    # tokenizer training uses) and its predictions.
+    from transformers import AutoTokenizer
+
+    theirs, ours = GGUFTokenizer(source), GGUFTokenizer(files[0].path)
+    training = AutoTokenizer.from_pretrained(base.folder)
+    texts = list(HARD_TEXTS) + ["Here are three tips for sleeping better:\n\n1. **Avoid screens**\n\n2. 8 hours"]
+    for text in texts:
+        assert ours(text) == theirs(text) == training(text, add_special_tokens=False)["input_ids"], text
+    assert len(theirs("\n\n")) == 1 and theirs("better:\n\n1.")[2:4] == theirs("\n\n") + theirs("1")
+    predictions = next(c for c in files[0].verify.checks if c.name == "source predictions")
+    assert predictions.value >= 0.9, predictions.detail
     llm = open_gguf(files[-1].path, n_ctx=512)
     out = llm.create_chat_completion(
         [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
