@@ -10,6 +10,8 @@ Facts behind the rows (see shared/reference/gguf-conversion.md §1.3):
 - Gemma's RMSNorm computes x*(1+w): every norm weight is stored +1. llama.cpp's gemma and gemma2
   always tie the output to the embedding; gemma3 may have an output tensor but the embedding serves.
 - Gemma's SentencePiece has no dummy prefix: add_space_prefix=False.
+- granite and mistral3 are llama-like in llama.cpp (NORM rope: q/k permuted); their extra keys (Granite's
+  multipliers, Mistral 3's yarn and attention temperature) are in converters.dense_variants.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         "gemma3", norm_plus_one=True, drop_lm_head=True, add_space_prefix=False, softcapping=True, sliding_window=True
     ),
     "phi3": ArchSpec("phi3"),
+    # llama-like with extra scalars or rope features: converters.dense_variants writes their keys.
+    "granite": ArchSpec("granite", permute_qk=True),
+    "ministral": ArchSpec("llama", permute_qk=True),  # sliding layers run as full attention: context capped
+    # Ministral 3 text; also a Mistral3ForConditionalGeneration checkpoint, whose text_config (merged into
+    # the config) is ministral3: its vision tower is left out of the GGUF.
+    "ministral3": ArchSpec("mistral3", permute_qk=True),
 }
 
 # model_type -> llama.cpp architecture name (read by training to refuse early).

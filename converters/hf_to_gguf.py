@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localtune.converters.architectures import ARCHITECTURES, ArchSpec
+from localtune.converters.dense_variants import context_length, write_variant_hparams
 from localtune.converters.gguf_file import ConversionError, safe_output
 from localtune.converters.quants import expected_bytes
 from localtune.converters.vocab import write_vocab
@@ -25,6 +26,9 @@ from localtune.faults import fault_point
 from localtune.model.checks import check_model_folder
 
 DIRECT_TYPES = ("f32", "f16", "bf16", "q8_0")
+# Tensors of a multimodal checkpoint (Mistral3ForConditionalGeneration, Gemma3ForConditionalGeneration,
+# Llava...) that are not its language model, in transformers' old and new layouts.
+VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
 
 
 @dataclass
@@ -75,7 +79,7 @@ def write_hparams(w, cfg: dict, spec: ArchSpec) -> list[tuple[str, object]]:
 
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-    w.add_context_length(cfg.get("max_position_embeddings", 4096))
+    w.add_context_length(context_length(cfg, spec.gguf_arch, spec.sliding_window))
     w.add_embedding_length(cfg["hidden_size"])
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_feed_forward_length(cfg["intermediate_size"])
@@ -119,6 +123,7 @@ def write_hparams(w, cfg: dict, spec: ArchSpec) -> list[tuple[str, object]]:
         generated.append(("rope_freqs.weight", np.array(out, dtype=np.float32)))
     if spec.gguf_arch == "llama":
         w.add_vocab_size(cfg["vocab_size"])
+    write_variant_hparams(w, cfg, spec.gguf_arch, full)
     if spec.softcapping:
         if cfg.get("attn_logit_softcapping") is not None:
             w.add_attn_logit_softcapping(float(cfg["attn_logit_softcapping"]))
@@ -230,18 +235,22 @@ def q8_0_blocks(w):
     return out.reshape(*w.shape[:-1], out.shape[1])
 
 
-def tensor_plan(folder: Path, cfg: dict, spec: ArchSpec):
-    """[(gguf name, shape, loader, transforms)] in file order, skipping what llama.cpp does not use.
-    Raises ConversionError for a tensor that has no GGUF name."""
+def tensor_plan(folder: Path, cfg: dict, spec: ArchSpec, notes: list[str] | None = None):
+    """[(gguf name, shape, loader, transforms)] in file order, skipping what llama.cpp does not use (a
+    multimodal checkpoint's vision part, said in `notes`). Raises ConversionError for a tensor that has no
+    GGUF name."""
     import gguf
 
     arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == spec.gguf_arch)
     names = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
     heads, kv_heads = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-    plan = []
+    plan, dropped_vision = [], 0
     for hf_name, loader, shape in iter_hf_tensors(folder):
         name = hf_name.removeprefix("language_model.").replace("model.language_model.", "model.")
         if name.endswith(("rotary_emb.inv_freq", "attention.masked_bias")):
+            continue
+        if name.startswith(VISION_PREFIXES):  # a multimodal checkpoint: the GGUF is its text model
+            dropped_vision += 1
             continue
         if spec.drop_lm_head and name.startswith("lm_head."):
             continue
@@ -259,6 +268,11 @@ def tensor_plan(folder: Path, cfg: dict, spec: ArchSpec):
         if spec.norm_plus_one and name.endswith("norm.weight"):
             transforms.append(lambda w: w + 1.0)
         plan.append((gname, list(shape), loader, transforms))
+    if dropped_vision and notes is not None:
+        notes.append(
+            f"vision tower and projector ({dropped_vision} tensors) left out: this GGUF is the text model only "
+            "(llama.cpp reads images through a separate mmproj file, which localtune does not write)"
+        )
     return plan
 
 
@@ -309,7 +323,7 @@ def convert(
     spec = arch_spec(cfg)
     start = time.monotonic()
     report = ConvertReport(out_path, out_type)
-    plan = tensor_plan(folder, cfg, spec)
+    plan = tensor_plan(folder, cfg, spec, report.fallbacks)
     n_weights = sum(math.prod(shape) for _name, shape, _loader, _transforms in plan)
     with safe_output(out_path, expected_bytes(n_weights, out_type)) as tmp:
         w = gguf.GGUFWriter(tmp, arch=spec.gguf_arch)

@@ -32,12 +32,20 @@ QWEN35_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Mistral's Tekken (Mistral NeMo, Ministral, Mistral 3); llama.cpp's "tekken" also skips merges for a piece
+# that is a whole token (tokenizer.json "ignore_merges": true) and always adds BOS.
+TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 KNOWN_PRE_TOKENIZERS: dict[tuple, str] = {
     (("split", QWEN2_SPLIT), ("bytelevel",)): "qwen2",
     (("split", LLAMA3_SPLIT), ("bytelevel",)): "llama-bpe",
     (("split", QWEN35_SPLIT), ("bytelevel",)): "qwen35",
     (("bytelevel-gpt2-regex",),): "gpt-2",
-    (("digits", True), ("bytelevel-gpt2-regex",)): "smollm",
+    (("digits", True), ("bytelevel-gpt2-regex",)): "smollm",  # also StarCoder's and Granite's
+    (("split", TEKKEN_SPLIT), ("bytelevel",)): "tekken",
 }
 
 

@@ -25,6 +25,7 @@ from localtune.errors import ModelSourceError
 from localtune.faults import signal_point
 from localtune.model.checks import check_model_folder, load_tokenizer
 from localtune.model.source import ModelSource, resolve_model
+from localtune.model.text_only import text_only_folder, wrapper_type
 from localtune.train.speed.kernels import use_fused_kernels
 
 
@@ -157,6 +158,10 @@ def resolve_base(spec: str, *, trust_remote_code: bool = False) -> Base:
     """Find (download or import) the base model and check its files and architecture; loads no weights."""
     source = resolve_model(spec)
     folder = model_folder(source, trust_remote_code=trust_remote_code)
+    if wrapper_type(folder):  # Mistral 3: train and export its text model (the vision tower is left out)
+        weights = [p for p in folder.iterdir() if p.suffix == ".safetensors"]
+        target = cache_dir() / "text-models" / f"{folder.name}-{fingerprint(weights)}"
+        folder = text_only_folder(folder, target)
     cfg = check_model_folder(folder, trust_remote_code=trust_remote_code)
     arch = check_architecture(cfg, source.spec)
     weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")

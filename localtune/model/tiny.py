@@ -20,7 +20,20 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-ARCHITECTURES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3")
+ARCHITECTURES = (
+    "llama",
+    "llama3",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "phi3",
+    "granite",
+    "ministral",
+    "ministral3",
+)
 
 # --- chat templates, one per family's layout -------------------------------------------------------
 LLAMA2_TEMPLATE = (
@@ -64,6 +77,25 @@ GEMMA3_TEMPLATE = (
     "{{ '<start_of_turn>' + role + '\\n' + (sys if loop.first else '') + m['content'] | trim + '<end_of_turn>\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
 )
+GRANITE_TEMPLATE = (
+    "{% for m in messages %}"
+    "{{ '<|start_of_role|>' + m['role'] + '<|end_of_role|>' + m['content'] + '<|end_of_text|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_of_role|>assistant<|end_of_role|>' }}{% endif %}"
+)
+# Ministral-8B-2410: Tekken tokens, no spaces around [INST]; the system prompt joins the first user turn.
+MINISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% set sys = messages[0]['content'] + '\\n\\n' if messages[0]['role'] == 'system' else '' %}"
+    "{% for m in messages if m['role'] != 'system' %}"
+    "{% if m['role'] == 'user' %}{{ '[INST]' + (sys if loop.first else '') + m['content'] + '[/INST]' }}"
+    "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+# Mistral 3 / Ministral 3: the system prompt has its own [SYSTEM_PROMPT] block.
+MISTRAL3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ '[SYSTEM_PROMPT]' + m['content'] + '[/SYSTEM_PROMPT]' }}"
+    "{% elif m['role'] == 'user' %}{{ '[INST]' + m['content'] + '[/INST]' }}"
+    "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
 PHI3_TEMPLATE = (
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
@@ -78,11 +110,18 @@ LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Mistral's Tekken (tiktoken-style) split, as in its tokenizer.json; llama.cpp's pre-tokenizer "tekken".
+TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+TEKKEN_SPECIALS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "<pad>")
 
 
 @dataclass(frozen=True)
 class Family:
-    tokenizer: str  # "spm-llama", "spm-gemma", "bpe-qwen", "bpe-llama3"
+    tokenizer: str  # "spm-llama", "spm-gemma", "bpe-qwen", "bpe-llama3", "bpe-granite", "bpe-tekken"
     template: str
     specials: tuple[str, ...]  # chat-control tokens, never split
     bos: str | None
@@ -153,6 +192,20 @@ FAMILIES: dict[str, Family] = {
         "<s>",
         "<|endoftext|>",
     ),
+    # Granite 3.x: StarCoder-style byte-level BPE (single digits, GPT-2 split), no BOS added.
+    "granite": Family(
+        "bpe-granite",
+        GRANITE_TEMPLATE,
+        ("<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|tool_call|>"),
+        None,
+        "<|end_of_text|>",
+        pad="<|end_of_text|>",
+        tie_embeddings=True,
+    ),
+    "ministral": Family("bpe-tekken", MINISTRAL_TEMPLATE, TEKKEN_SPECIALS, "<s>", "</s>", pad="<pad>"),
+    "ministral3": Family(
+        "bpe-tekken", MISTRAL3_TEMPLATE, TEKKEN_SPECIALS, "<s>", "</s>", pad="<pad>", tie_embeddings=True
+    ),
 }
 
 _WORDS = (
@@ -218,14 +271,23 @@ def _spm_model(style: str, user_symbols: tuple[str, ...], vocab_size: int = 600)
 def _bpe_tokenizer(style: str, specials: tuple[str, ...], vocab_size: int = 800):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.BPE())
-    split = QWEN2_SPLIT if style == "bpe-qwen" else LLAMA3_SPLIT
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(split), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+    # Tekken, like llama.cpp's "tekken", takes a whole piece that is a token before trying merges.
+    tok = Tokenizer(models.BPE(ignore_merges=style == "bpe-tekken"))
+    if style == "bpe-granite":  # StarCoder's: each digit alone, then GPT-2's own split
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
+    else:
+        split = {"bpe-qwen": QWEN2_SPLIT, "bpe-tekken": TEKKEN_SPLIT}.get(style, LLAMA3_SPLIT)
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -313,6 +375,32 @@ def tiny_config(arch: str, vocab_size: int, tokenizer):
     if arch == "phi3":
         common.pop("head_dim")
         return transformers.Phi3Config(**common)
+    if arch == "granite":  # multipliers away from 1 (and from 1/sqrt(head_dim)) so each one is checked
+        common.pop("head_dim")
+        return transformers.GraniteConfig(
+            **common,
+            embedding_multiplier=12.0,
+            residual_multiplier=0.5,
+            attention_multiplier=0.125,
+            logits_scaling=1.25,
+        )
+    if arch == "ministral":  # alternating sliding/full layers; llama.cpp runs both as full attention
+        return transformers.MinistralConfig(
+            **common, sliding_window=256, layer_types=["sliding_attention", "full_attention"]
+        )
+    if arch == "ministral3":  # yarn, and llama4 attention temperature from position 16 on (inside the prompt)
+        rope = {
+            "rope_type": "yarn",
+            "rope_theta": 1e6,
+            "factor": 32.0,
+            "original_max_position_embeddings": 16,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+            "llama_4_scaling_beta": 0.1,
+        }
+        return transformers.Ministral3Config(**common, rope_parameters=rope)
     raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
 
 
@@ -327,6 +415,29 @@ def build_tiny_model(arch: str, out_dir: str | Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # norms away from 1 so layout mistakes show up in logits
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_mistral3(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """A tiny Mistral3ForConditionalGeneration (Pixtral vision tower + the tiny ministral3 text model), saved
+    as transformers saves it; AutoModelForCausalLM cannot load it (localtune.model.text_only can)."""
+    import torch
+    import transformers
+
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer("ministral3", out_dir)
+    vision = transformers.PixtralVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, head_dim=16, image_size=32
+    )
+    text = tiny_config("ministral3", len(tokenizer), tokenizer)
+    config = transformers.Mistral3Config(vision_config=vision, text_config=text, image_token_index=7)
+    torch.manual_seed(seed)
+    model = transformers.Mistral3ForConditionalGeneration(config)
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.add_(0.2 * torch.randn_like(p))

@@ -33,6 +33,9 @@ TURN_END = {
     "gemma2": "<end_of_turn>",
     "gemma3": "<end_of_turn>",
     "phi3": "<|end|>",
+    "granite": "<|end_of_text|>",
+    "ministral": "</s>",
+    "ministral3": "</s>",
 }
 CONVERSATION = (
     ("user", "Ask one about rivers"),

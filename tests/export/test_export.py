@@ -145,7 +145,9 @@ def test_k_quant_fallback_is_reported(tiny_model_dir, gguf_of, tmp_path):
     assert "Q4_K" not in rep.tensor_types and "no tensor could use Q4_K" in rep.fallbacks[0]
 
 
-@pytest.mark.parametrize("arch,rslora", [("llama", False), ("qwen2", True), ("phi3", False)])
+@pytest.mark.parametrize(
+    "arch,rslora", [("llama", False), ("qwen2", True), ("phi3", False), ("granite", False), ("ministral3", False)]
+)
 def test_lora_adapter_gguf_matches_peft(arch, rslora, tiny_model_dir, gguf_of, tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model

@@ -21,6 +21,9 @@ EXPECTED_MODEL_TYPE = {
     "gemma2": "gemma2",
     "gemma3": "gemma3_text",
     "phi3": "phi3",
+    "granite": "granite",
+    "ministral": "ministral",
+    "ministral3": "ministral3",
 }
 
 
@@ -127,3 +130,30 @@ def test_bf16_on_a_gpu_without_it_falls_back_or_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert compute_dtype("cuda", "auto") == torch.bfloat16 and compute_dtype("cuda", "bf16") == torch.bfloat16
     assert compute_dtype("cpu", "auto") == torch.float32
+
+
+def test_mistral3_checkpoint_gives_its_text_model_to_training_and_gguf(tmp_path, monkeypatch):
+    """A Mistral3ForConditionalGeneration folder: AutoModelForCausalLM cannot load it, so localtune uses its
+    ministral3 text model (vision tower left out, said in the export report) with the same logits."""
+    import torch
+    from transformers import AutoModelForCausalLM, Mistral3ForConditionalGeneration
+
+    from localtune.converters.hf_to_gguf import convert
+    from localtune.export.verify import verify
+    from localtune.model.loading import resolve_base
+    from localtune.model.tiny import build_tiny_mistral3
+
+    monkeypatch.setenv("LOCALTUNE_CACHE", str(tmp_path / "cache"))
+    folder = build_tiny_mistral3(tmp_path / "mistral3")
+    base = resolve_base(str(folder))
+    assert base.architecture == "ministral3" and base.folder != folder
+    ids = torch.tensor([base.tokenizer()("Hello world 12345, café 東京 " * 4)["input_ids"]])
+    with torch.no_grad():
+        want = Mistral3ForConditionalGeneration.from_pretrained(folder).eval()(input_ids=ids).logits
+        got = AutoModelForCausalLM.from_pretrained(base.folder).eval()(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert resolve_base(str(folder)).folder == base.folder  # extracted once, then cached
+    report = convert(folder, tmp_path / "m.gguf", out_type="f32")
+    assert any("vision tower" in note for note in report.fallbacks)
+    checks = {c.name: c for c in verify(report.path, base.folder).checks}
+    assert all(c.passed for c in checks.values()) and checks["logits"].value <= 1e-3

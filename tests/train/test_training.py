@@ -45,11 +45,12 @@ def losses(sink: ListSink) -> list[float]:
     return [e.loss for e in sink.of(StepMetrics)]
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "granite", "ministral3"])
 @pytest.mark.parametrize("quant", [True, False], ids=["qlora-4bit", "lora-fp32"])
-def test_loss_falls_on_a_memorization_set(quant, tmp_path, data, tiny_model_dir):
+def test_loss_falls_on_a_memorization_set(quant, arch, tmp_path, data, tiny_model_dir):
     sink = ListSink()
     result = train_run(
-        make_cfg(tiny_model_dir("qwen2"), data, **{"train.load_in_4bit": quant}), tmp_path / "run", sinks=[sink]
+        make_cfg(tiny_model_dir(arch), data, **{"train.load_in_4bit": quant}), tmp_path / "run", sinks=[sink]
     )
     got = losses(sink)
     assert result.status == "finished" and len(got) == 30

@@ -19,7 +19,8 @@ upcasts, so in bf16/fp16 the two differ by rounding only (in fp32 they are the s
 
 Model types whose padding-free path is verified against the padded one (tests/train/speed/test_fast_path.py), and
 the decoder / LM-head layout this module assumes: Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3
-(text) and Phi-3. Anything else (Gemma 3 multimodal checkpoints, remote code, attention implementations
+(text), Phi-3, Granite (logits divided by logits_scaling: the hidden states are, before the bias-free head),
+Ministral and Ministral 3. Anything else (Gemma 3 multimodal checkpoints, remote code, attention implementations
 other than sdpa, eager and flash-attention) runs the model's own padded forward and loss, as before.
 
     loss_fn = CausalLMLoss(peft_model, pad_id)
@@ -34,7 +35,19 @@ from localtune.data.tokenize import IGNORE
 from localtune.train.speed.batching import collate, padding_free
 from localtune.train.speed.row_attention import PREFIX, use_row_attention
 
-PADDING_FREE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
+PADDING_FREE_MODEL_TYPES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "granite",
+    "ministral",
+    "ministral3",
+)
 # flash-attention derives per-row (varlen) attention from the restarting position ids by itself
 PADDING_FREE_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
@@ -142,6 +155,8 @@ class CausalLMLoss:
             self.softcap = getattr(base.config, "final_logit_softcapping", None)
             self.row_attention = use_row_attention(base)
             self.chunk = chunk or chunk_tokens(base.config.vocab_size)
+            # Granite divides its logits by logits_scaling; its head has no bias, so W(h/s) = (Wh)/s
+            self.logits_divisor = float(getattr(base.config, "logits_scaling", None) or 1.0)
 
     def __call__(self, rows, num_items: int):
         import torch
@@ -155,5 +170,7 @@ class CausalLMLoss:
         # use_cache=False: with a KV cache transformers would not build the block-diagonal mask
         hidden = self.decoder(**batch.inputs, use_cache=False, **extra).last_hidden_state
         picked = hidden.flatten(0, 1)[batch.target_index]
+        if self.logits_divisor != 1.0:
+            picked = picked / self.logits_divisor
         total = chunked_cross_entropy(picked, batch.target_ids, self.lm_head, softcap=self.softcap, chunk=self.chunk)
         return total / max(1, num_items)
