@@ -12,6 +12,7 @@ Facts behind the rows (see shared/reference/gguf-conversion.md §1.3):
 - Gemma's SentencePiece has no dummy prefix: add_space_prefix=False.
 - granite and mistral3 are llama-like in llama.cpp (NORM rope: q/k permuted); their extra keys (Granite's
   multipliers, Mistral 3's yarn and attention temperature) are in converters.dense_variants.
+- SmolLM3 and OLMo 3 encode per-layer patterns (NoPE layers, sliding windows): converters.layer_patterns.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class ArchSpec:
     add_space_prefix: bool | None = None
     softcapping: bool = False  # gemma2/3: attention and final logit softcapping keys
     sliding_window: bool = False
+    output_required: bool = False  # llama.cpp loads output.weight without a token_embd fallback (olmo2)
     aliases: tuple[str, ...] = field(default=())
 
 
@@ -53,6 +55,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # Ministral 3 text; also a Mistral3ForConditionalGeneration checkpoint, whose text_config (merged into
     # the config) is ministral3: its vision tower is left out of the GGUF.
     "ministral3": ArchSpec("mistral3", permute_qk=True),
+    # smollm3: llama layout (q/k permuted); every 4th layer skips rope (converters.layer_patterns).
+    "smollm3": ArchSpec("smollm3", permute_qk=True),
+    # OLMo 2/3: post-attention/post-ffn norms, q/k norms over the whole projection, NEOX rope. OLMo 3 is
+    # llama.cpp's olmo2 plus a sliding window and a per-layer pattern (converters.layer_patterns).
+    "olmo2": ArchSpec("olmo2", output_required=True),
+    "olmo3": ArchSpec("olmo2", output_required=True),
 }
 
 # model_type -> llama.cpp architecture name (read by training to refuse early).

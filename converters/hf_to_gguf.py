@@ -20,6 +20,7 @@ from pathlib import Path
 from localtune.converters.architectures import ARCHITECTURES, ArchSpec
 from localtune.converters.dense_variants import context_length, write_variant_hparams
 from localtune.converters.gguf_file import ConversionError, safe_output
+from localtune.converters.layer_patterns import write_layer_patterns
 from localtune.converters.quants import expected_bytes
 from localtune.converters.vocab import write_vocab
 from localtune.faults import fault_point
@@ -79,7 +80,9 @@ def write_hparams(w, cfg: dict, spec: ArchSpec) -> list[tuple[str, object]]:
 
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-    w.add_context_length(context_length(cfg, spec.gguf_arch, spec.sliding_window))
+    # llama.cpp's olmo2 runs OLMo 3's sliding layers itself (converters.layer_patterns writes their keys)
+    runs_window = spec.sliding_window or spec.gguf_arch == "olmo2"
+    w.add_context_length(context_length(cfg, spec.gguf_arch, runs_window))
     w.add_embedding_length(cfg["hidden_size"])
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_feed_forward_length(cfg["intermediate_size"])
@@ -139,6 +142,7 @@ def write_hparams(w, cfg: dict, spec: ArchSpec) -> list[tuple[str, object]]:
         )
         if cfg.get("sliding_window"):
             w.add_sliding_window(int(cfg["sliding_window"]))
+    write_layer_patterns(w, cfg, spec.gguf_arch, rope)  # smollm3 NoPE / olmo2-3 sliding layers
     return generated
 
 
@@ -273,6 +277,8 @@ def tensor_plan(folder: Path, cfg: dict, spec: ArchSpec, notes: list[str] | None
             f"vision tower and projector ({dropped_vision} tensors) left out: this GGUF is the text model only "
             "(llama.cpp reads images through a separate mmproj file, which localtune does not write)"
         )
+    if spec.output_required and not any(g == "output.weight" for g, *_ in plan):  # tied: write the copy
+        plan += [("output.weight", shape, loader, []) for g, shape, loader, _tf in plan if g == "token_embd.weight"]
     return plan
 
 

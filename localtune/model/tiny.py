@@ -1,7 +1,7 @@
 """Tiny random models of real architectures, with tokenizers trained offline, for tests and benchmarks.
 
 Nothing is downloaded: a small synthetic corpus trains a SentencePiece tokenizer (Llama-2, Mistral,
-Phi-3 and Gemma style) or a byte-level BPE (Qwen and Llama-3 style), and a 2-layer model with random
+Phi-3 and Gemma style) or a byte-level BPE (Qwen and Llama-3 style), and a 2- to 4-layer model with random
 weights is built in-process. Each family gets a chat template in its own layout, including the
 quirks that matter to the data pipeline: Gemma 1/2 reject a system role, Gemma 3 and Mistral fold it
 into the first user turn, Qwen3 renders the latest assistant turn with an empty think block.
@@ -33,6 +33,9 @@ ARCHITECTURES = (
     "granite",
     "ministral",
     "ministral3",
+    "smollm3",
+    "olmo2",
+    "olmo3",
 )
 
 # --- chat templates, one per family's layout -------------------------------------------------------
@@ -100,6 +103,37 @@ PHI3_TEMPLATE = (
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
+# SmolLM3: ChatML behind a metadata system block whose "Reasoning Mode" is /think unless the system
+# prompt says /no_think (or enable_thinking=False); in /no_think mode assistant turns open with an empty
+# think block. (The real template also writes knowledge-cutoff and today's dates; left out here.)
+SMOLLM3_TEMPLATE = (
+    "{%- set sys = messages[0]['content'] if messages[0]['role'] == 'system' else '' -%}"
+    "{%- set think = not ('/no_think' in sys or (enable_thinking is defined and not enable_thinking)) -%}"
+    "{%- set empty_think = '' if think else '<think>\n\n</think>\n' -%}"
+    "{{ '<|im_start|>system\n## Metadata\n\nReasoning Mode: ' + ('/think' if think else '/no_think') "
+    "+ '\n\n## Custom Instructions\n\n' + (sys.replace('/no_think', '').replace('/think', '') | trim) "
+    "+ '\n\n<|im_end|>\n' }}"
+    "{%- for m in messages if m['role'] != 'system' -%}"
+    "{%- if m['role'] == 'assistant' -%}{{ '<|im_start|>assistant\n' + empty_think + m['content'] + '<|im_end|>\n' }}"
+    "{%- else -%}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{%- endif -%}"
+    "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' + empty_think }}{%- endif -%}"
+)
+# OLMo 2 (Tulu 3 layout): <|system|>/<|user|>/<|assistant|> headers, each assistant turn ends in eos.
+OLMO2_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ '<|system|>\n' + m['content'] + '\n' }}"
+    "{% elif m['role'] == 'user' %}{{ '<|user|>\n' + m['content'] + '\n' }}"
+    "{% else %}{{ '<|assistant|>\n' + m['content'] + eos_token + ('' if loop.last else '\n') }}{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}{% endfor %}"
+)
+# OLMo 3 Instruct: ChatML with a default system prompt.
+OLMO3_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful function-calling AI assistant. "
+    "You do not currently have access to any functions.<|im_end|>\n' }}"
+    "{% endif %}{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 # Regexes that split text before byte-level BPE (the published Qwen2 and Llama-3 pre-tokenizers).
 QWEN2_SPLIT = (
@@ -128,6 +162,7 @@ class Family:
     eos: str
     pad: str | None = None
     tie_embeddings: bool = False
+    add_bos: bool = True  # the tokenizer itself prepends bos (False: only the template writes it, as OLMo's)
 
 
 FAMILIES: dict[str, Family] = {
@@ -205,6 +240,43 @@ FAMILIES: dict[str, Family] = {
     "ministral": Family("bpe-tekken", MINISTRAL_TEMPLATE, TEKKEN_SPECIALS, "<s>", "</s>", pad="<pad>"),
     "ministral3": Family(
         "bpe-tekken", MISTRAL3_TEMPLATE, TEKKEN_SPECIALS, "<s>", "</s>", pad="<pad>", tie_embeddings=True
+    ),
+    # SmolLM3's tokenizer is Llama 3's byte-level BPE; its chat is ChatML.
+    "smollm3": Family(
+        "bpe-llama3",
+        SMOLLM3_TEMPLATE,
+        (
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "<think>",
+            "</think>",
+            "<|finetune_right_pad_id|>",
+        ),
+        "<|begin_of_text|>",
+        "<|im_end|>",
+        pad="<|finetune_right_pad_id|>",
+        tie_embeddings=True,
+    ),
+    # OLMo 2/3 use dolma2, a cl100k-style byte-level BPE: the same split regex as Llama 3.
+    "olmo2": Family(
+        "bpe-llama3",
+        OLMO2_TEMPLATE,
+        ("<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>"),
+        "<|endoftext|>",
+        "<|endoftext|>",
+        pad="<|pad|>",
+        add_bos=False,
+    ),
+    "olmo3": Family(
+        "bpe-llama3",
+        OLMO3_TEMPLATE,
+        ("<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"),
+        "<|endoftext|>",
+        "<|im_end|>",
+        pad="<|pad|>",
+        add_bos=False,
     ),
 }
 
@@ -321,7 +393,7 @@ def build_tokenizer(arch: str, out_dir: str | Path):
         from tokenizers import processors
 
         backend = _bpe_tokenizer(fam.tokenizer, fam.specials)
-        if fam.bos:
+        if fam.bos and fam.add_bos:
             bos_id = backend.token_to_id(fam.bos)
             backend.post_processor = processors.TemplateProcessing(
                 single=f"{fam.bos} $A", pair=f"{fam.bos} $A {fam.bos} $B", special_tokens=[(fam.bos, bos_id)]
@@ -339,7 +411,8 @@ def build_tokenizer(arch: str, out_dir: str | Path):
 
 
 def tiny_config(arch: str, vocab_size: int, tokenizer):
-    """A 2-layer configuration of `arch`, small enough to build and run in a fraction of a second."""
+    """A 2-layer configuration of `arch` (4 where its layer pattern needs them), small enough to build and run in a
+    fraction of a second."""
     import transformers
 
     fam = FAMILIES[arch]
@@ -401,6 +474,12 @@ def tiny_config(arch: str, vocab_size: int, tokenizer):
             "llama_4_scaling_beta": 0.1,
         }
         return transformers.Ministral3Config(**common, rope_parameters=rope)
+    if arch == "smollm3":  # 4 layers: the 4th has no rope (no_rope_layer_interval 4)
+        return transformers.SmolLM3Config(**{**common, "num_hidden_layers": 4})
+    if arch == "olmo2":
+        return transformers.Olmo2Config(**common)
+    if arch == "olmo3":  # 4 layers: 3 sliding-window ones, then one full; a window shorter than test prompts
+        return transformers.Olmo3Config(**{**common, "num_hidden_layers": 4}, sliding_window=16)
     raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
 
 

@@ -36,6 +36,9 @@ TURN_END = {
     "granite": "<|end_of_text|>",
     "ministral": "</s>",
     "ministral3": "</s>",
+    "smollm3": "<|im_end|>",
+    "olmo2": "<|endoftext|>",
+    "olmo3": "<|im_end|>",
 }
 CONVERSATION = (
     ("user", "Ask one about rivers"),

@@ -146,7 +146,16 @@ def test_k_quant_fallback_is_reported(tiny_model_dir, gguf_of, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "arch,rslora", [("llama", False), ("qwen2", True), ("phi3", False), ("granite", False), ("ministral3", False)]
+    "arch,rslora",
+    [
+        ("llama", False),
+        ("qwen2", True),
+        ("phi3", False),
+        ("granite", False),
+        ("ministral3", False),
+        ("smollm3", False),
+        ("olmo3", False),
+    ],
 )
 def test_lora_adapter_gguf_matches_peft(arch, rslora, tiny_model_dir, gguf_of, tmp_path):
     import torch

@@ -24,6 +24,9 @@ EXPECTED_MODEL_TYPE = {
     "granite": "granite",
     "ministral": "ministral",
     "ministral3": "ministral3",
+    "smollm3": "smollm3",
+    "olmo2": "olmo2",
+    "olmo3": "olmo3",
 }
 
 

@@ -20,8 +20,9 @@ upcasts, so in bf16/fp16 the two differ by rounding only (in fp32 they are the s
 Model types whose padding-free path is verified against the padded one (tests/train/speed/test_fast_path.py), and
 the decoder / LM-head layout this module assumes: Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3
 (text), Phi-3, Granite (logits divided by logits_scaling: the hidden states are, before the bias-free head),
-Ministral and Ministral 3. Anything else (Gemma 3 multimodal checkpoints, remote code, attention implementations
-other than sdpa, eager and flash-attention) runs the model's own padded forward and loss, as before.
+Ministral, Ministral 3, SmolLM3, OLMo 2 and OLMo 3. Anything else (Gemma 3 multimodal checkpoints, remote
+code, attention implementations other than sdpa, eager and flash-attention) runs the model's own padded
+forward and loss, as before.
 
     loss_fn = CausalLMLoss(peft_model, pad_id)
     loss = loss_fn(rows, num_items=targets_in_the_step)  # a scalar tensor, ready for backward()
@@ -47,6 +48,9 @@ PADDING_FREE_MODEL_TYPES = (
     "granite",
     "ministral",
     "ministral3",
+    "smollm3",
+    "olmo2",
+    "olmo3",
 )
 # flash-attention derives per-row (varlen) attention from the restarting position ids by itself
 PADDING_FREE_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")

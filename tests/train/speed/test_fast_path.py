@@ -1,10 +1,10 @@
 """The fast training forward computes what the padded one did: padding-free rows and chunked cross-entropy.
 
 Reference: the right-padded micro-batch through the model's own forward and loss (`collate` +
-`model(**batch, num_items_in_batch=...)`), which is what the trainer ran before. All nine tiny
+`model(**batch, num_items_in_batch=...)`), which is what the trainer ran before. All tiny
 architectures take the padding-free path (none needed the padded fallback); Gemma 2 and Gemma 3 rows
-are longer than their 64-token sliding window so the windowed layers are exercised, and Mistral is also
-run with a 16-token window.
+are longer than their 64-token sliding window and OLMo 3's than its 16-token one, so the windowed layers
+are exercised, and Mistral is also run with a 16-token window.
 """
 
 from __future__ import annotations
