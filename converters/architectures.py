@@ -61,6 +61,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # llama.cpp's olmo2 plus a sliding window and a per-layer pattern (converters.layer_patterns).
     "olmo2": ArchSpec("olmo2", output_required=True),
     "olmo3": ArchSpec("olmo2", output_required=True),
+    # Mixture of experts: stacked expert tensors, router F32, gpt-oss sinks/sliding layout (converters/moe.py).
+    "qwen3_moe": ArchSpec("qwen3moe"),
+    "gpt_oss": ArchSpec("gpt-oss", sliding_window=True),
 }
 
 # model_type -> llama.cpp architecture name (read by training to refuse early).

@@ -21,6 +21,7 @@ from localtune.converters.architectures import ARCHITECTURES, ArchSpec
 from localtune.converters.dense_variants import context_length, write_variant_hparams
 from localtune.converters.gguf_file import ConversionError, safe_output
 from localtune.converters.layer_patterns import write_layer_patterns
+from localtune.converters.moe import MOE_ARCHS, expand_experts, write_moe_hparams
 from localtune.converters.quants import expected_bytes
 from localtune.converters.vocab import write_vocab
 from localtune.faults import fault_point
@@ -74,8 +75,10 @@ def _rope(cfg: dict) -> dict:
     return {"full": {**legacy, **params}, "sliding": {}}
 
 
-def write_hparams(w, cfg: dict, spec: ArchSpec) -> list[tuple[str, object]]:
-    """Write the architecture's keys; returns generated tensors (name, array), e.g. rope_freqs."""
+def write_hparams(w, cfg: dict, spec: ArchSpec, notes: list[str] | None = None) -> list[tuple[str, object]]:
+    """Write the architecture's keys; returns generated tensors (name, array), e.g. rope_freqs. Appends to
+    `notes` what the GGUF represents only approximately."""
+    notes = [] if notes is None else notes
     import numpy as np
 
     heads = cfg["num_attention_heads"]
@@ -136,6 +139,8 @@ def write_hparams(w, cfg: dict, spec: ArchSpec) -> list[tuple[str, object]]:
         w.add_sliding_window(int(cfg["sliding_window"]))
         if rope["sliding"].get("rope_theta"):
             w.add_rope_freq_base_swa(float(rope["sliding"]["rope_theta"]))
+    if spec.gguf_arch in MOE_ARCHS:
+        notes.extend(write_moe_hparams(w, cfg, spec.gguf_arch))
     if spec.gguf_arch == "phi3":
         w.add_rope_scaling_orig_ctx_len(
             int(cfg.get("original_max_position_embeddings", cfg.get("max_position_embeddings", 4096)))
@@ -249,7 +254,8 @@ def tensor_plan(folder: Path, cfg: dict, spec: ArchSpec, notes: list[str] | None
     names = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
     heads, kv_heads = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
     plan, dropped_vision = [], 0
-    for hf_name, loader, shape in iter_hf_tensors(folder):
+    tensors = iter_hf_tensors(folder)
+    for hf_name, loader, shape in expand_experts(tensors, cfg) if spec.gguf_arch in MOE_ARCHS else tensors:
         name = hf_name.removeprefix("language_model.").replace("model.language_model.", "model.")
         if name.endswith(("rotary_emb.inv_freq", "attention.masked_bias")):
             continue
@@ -287,7 +293,9 @@ def storage_type(gname: str, shape: list[int], out_type: str):
     import gguf
 
     T = gguf.GGMLQuantizationType
-    if len(shape) <= 1 or gname.endswith("_norm.weight") or gname == "rope_freqs.weight":
+    if len(shape) <= 1 or gname.endswith(("_norm.weight", ".bias")) or gname == "rope_freqs.weight":
+        return T.F32, None
+    if ".ffn_gate_inp." in gname:  # MoE router: F32, as llama.cpp's converter and quantizer keep it
         return T.F32, None
     wanted = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0}[out_type]
     if wanted == T.Q8_0:
@@ -344,7 +352,7 @@ def convert(
         }[out_type]
         w.add_file_type(ftype)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        generated = write_hparams(w, cfg, spec)
+        generated = write_hparams(w, cfg, spec, report.fallbacks)
         report.vocab = write_vocab(w, folder, cfg["vocab_size"], chat_template, spec.add_space_prefix)
         entries = plan + [(g, list(arr.shape), (lambda arr=arr: torch.from_numpy(arr)), []) for g, arr in generated]
         types = []

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from localtune.converters.gguf_file import ConversionError, safe_output
 from localtune.converters.hf_to_gguf import _permute_rows, arch_spec, read_config
+from localtune.converters.moe import expert_lora
 from localtune.model.checks import check_adapter, weight_shapes
 
 
@@ -48,6 +49,7 @@ def convert_adapter(
     heads, kv_heads = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
     weights = adapter_dir / "adapter_model.safetensors"
     pairs: dict[str, dict[str, np.ndarray]] = {}
+    experts: dict[str, dict[str, np.ndarray]] = {}
     with safe_open(weights, framework="pt") as st:
         for key in st.keys():
             if ".lora_A." not in key and ".lora_B." not in key:
@@ -56,6 +58,9 @@ def convert_adapter(
                     hint="adapters with trained embeddings or extra modules need the merged export",
                 )
             module = key.split(".lora_")[0].removeprefix("base_model.model.")
+            if module.endswith((".mlp.experts", ".mlp.experts.base_layer")):  # peft ParamWrapper on stacked experts
+                experts.setdefault(module, {})["a" if ".lora_A." in key else "b"] = st.get_tensor(key).float().numpy()
+                continue
             gname = names.get_name(module + ".weight", try_suffixes=(".weight",))
             if gname is None:
                 raise ConversionError(f"adapter module {module!r} has no GGUF tensor in {spec.gguf_arch}")
@@ -66,6 +71,9 @@ def convert_adapter(
             if side == "b" and spec.permute_qk and module.endswith("k_proj"):
                 data = _permute_rows(data, kv_heads)
             pairs.setdefault(gname, {})[side] = data
+    for module, ab in experts.items():
+        for name, a, b in expert_lora(module, ab["a"], ab["b"], cfg, r):
+            pairs[names.get_name(name, try_suffixes=(".weight",))] = {"a": a, "b": b}
     start = time.monotonic()
     dtype = {"f32": np.float32, "f16": np.float16}[out_type]
     n_weights = sum(m.size for ab in pairs.values() for m in ab.values())

@@ -39,10 +39,17 @@ TEKKEN_SPLIT = (
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
     r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# OpenAI o200k (gpt-4o, gpt-oss). llama.cpp runs an ASCII-case rewrite of it (llama-vocab.cpp, GPT4O).
+O200K_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 KNOWN_PRE_TOKENIZERS: dict[tuple, str] = {
     (("split", QWEN2_SPLIT), ("bytelevel",)): "qwen2",
     (("split", LLAMA3_SPLIT), ("bytelevel",)): "llama-bpe",
     (("split", QWEN35_SPLIT), ("bytelevel",)): "qwen35",
+    (("split", O200K_SPLIT), ("bytelevel",)): "gpt-4o",
     (("bytelevel-gpt2-regex",),): "gpt-2",
     (("digits", True), ("bytelevel-gpt2-regex",)): "smollm",  # also StarCoder's and Granite's
     (("split", TEKKEN_SPLIT), ("bytelevel",)): "tekken",

@@ -43,6 +43,11 @@ class Shape:
     head_dim: int
     vocab: int
     tied: bool
+    # mixture of experts: every expert is resident and 16-bit (bitsandbytes quantizes nn.Linear only), each
+    # token runs `experts_used` of them; with all-linear, each expert gets its own LoRA (peft target_parameters)
+    experts: int = 0
+    expert_ffn: int = 0
+    experts_used: int = 0
 
     @classmethod
     def from_config(cls, config) -> Shape:
@@ -57,30 +62,60 @@ class Shape:
             head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
             vocab=text.vocab_size,
             tied=bool(getattr(text, "tie_word_embeddings", False)),
+            **_experts(text),
         )
+
+    def expert_linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of one expert's projections, and the router; {} for a dense model."""
+        if not self.experts:
+            return {}
+        d, f = self.hidden, self.expert_ffn
+        return {"gate_up_proj": (d, 2 * f), "down_proj": (f, d)}
+
+    def expert_params(self) -> int:
+        """All layers' expert weights (all experts) plus the routers: never 4-bit."""
+        return self.layers * (self.experts * sum(i * o for i, o in self.expert_linears().values()))
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer in one decoder block."""
         d, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return {
-            "q_proj": (d, q),
-            "k_proj": (d, kv),
-            "v_proj": (d, kv),
-            "o_proj": (q, d),
-            "gate_proj": (d, self.ffn),
-            "up_proj": (d, self.ffn),
-            "down_proj": (self.ffn, d),
-        }
+        attention = {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d)}
+        if self.experts:  # the MLP is the experts (expert_linears), outside the quantized linears
+            return attention
+        return {**attention, "gate_proj": (d, self.ffn), "up_proj": (d, self.ffn), "down_proj": (self.ffn, d)}
 
     def linear_params(self) -> int:
-        return self.layers * sum(i * o for i, o in self.linears().values())
+        """Every projection weight, experts and routers included (the model's size)."""
+        return (
+            self.layers * sum(i * o for i, o in self.linears().values()) + self.expert_params() + self.router_params()
+        )
+
+    def router_params(self) -> int:
+        return self.layers * self.hidden * self.experts
+
+    def active_ffn(self) -> int:
+        """FFN width one token runs through: the dense FFN, or its routed experts'."""
+        return self.experts_used * self.expert_ffn if self.experts else self.ffn
 
     def embedding_params(self) -> int:
         return self.vocab * self.hidden * (1 if self.tied else 2)
 
     def lora_params(self, rank: int, targets: list[str] | None = None) -> int:
         chosen = [k for k in self.linears() if not targets or targets == ["all-linear"] or k in targets]
-        return self.layers * sum(rank * (self.linears()[k][0] + self.linears()[k][1]) for k in chosen)
+        lora = self.layers * sum(rank * (self.linears()[k][0] + self.linears()[k][1]) for k in chosen)
+        if not targets or targets == ["all-linear"]:  # one A and B per expert (localtune.model.loading)
+            lora += self.layers * self.experts * sum(rank * (i + o) for i, o in self.expert_linears().values())
+        return lora
+
+
+def _experts(text) -> dict:
+    """Shape's expert fields from a config: Qwen3-MoE (num_experts, moe_intermediate_size) or gpt-oss
+    (num_local_experts, intermediate_size)."""
+    n = getattr(text, "num_experts", None) or getattr(text, "num_local_experts", None) or 0
+    if not n:
+        return {}
+    ffn = getattr(text, "moe_intermediate_size", None) or text.intermediate_size
+    return {"experts": n, "expert_ffn": ffn, "experts_used": text.num_experts_per_tok}
 
 
 @dataclass
@@ -116,10 +151,11 @@ def estimate(
     tokens = micro_batch * seq_len
     lora = shape.lora_params(rank, targets)
     opt_bytes = 2 if "8bit" in optimizer else 8
-    layer_acts = tokens * (ACT_PER_HIDDEN * shape.hidden + ACT_PER_FFN * shape.ffn) * weight_bytes
+    layer_acts = tokens * (ACT_PER_HIDDEN * shape.hidden + ACT_PER_FFN * shape.active_ffn()) * weight_bytes
+    dense = shape.layers * sum(i * o for i, o in shape.linears().values())
     parts = {
         "base weights (4-bit)" if quantized else f"base weights ({8 * weight_bytes}-bit)": int(
-            shape.linear_params() * (NF4_BYTES if quantized else weight_bytes)
+            dense * (NF4_BYTES if quantized else weight_bytes)
         ),
         "embeddings + head": shape.embedding_params() * weight_bytes,
         "LoRA parameters (fp32)": lora * 4,
@@ -133,6 +169,14 @@ def estimate(
         # the rows of a micro-batch run as one sequence; transformers builds one boolean mask over it
         "attention mask": tokens * tokens if micro_batch > 1 else 0,
     }
+    if shape.experts:
+        parts[f"experts + routers ({8 * weight_bytes}-bit)"] = (
+            shape.expert_params() + shape.router_params()
+        ) * weight_bytes
+        if lora and (not targets or targets == ["all-linear"]):
+            # peft's expert LoRA adds B·A to a whole stacked parameter: that copy and its gradient, one at a time
+            i, o = max(shape.expert_linears().values(), key=lambda io: io[0] * io[1])
+            parts["expert LoRA merge (transient)"] = 2 * shape.experts * i * o * weight_bytes
     if quantized:
         i, o = max(shape.linears().values(), key=lambda io: io[0] * io[1])
         parts["dequantized weight (transient)"] = i * o * weight_bytes

@@ -273,6 +273,8 @@ def check_adapter(adapter_dir: Path, base_shapes: dict[str, TensorInfo]) -> dict
         if not m:
             continue
         module, side = m.groups()
+        if module.endswith((".mlp.experts", ".mlp.experts.base_layer")):
+            continue  # LoRA on stacked expert parameters (peft ParamWrapper): checked by converters/moe.py
         base = base_shapes.get(module + ".weight")
         if base is None:
             raise ModelFileError(

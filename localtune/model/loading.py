@@ -53,6 +53,31 @@ class LoadedModel:
     quantized: bool
     seconds: float
     kernels: str = ""  # fused kernels patched in (localtune/train/speed/kernels.py), "" for none
+    notes: tuple[str, ...] = ()  # one line each, for the run's log (e.g. what a 4-bit MoE keeps in 16 bits)
+
+
+def expert_parameters(model) -> list[str]:
+    """peft `target_parameters` for a mixture of experts' stacked (3-D) expert weights, [] for a dense model.
+    bitsandbytes quantizes nn.Linear modules only: these, like the routers (not nn.Linear either), stay in
+    the compute dtype under 4-bit loading."""
+    return sorted(
+        {".".join(n.split(".")[-3:]) for n, p in model.named_parameters() if p.ndim == 3 and ".experts." in n}
+    )
+
+
+def _moe_notes(model, experts: list[str], quantized: bool, dtype, trained: bool) -> tuple[str, ...]:
+    if not experts:
+        return ()
+    n = sum(
+        p.numel()
+        for name, p in model.named_parameters()
+        if "lora_" not in name and (".experts." in name or ".router." in name or name.endswith("mlp.gate.weight"))
+    )
+    kept = f"experts and routers ({n / 1e6:,.1f} M parameters) stay {str(dtype).removeprefix('torch.')}"
+    lines = [f"4-bit NF4 quantizes the attention linears only; {kept}" if quantized else ""]
+    if not trained:
+        lines.append("the experts get no LoRA (they do with lora.target_modules all-linear and DoRA off)")
+    return tuple(line for line in lines if line)
 
 
 def cache_dir() -> Path:
@@ -219,11 +244,20 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
         model.enable_input_require_grads()
     torch.manual_seed(cfg.train.seed)  # LoRA A matrices start from the run's seed
     targets = cfg.lora.target_modules
+    target_modules = "all-linear" if targets == ["all-linear"] else list(targets)
+    experts = expert_parameters(model)
+    target_parameters = experts if experts and targets == ["all-linear"] and not cfg.lora.use_dora else None
+    if experts and targets == ["all-linear"]:  # name the linears: peft's "all-linear" would add the routers
+        target_modules = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)} - {"lm_head"}
+        )
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+        # peft's LoRA on parameters (ParamWrapper) takes no dropout; the linears get theirs back below
+        lora_dropout=0.0 if target_parameters else cfg.lora.dropout,
+        target_modules=target_modules,
+        target_parameters=target_parameters,
         use_rslora=cfg.lora.use_rslora,
         use_dora=cfg.lora.use_dora,
         task_type="CAUSAL_LM",
@@ -235,14 +269,27 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
         raise ModelSourceError(
             f"cannot add LoRA adapters: {exc}", hint="check lora.target_modules against the model's module names"
         ) from None
+    if target_parameters and cfg.lora.dropout:
+        from peft.tuners.lora import LoraLayer, ParamWrapper
+
+        for module in model.modules():
+            if isinstance(module, LoraLayer) and not isinstance(module, ParamWrapper):
+                module.lora_dropout["default"] = torch.nn.Dropout(cfg.lora.dropout)
     if device == "cpu":
         from localtune.train.speed import lora_linear
         from localtune.train.speed.lora_dropout import replace_lora_dropout
 
         replace_lora_dropout(model)  # same distribution, a fraction of the random draws (lora_dropout.py)
         lora_linear.install(model)  # base + LoRA in one autograd function, fewer passes over memory
+    notes = _moe_notes(model, experts, cfg.train.load_in_4bit, dtype, bool(target_parameters))
     return LoadedModel(
-        model, device, str(dtype).removeprefix("torch."), cfg.train.load_in_4bit, time.monotonic() - start, kernels
+        model,
+        device,
+        str(dtype).removeprefix("torch."),
+        cfg.train.load_in_4bit,
+        time.monotonic() - start,
+        kernels,
+        notes,
     )
 
 

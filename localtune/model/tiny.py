@@ -17,7 +17,7 @@ import random
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ARCHITECTURES = (
@@ -36,6 +36,8 @@ ARCHITECTURES = (
     "smollm3",
     "olmo2",
     "olmo3",
+    "qwen3_moe",
+    "gpt_oss",
 )
 
 # --- chat templates, one per family's layout -------------------------------------------------------
@@ -99,6 +101,20 @@ MISTRAL3_TEMPLATE = (
     "{% elif m['role'] == 'user' %}{{ '[INST]' + m['content'] + '[/INST]' }}"
     "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
 )
+# gpt-oss "harmony": a system header, the system prompt as developer instructions, assistant turns on the
+# final channel; history turns end with <|end|>, the conversation's last assistant turn with <|return|>.
+HARMONY_TEMPLATE = (
+    "{{ '<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\\n"
+    "Reasoning: medium\\n\\n# Valid channels: analysis, commentary, final. "
+    "Channel must be included for every message.<|end|>' }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{{ '<|start|>developer<|message|># Instructions\\n\\n' + messages[0]['content'] + '<|end|>' }}{% endif %}"
+    "{% for m in messages if m['role'] != 'system' %}{% if m['role'] == 'assistant' %}"
+    "{{ '<|start|>assistant<|channel|>final<|message|>' + m['content'] }}"
+    "{{ '<|return|>' if loop.last and not add_generation_prompt else '<|end|>' }}"
+    "{% else %}{{ '<|start|>' + m['role'] + '<|message|>' + m['content'] + '<|end|>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start|>assistant' }}{% endif %}"
+)
 PHI3_TEMPLATE = (
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
@@ -151,11 +167,22 @@ TEKKEN_SPLIT = (
     r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 TEKKEN_SPECIALS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "<pad>")
+# OpenAI's o200k split (gpt-4o, gpt-oss); llama.cpp's pre-tokenizer "gpt-4o".
+O200K_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# transformers' gpt-oss yarn does not round its correction range ("truncate": false); ggml always does
+# (ggml_rope_yarn_corr_dims), which moves this tiny model's logits by up to 4e-2. The tiny model rounds
+# like ggml, so the f32 GGUF is checked to 1e-3; the converter notes the difference on real checkpoints.
+TRUNCATE_YARN = True
 
 
 @dataclass(frozen=True)
 class Family:
-    tokenizer: str  # "spm-llama", "spm-gemma", "bpe-qwen", "bpe-llama3", "bpe-granite", "bpe-tekken"
+    tokenizer: str  # "spm-llama", "spm-gemma", "bpe-qwen", "bpe-llama3", "bpe-granite", "bpe-tekken", "bpe-o200k"
     template: str
     specials: tuple[str, ...]  # chat-control tokens, never split
     bos: str | None
@@ -278,7 +305,26 @@ FAMILIES: dict[str, Family] = {
         pad="<|pad|>",
         add_bos=False,
     ),
+    "gpt_oss": Family(
+        "bpe-o200k",
+        HARMONY_TEMPLATE,
+        (
+            "<|startoftext|>",
+            "<|endoftext|>",
+            "<|start|>",
+            "<|end|>",
+            "<|message|>",
+            "<|channel|>",
+            "<|return|>",
+            "<|constrain|>",
+            "<|call|>",
+        ),
+        None,
+        "<|return|>",
+        pad="<|endoftext|>",
+    ),
 }
+FAMILIES["qwen3_moe"] = replace(FAMILIES["qwen3"], tie_embeddings=False)  # Qwen3-30B-A3B has its own LM head
 
 _WORDS = (
     "the a an model train data token learn small tiny fast slow answer question hello world time "
@@ -353,7 +399,7 @@ def _bpe_tokenizer(style: str, specials: tuple[str, ...], vocab_size: int = 800)
             ]
         )
     else:
-        split = {"bpe-qwen": QWEN2_SPLIT, "bpe-tekken": TEKKEN_SPLIT}.get(style, LLAMA3_SPLIT)
+        split = {"bpe-qwen": QWEN2_SPLIT, "bpe-tekken": TEKKEN_SPLIT, "bpe-o200k": O200K_SPLIT}.get(style, LLAMA3_SPLIT)
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [
                 pre_tokenizers.Split(Regex(split), behavior="isolated"),
@@ -480,6 +526,18 @@ def tiny_config(arch: str, vocab_size: int, tokenizer):
         return transformers.Olmo2Config(**common)
     if arch == "olmo3":  # 4 layers: 3 sliding-window ones, then one full; a window shorter than test prompts
         return transformers.Olmo3Config(**{**common, "num_hidden_layers": 4}, sliding_window=16)
+    if arch == "qwen3_moe":  # every layer sparse: 4 experts, 2 routed per token
+        return transformers.Qwen3MoeConfig(
+            **common, moe_intermediate_size=64, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True
+        )
+    if arch == "gpt_oss":  # sliding then full attention, sinks, yarn rope, biases, 4 experts (2 routed)
+        common["intermediate_size"] = 64  # gpt-oss's intermediate_size is the expert width
+        common["max_position_embeddings"] = 32 * 4096  # yarn's factor times its original context
+        rope = {"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0}
+        rope |= {"original_max_position_embeddings": 4096, "truncate": TRUNCATE_YARN}
+        return transformers.GptOssConfig(
+            **common, num_local_experts=4, num_experts_per_tok=2, sliding_window=16, rope_parameters=rope
+        )
     raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
 
 
@@ -497,6 +555,10 @@ def build_tiny_model(arch: str, out_dir: str | Path, *, seed: int = 0) -> Path:
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.add_(0.2 * torch.randn_like(p))
+            elif arch == "gpt_oss" and "bias" in name:  # zero-initialised biases would hide their layout
+                p.normal_(std=0.1)
+            if name.endswith(("mlp.gate.weight", "mlp.router.weight")):  # routers: wider logit gaps, so a
+                p.mul_(3.0)  # 16-bit GGUF's rounding does not flip a token's top-k experts
     model.save_pretrained(out_dir)
     return out_dir
 

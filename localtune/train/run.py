@@ -317,6 +317,8 @@ def _train(
             lm.kernels,
         )
     )
+    for note in lm.notes:
+        emit(Warning(note))
 
     planned = plan_memory(cfg, shape, lm, max(len(r.input_ids) for r in prepared.train))
     micro, accum, auto = planned.micro_batch, planned.grad_accum, cfg.train.micro_batch_size == 0

@@ -187,6 +187,43 @@ def test_lora_adapter_gguf_matches_peft(arch, rslora, tiny_model_dir, gguf_of, t
     assert np.abs(got - want).max() < 1e-3
 
 
+@pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss"])
+def test_moe_lora_adapter_on_attention_and_experts_matches_peft(arch, tiny_model_dir, gguf_of, tmp_path):
+    """peft's per-expert LoRA on the stacked expert parameters (target_parameters) becomes llama.cpp expert
+    LoRA tensors (gate_up split into gate and up); llama.cpp applies them to the routed experts."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from localtune.converters.lora import convert_adapter
+
+    folder = tiny_model_dir(arch)
+    torch.manual_seed(0)
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), lora)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    model.save_pretrained(tmp_path / "adapter")
+    ids = AutoTokenizer.from_pretrained(folder)("Hello world, the model learns 12345 things " * 4)["input_ids"][:48]
+    with torch.no_grad():
+        want = model.eval()(torch.tensor([ids])).logits[0].numpy()
+    report = convert_adapter(tmp_path / "adapter", folder, tmp_path / "adapter.gguf")
+    assert report["tensors"] == 2 * 2 * (4 + 3)  # per layer: q, k, v, o and the gate, up and down stacks
+    llm = open_gguf(
+        gguf_of(arch, "f32"), n_ctx=128, logits_all=True, f32_kv=True, lora_path=str(tmp_path / "adapter.gguf")
+    )
+    llm.eval(ids)
+    assert np.abs(np.array(llm._scores[: len(ids)]) - want).max() < 1e-3
+
+
 def test_export_cli_writes_verified_files_and_run_adapter(tmp_path, cli, tiny_model_dir, gguf_of):
     folder = tiny_model_dir("qwen2")
     out = tmp_path / "out"

@@ -27,6 +27,8 @@ EXPECTED_MODEL_TYPE = {
     "smollm3": "smollm3",
     "olmo2": "olmo2",
     "olmo3": "olmo3",
+    "qwen3_moe": "qwen3_moe",
+    "gpt_oss": "gpt_oss",
 }
 
 

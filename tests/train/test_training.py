@@ -428,3 +428,27 @@ def test_dora_and_rslora_options_reach_peft(tmp_path, data, tiny_model_dir):
     saved = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert saved["use_dora"] and saved["use_rslora"] and saved["r"] == 4
     assert sorted(saved["target_modules"]) == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize("quant", [True, False], ids=["qlora-4bit", "lora-fp32"])
+@pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss"])
+def test_moe_trains_attention_and_experts_keeps_them_16_bit_and_resumes(arch, quant, tmp_path, data, tiny_model_dir):
+    from safetensors import safe_open
+
+    sink = ListSink()
+    cfg = make_cfg(tiny_model_dir(arch), data, **{"train.load_in_4bit": quant, "train.save_every": 10})
+    result = train_run(cfg, tmp_path / "run", sinks=[sink])
+    got = losses(sink)
+    assert result.status == "finished" and len(got) == 30
+    assert got[-1] < got[0] / 2, got
+    notes = [w.message for w in sink.of(WarningEvent)]
+    assert any("experts and routers" in n and "stay float32" in n for n in notes) is quant, notes
+    with safe_open(tmp_path / "run" / "adapter" / "adapter_model.safetensors", "pt") as st:
+        keys = list(st.keys())
+    assert any(".mlp.experts.lora_A" in k for k in keys) and any("self_attn.q_proj.lora_A" in k for k in keys)
+    assert not any(".mlp.gate." in k or ".mlp.router." in k for k in keys)  # routers are never adapted
+    resumed = ListSink()
+    cfg = make_cfg(tiny_model_dir(arch), data, **{"train.load_in_4bit": quant, "train.max_steps": 32})
+    assert train_run(cfg, tmp_path / "run", resume=True, sinks=[resumed]).status == "finished"
+    steps = [e.step for e in resumed.of(StepMetrics)]
+    assert 1 < steps[0] <= 31 and steps == list(range(steps[0], 33))  # from its last checkpoint to the new end

@@ -51,6 +51,8 @@ PADDING_FREE_MODEL_TYPES = (
     "smollm3",
     "olmo2",
     "olmo3",
+    "qwen3_moe",
+    "gpt_oss",
 )
 # flash-attention derives per-row (varlen) attention from the restarting position ids by itself
 PADDING_FREE_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
