@@ -13,6 +13,7 @@ Facts behind the rows (see shared/reference/gguf-conversion.md §1.3):
 - granite and mistral3 are llama-like in llama.cpp (NORM rope: q/k permuted); their extra keys (Granite's
   multipliers, Mistral 3's yarn and attention temperature) are in converters.dense_variants.
 - SmolLM3 and OLMo 3 encode per-layer patterns (NoPE layers, sliding windows): converters.layer_patterns.
+- Gemma 4 stores norms as plain weights (x*w) and has its own hparams/vocab code (converters/gemma4.py).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gemma3": ArchSpec(
         "gemma3", norm_plus_one=True, drop_lm_head=True, add_space_prefix=False, softcapping=True, sliding_window=True
     ),
+    # Gemma 4: plain x*w norms (no +1), the output tied or its own; hparams, tensors and vocabulary in
+    # converters/gemma4.py. "gemma4" is the multimodal checkpoint, whose text_config is gemma4_text.
+    "gemma4_text": ArchSpec("gemma4", softcapping=True, sliding_window=True),
+    "gemma4": ArchSpec("gemma4", softcapping=True, sliding_window=True),
     "phi3": ArchSpec("phi3"),
     # llama-like with extra scalars or rope features: converters.dense_variants writes their keys.
     "granite": ArchSpec("granite", permute_qk=True),

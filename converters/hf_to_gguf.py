@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localtune.converters import gemma4
 from localtune.converters.architectures import ARCHITECTURES, ArchSpec
 from localtune.converters.dense_variants import context_length, write_variant_hparams
 from localtune.converters.gguf_file import ConversionError, safe_output
@@ -81,6 +82,8 @@ def write_hparams(w, cfg: dict, spec: ArchSpec, notes: list[str] | None = None) 
     notes = [] if notes is None else notes
     import numpy as np
 
+    if spec.gguf_arch == "gemma4":  # per-layer-type head sizes, rope and KV sharing: its own keys
+        return gemma4.write_hparams(w, cfg)
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     # llama.cpp's olmo2 runs OLMo 3's sliding layers itself (converters.layer_patterns writes their keys)
@@ -264,7 +267,11 @@ def tensor_plan(folder: Path, cfg: dict, spec: ArchSpec, notes: list[str] | None
             continue
         if spec.drop_lm_head and name.startswith("lm_head."):
             continue
-        gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if spec.gguf_arch == "gemma4" and (name := gemma4.hf_name(name)) is None:
+            continue  # a vision/audio tower tensor
+        gname = (gemma4.direct_name(name) if spec.gguf_arch == "gemma4" else None) or names.get_name(
+            name, try_suffixes=(".weight", ".bias")
+        )
         if gname is None:
             raise ConversionError(
                 f"tensor {hf_name!r} has no GGUF name for {spec.gguf_arch}",
@@ -353,7 +360,11 @@ def convert(
         w.add_file_type(ftype)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         generated = write_hparams(w, cfg, spec, report.fallbacks)
-        report.vocab = write_vocab(w, folder, cfg["vocab_size"], chat_template, spec.add_space_prefix)
+        if spec.gguf_arch == "gemma4":
+            report.vocab = gemma4.write_vocab(w, folder, cfg["vocab_size"], chat_template)
+            report.fallbacks += gemma4.towers_note(folder, (n for n, _l, _s in iter_hf_tensors(folder)))
+        else:
+            report.vocab = write_vocab(w, folder, cfg["vocab_size"], chat_template, spec.add_space_prefix)
         entries = plan + [(g, list(arr.shape), (lambda arr=arr: torch.from_numpy(arr)), []) for g, arr in generated]
         types = []
         for gname, shape, _loader, _tf in entries:

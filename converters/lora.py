@@ -14,6 +14,7 @@ import math
 import time
 from pathlib import Path
 
+from localtune.converters import gemma4
 from localtune.converters.gguf_file import ConversionError, safe_output
 from localtune.converters.hf_to_gguf import _permute_rows, arch_spec, read_config
 from localtune.converters.moe import expert_lora
@@ -57,7 +58,12 @@ def convert_adapter(
                     f"adapter tensor {key!r} is not a LoRA A/B matrix",
                     hint="adapters with trained embeddings or extra modules need the merged export",
                 )
-            module = key.split(".lora_")[0].removeprefix("base_model.model.")
+            module = key.split(".lora_")[0].removeprefix("base_model.model.").replace("model.language_model.", "model.")
+            if spec.gguf_arch == "gemma4" and module.endswith(gemma4.NO_LORA):
+                raise ConversionError(
+                    f"llama.cpp does not apply LoRA to Gemma 4's {module.rsplit('.', 1)[-1]}",
+                    hint="export the merged model instead (without --adapter)",
+                )
             if module.endswith((".mlp.experts", ".mlp.experts.base_layer")):  # peft ParamWrapper on stacked experts
                 experts.setdefault(module, {})["a" if ".lora_A." in key else "b"] = st.get_tensor(key).float().numpy()
                 continue

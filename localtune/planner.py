@@ -48,10 +48,17 @@ class Shape:
     experts: int = 0
     expert_ffn: int = 0
     experts_used: int = 0
+    # layers that differ (Gemma 4): each layer's (name, in, out) linears, and linears outside the layers
+    per_layer: tuple[tuple[tuple[str, int, int], ...], ...] = ()
+    model_linears: tuple[tuple[str, int, int], ...] = ()
+    extra_embedding: int = 0  # embedding parameters besides the token table (Gemma 4's per-layer inputs)
+    expert_weights: int = 0  # Gemma 4 MoE's expert parameters (3-D tensors: kept 16-bit by 4-bit loading)
 
     @classmethod
     def from_config(cls, config) -> Shape:
         text = getattr(config, "text_config", None) or config
+        if str(getattr(text, "model_type", "")).startswith("gemma4"):
+            return _gemma4_shape(text)
         heads = text.num_attention_heads
         return cls(
             layers=text.num_hidden_layers,
@@ -84,8 +91,17 @@ class Shape:
             return attention
         return {**attention, "gate_proj": (d, self.ffn), "up_proj": (d, self.ffn), "down_proj": (self.ffn, d)}
 
+    def blocks(self) -> list[dict[str, tuple[int, int]]]:
+        """(in, out) of each linear layer, decoder block by decoder block."""
+        if self.per_layer:
+            return [{n: (i, o) for n, i, o in layer} for layer in self.per_layer]
+        return [self.linears()] * self.layers
+
     def linear_params(self) -> int:
         """Every projection weight, experts and routers included (the model's size)."""
+        if self.per_layer:  # Gemma 4: its router is among the block's linears
+            blocks = sum(i * o for b in self.blocks() for i, o in b.values())
+            return blocks + sum(i * o for _n, i, o in self.model_linears) + self.expert_weights
         return (
             self.layers * sum(i * o for i, o in self.linears().values()) + self.expert_params() + self.router_params()
         )
@@ -98,9 +114,14 @@ class Shape:
         return self.experts_used * self.expert_ffn if self.experts else self.ffn
 
     def embedding_params(self) -> int:
-        return self.vocab * self.hidden * (1 if self.tied else 2)
+        return self.vocab * self.hidden * (1 if self.tied else 2) + self.extra_embedding
 
     def lora_params(self, rank: int, targets: list[str] | None = None) -> int:
+        if self.per_layer:  # model-level linears only when named (training leaves them out of all-linear)
+            every = not targets or targets == ["all-linear"]
+            chosen = [i + o for b in self.blocks() for k, (i, o) in b.items() if every or k in targets]
+            chosen += [i + o for k, i, o in self.model_linears if targets and k in targets]
+            return rank * sum(chosen)
         chosen = [k for k in self.linears() if not targets or targets == ["all-linear"] or k in targets]
         lora = self.layers * sum(rank * (self.linears()[k][0] + self.linears()[k][1]) for k in chosen)
         if not targets or targets == ["all-linear"]:  # one A and B per expert (localtune.model.loading)
@@ -116,6 +137,46 @@ def _experts(text) -> dict:
         return {}
     ffn = getattr(text, "moe_intermediate_size", None) or text.intermediate_size
     return {"experts": n, "expert_ffn": ffn, "experts_used": text.num_experts_per_tok}
+
+
+def _gemma4_shape(text) -> Shape:
+    """Gemma 4 text: full-attention layers with wider heads (and maybe K reused as V), KV-sharing layers
+    without k/v projections (and maybe double-wide MLPs), and per-layer input embeddings (E2B/E4B: a
+    [vocab, layers * 256] table, gates and projections in every layer, one model-level projection)."""
+    n, d, heads = text.num_hidden_layers, text.hidden_size, text.num_attention_heads
+    modes, ple = text.kv_sharing_modes, text.hidden_size_per_layer_input or 0
+    layers, ffn_max = [], 0
+    for i, kind in enumerate(text.layer_types):
+        layer = text.per_layer_config[i]
+        hd, kv = layer.head_dim, layer.num_key_value_heads
+        ffn = text.intermediate_size * (2 if text.use_double_wide_mlp and modes[i] == "reuse" else 1)
+        ffn_max = max(ffn_max, ffn)
+        lin = [("q_proj", d, heads * hd), ("o_proj", heads * hd, d)]
+        if modes[i] != "reuse":
+            lin.append(("k_proj", d, kv * hd))
+            if not (text.attention_k_eq_v and kind == "full_attention"):
+                lin.append(("v_proj", d, kv * hd))
+        lin += [("gate_proj", d, ffn), ("up_proj", d, ffn), ("down_proj", ffn, d)]
+        if ple:
+            lin += [("per_layer_input_gate", d, ple), ("per_layer_projection", ple, d)]
+        if text.enable_moe_block:
+            lin.append(("proj", d, text.num_experts))  # the router
+        layers.append(tuple(lin))
+    sliding = next((i for i, k in enumerate(text.layer_types) if k == "sliding_attention"), 0)
+    return Shape(
+        layers=n,
+        hidden=d,
+        ffn=ffn_max,
+        heads=heads,
+        kv_heads=text.per_layer_config[sliding].num_key_value_heads,
+        head_dim=text.per_layer_config[sliding].head_dim,
+        vocab=text.vocab_size,
+        tied=bool(text.tie_word_embeddings),
+        per_layer=tuple(layers),
+        model_linears=(("per_layer_model_projection", d, n * ple),) if ple else (),
+        extra_embedding=text.vocab_size_per_layer_input * n * ple,
+        expert_weights=n * text.num_experts * 3 * d * text.moe_intermediate_size if text.enable_moe_block else 0,
+    )
 
 
 @dataclass
@@ -152,12 +213,13 @@ def estimate(
     lora = shape.lora_params(rank, targets)
     opt_bytes = 2 if "8bit" in optimizer else 8
     layer_acts = tokens * (ACT_PER_HIDDEN * shape.hidden + ACT_PER_FFN * shape.active_ffn()) * weight_bytes
-    dense = shape.layers * sum(i * o for i, o in shape.linears().values())
+    dense = sum(i * o for b in shape.blocks() for i, o in b.values()) + sum(i * o for _n, i, o in shape.model_linears)
     parts = {
         "base weights (4-bit)" if quantized else f"base weights ({8 * weight_bytes}-bit)": int(
             dense * (NF4_BYTES if quantized else weight_bytes)
         ),
         "embeddings + head": shape.embedding_params() * weight_bytes,
+        **({"experts (16-bit)": shape.expert_weights * weight_bytes} if shape.expert_weights else {}),
         "LoRA parameters (fp32)": lora * 4,
         "LoRA gradients (fp32)": lora * 4,
         "optimizer state": lora * opt_bytes,
@@ -178,7 +240,7 @@ def estimate(
             i, o = max(shape.expert_linears().values(), key=lambda io: io[0] * io[1])
             parts["expert LoRA merge (transient)"] = 2 * shape.experts * i * o * weight_bytes
     if quantized:
-        i, o = max(shape.linears().values(), key=lambda io: io[0] * io[1])
+        i, o = max((io for b in shape.blocks() for io in b.values()), key=lambda io: io[0] * io[1])
         parts["dequantized weight (transient)"] = i * o * weight_bytes
     return Plan(micro_batch, seq_len, rank, checkpointing, quantized, offload and checkpointing, parts)
 

@@ -93,6 +93,21 @@ def make_renderer(tokenizer, template: ChatTemplate) -> Renderer:
     return render
 
 
+def _answered_prompt(history: list[dict[str, str]], prompt: str, full: str, render: Renderer) -> str:
+    """The text before an assistant turn when the generation prompt writes more than the answered turn
+    opens with (Gemma 4 adds an empty thought channel, "<|channel>thought\\n<channel|>", only when
+    prompting): the history, then as much of the generation prompt as the whole conversation has."""
+    history_text = render(history, False)
+    if not (prompt.startswith(history_text) and full.startswith(history_text)):
+        return prompt
+    opening = prompt[len(history_text) :]
+    rest = full[len(history_text) :]
+    n = 0
+    while n < len(opening) and n < len(rest) and opening[n] == rest[n]:
+        n += 1
+    return history_text + opening[:n] if n else prompt
+
+
 def render_with_spans(messages: list[dict[str, str]], render: Renderer) -> tuple[str, list[tuple[int, int]]]:
     """The full rendering and the character spans [start, end) of every assistant turn."""
     full = render(messages, False)
@@ -101,6 +116,8 @@ def render_with_spans(messages: list[dict[str, str]], render: Renderer) -> tuple
         if m["role"] != "assistant":
             continue
         before = render(messages[:i], True)
+        if not full.startswith(before):
+            before = _answered_prompt(messages[:i], before, full, render)
         if not full.startswith(before):
             raise TemplateError(
                 f"the template renders the text before assistant turn {i} differently inside "

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from localtune.config import Config
 from localtune.converters.architectures import SUPPORTED_ARCHITECTURES
+from localtune.converters.gemma4 import NO_LORA
 from localtune.errors import ModelSourceError
 from localtune.faults import signal_point
 from localtune.model.checks import check_model_folder, load_tokenizer
@@ -245,6 +246,8 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
     torch.manual_seed(cfg.train.seed)  # LoRA A matrices start from the run's seed
     targets = cfg.lora.target_modules
     target_modules = "all-linear" if targets == ["all-linear"] else list(targets)
+    # Gemma 4: llama.cpp applies no LoRA to the per-layer-input projection, so its adapter could not export
+    gemma4 = targets == ["all-linear"] and str(getattr(model.config, "model_type", "")).startswith("gemma4")
     experts = expert_parameters(model)
     target_parameters = experts if experts and targets == ["all-linear"] and not cfg.lora.use_dora else None
     if experts and targets == ["all-linear"]:  # name the linears: peft's "all-linear" would add the routers
@@ -258,6 +261,7 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
         lora_dropout=0.0 if target_parameters else cfg.lora.dropout,
         target_modules=target_modules,
         target_parameters=target_parameters,
+        exclude_modules=list(NO_LORA) if gemma4 else None,
         use_rslora=cfg.lora.use_rslora,
         use_dora=cfg.lora.use_dora,
         task_type="CAUSAL_LM",

@@ -1,7 +1,8 @@
 """Tiny random models of real architectures, with tokenizers trained offline, for tests and benchmarks.
 
 Nothing is downloaded: a small synthetic corpus trains a SentencePiece tokenizer (Llama-2, Mistral,
-Phi-3 and Gemma style) or a byte-level BPE (Qwen and Llama-3 style), and a 2- to 4-layer model with random
+Phi-3 and Gemma style), a byte-level BPE (Qwen and Llama-3 style) or Gemma 4's SentencePiece-style BPE
+in tokenizer.json, and a 2- to 4-layer model with random
 weights is built in-process. Each family gets a chat template in its own layout, including the
 quirks that matter to the data pipeline: Gemma 1/2 reject a system role, Gemma 3 and Mistral fold it
 into the first user turn, Qwen3 renders the latest assistant turn with an empty think block.
@@ -30,6 +31,7 @@ ARCHITECTURES = (
     "gemma2",
     "gemma3",
     "phi3",
+    "gemma4",
     "granite",
     "ministral",
     "ministral3",
@@ -115,6 +117,17 @@ HARMONY_TEMPLATE = (
     "{% else %}{{ '<|start|>' + m['role'] + '<|message|>' + m['content'] + '<|end|>' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start|>assistant' }}{% endif %}"
 )
+# Gemma 4's layout (google/gemma-4-*-it, without tools and images): <|turn>role ... <turn|>, the system
+# prompt as its own turn, and a generation prompt that opens an empty thought channel when thinking is
+# off, which the rendering of an answered model turn does not contain.
+GEMMA4_TEMPLATE = (
+    "{{ bos_token }}{% set loop_messages = messages %}{% if messages[0]['role'] in ['system', 'developer'] %}"
+    "{{ '<|turn>system\\n' + messages[0]['content'] | trim + '<turn|>\\n' }}{% set loop_messages = messages[1:] %}"
+    "{% endif %}{% for m in loop_messages %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "{{ '<|turn>' + role + '\\n' + m['content'] | trim + '<turn|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|turn>model\\n' }}"
+    "{% if not enable_thinking | default(false) %}{{ '<|channel>thought\\n<channel|>' }}{% endif %}{% endif %}"
+)
 PHI3_TEMPLATE = (
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
@@ -182,7 +195,7 @@ TRUNCATE_YARN = True
 
 @dataclass(frozen=True)
 class Family:
-    tokenizer: str  # "spm-llama", "spm-gemma", "bpe-qwen", "bpe-llama3", "bpe-granite", "bpe-tekken", "bpe-o200k"
+    tokenizer: str  # spm-llama, spm-gemma, bpe-qwen, bpe-llama3, bpe-granite, bpe-tekken, bpe-o200k, bpe-gemma4
     template: str
     specials: tuple[str, ...]  # chat-control tokens, never split
     bos: str | None
@@ -242,6 +255,15 @@ FAMILIES: dict[str, Family] = {
         "spm-gemma",
         GEMMA3_TEMPLATE,
         ("<start_of_turn>", "<end_of_turn>"),
+        "<bos>",
+        "<eos>",
+        pad="<pad>",
+        tie_embeddings=True,
+    ),
+    "gemma4": Family(
+        "bpe-gemma4",
+        GEMMA4_TEMPLATE,
+        ("<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>"),
         "<bos>",
         "<eos>",
         pad="<pad>",
@@ -417,6 +439,33 @@ def _bpe_tokenizer(style: str, specials: tuple[str, ...], vocab_size: int = 800)
     return tok
 
 
+GEMMA4_BASE = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")  # ids 0-4, as in Gemma 4's vocabulary
+
+
+def _gemma4_tokenizer(specials: tuple[str, ...], vocab_size: int = 800):
+    """Gemma 4's tokenizer shape: SentencePiece-style BPE in tokenizer.json (spaces normalised to "▁", no
+    pre-tokenizer, <0xXX> byte fallback), built by transformers' GemmaTokenizer from trained merges.
+    Training splits at newline runs, so no merge joins a newline to other text (llama.cpp's gemma4
+    tokenizer splits there before merging)."""
+    import json
+
+    import transformers
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    fixed = [*GEMMA4_BASE, *specials, *(f"<0x{b:02X}>" for b in range(256))]
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("\n+"), behavior="isolated")
+    lines = corpus()
+    text = lines + ["\n".join(lines[i : i + 3]) for i in range(0, len(lines), 7)]
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=fixed, show_progress=False))
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    gemma = transformers.GemmaTokenizer(vocab=model["vocab"], merges=merges, add_bos_token=True, add_eos_token=False)
+    gemma.add_tokens(list(specials), special_tokens=True)
+    return gemma
+
+
 def build_tokenizer(arch: str, out_dir: str | Path):
     """Train and save `arch`'s tokenizer (with its chat template) into out_dir; return it loaded."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -435,6 +484,9 @@ def build_tokenizer(arch: str, out_dir: str | Path):
         tok.eos_token = fam.eos
         if fam.pad:
             tok.pad_token = fam.pad
+    elif fam.tokenizer == "bpe-gemma4":
+        tok = _gemma4_tokenizer(fam.specials)
+        tok.eos_token = fam.eos
     else:
         from tokenizers import processors
 
@@ -491,6 +543,8 @@ def tiny_config(arch: str, vocab_size: int, tokenizer):
         return transformers.Gemma2Config(**common, query_pre_attn_scalar=16, sliding_window=64)
     if arch == "gemma3":
         return transformers.Gemma3TextConfig(**common, query_pre_attn_scalar=16, sliding_window=64)
+    if arch == "gemma4":
+        return gemma4_config(common)
     if arch == "phi3":
         common.pop("head_dim")
         return transformers.Phi3Config(**common)
@@ -541,6 +595,28 @@ def tiny_config(arch: str, vocab_size: int, tokenizer):
     raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
 
 
+def gemma4_config(common: dict):
+    """Gemma 4 text, E2B-style: per-layer input embeddings, the last 2 of 4 layers reusing the KV of layers
+    0 (sliding) and 1 (full), full layers with a wider head, one KV head shared as keys and values
+    (attention_k_eq_v, as in 26B/31B) and proportional rope on a quarter of it, double-wide MLPs in the
+    KV-sharing layers, a 16-token window (shorter than test rows), final logit soft-capping."""
+    import transformers
+
+    return transformers.Gemma4TextConfig(
+        **{**common, "num_hidden_layers": 4},
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        sliding_window=16,
+        global_head_dim=32,
+        num_global_key_value_heads=1,
+        attention_k_eq_v=True,
+        num_kv_shared_layers=2,
+        use_double_wide_mlp=True,
+        hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=common["vocab_size"],
+        final_logit_softcapping=30.0,
+    )
+
+
 def build_tiny_model(arch: str, out_dir: str | Path, *, seed: int = 0) -> Path:
     """Save a tiny random `arch` model with its tokenizer as a Hugging Face folder; return the folder."""
     import torch
@@ -559,6 +635,9 @@ def build_tiny_model(arch: str, out_dir: str | Path, *, seed: int = 0) -> Path:
                 p.normal_(std=0.1)
             if name.endswith(("mlp.gate.weight", "mlp.router.weight")):  # routers: wider logit gaps, so a
                 p.mul_(3.0)  # 16-bit GGUF's rounding does not flip a token's top-k experts
+        for name, b in model.named_buffers():  # Gemma 4's per-layer output scale (a saved buffer, 1 at init)
+            if name.endswith("layer_scalar"):
+                b.uniform_(0.5, 1.5)
     model.save_pretrained(out_dir)
     return out_dir
 

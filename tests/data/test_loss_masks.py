@@ -32,6 +32,7 @@ TURN_END = {
     "gemma": "<end_of_turn>",
     "gemma2": "<end_of_turn>",
     "gemma3": "<end_of_turn>",
+    "gemma4": "<turn|>",
     "phi3": "<|end|>",
     "granite": "<|end_of_text|>",
     "ministral": "</s>",

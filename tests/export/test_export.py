@@ -11,6 +11,7 @@ import pytest
 from helpers import chat, train_tiny_run, write_jsonl
 
 from localtune.chat.runtime import cpu_has_amx, open_gguf
+from localtune.converters.gemma4 import NO_LORA
 from localtune.converters.gguf_file import ConversionError, GGUFError, check_gguf
 from localtune.converters.hf_to_gguf import convert
 from localtune.converters.quantize import quantize
@@ -19,7 +20,10 @@ from localtune.model.tiny import ARCHITECTURES
 
 # llama.cpp's CPU GELU (Gemma's activation) uses an fp16 lookup table: ~1e-3 of logit error that no
 # converter can remove (shared/reference/gguf-conversion.md §5). Everything else matches to ~1e-5.
-F32_TOLERANCE = {"gemma": 3e-3, "gemma2": 3e-3, "gemma3": 3e-3}
+# Gemma 4's tiny model has that GELU in 4 MLPs and 4 per-layer-input gates: median 1.6e-3, max ~7e-3 (emulating the
+# fp16 table in transformers brings the median to 1e-4; what is left are fp16 rounding flips).
+F32_TOLERANCE = {"gemma": 3e-3, "gemma2": 3e-3, "gemma3": 3e-3, "gemma4": 1.5e-2}
+F16_TOLERANCE = {"gemma4": 0.15}
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +66,8 @@ def test_f32_and_f16_match_transformers(arch, tiny_model_dir, gguf_of):
     assert checks["logits"].value <= F32_TOLERANCE.get(arch, 1e-3)
     assert "top-1 agreement 100.0% over 64 tokens" in checks["logits"].detail
     f16 = {c.name: c for c in verify(gguf_of(arch, "f16"), tiny_model_dir(arch)).checks}
-    assert f16["logits"].value <= 5e-2 and f16["tokenizer parity"].passed and f16["chat template"].passed
+    assert f16["logits"].value <= F16_TOLERANCE.get(arch, 5e-2)
+    assert f16["tokenizer parity"].passed and f16["chat template"].passed
 
 
 @pytest.mark.parametrize("out_type", ["q8_0", "q4_k_m"])
@@ -145,6 +150,31 @@ def test_k_quant_fallback_is_reported(tiny_model_dir, gguf_of, tmp_path):
     assert "Q4_K" not in rep.tensor_types and "no tensor could use Q4_K" in rep.fallbacks[0]
 
 
+def test_gemma4_mixture_of_experts_matches_transformers(tmp_path):
+    """Gemma 4 26B-A4B's layout: a routed expert block beside each MLP (no per-layer inputs, no KV sharing)."""
+    import torch
+    import transformers
+
+    from localtune.model.tiny import build_tokenizer, tiny_config
+
+    tok = build_tokenizer("gemma4", tmp_path)
+    cfg = tiny_config("gemma4", len(tok), tok).to_dict()
+    cfg.update(enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=32)
+    cfg.update(hidden_size_per_layer_input=0, num_kv_shared_layers=0, use_double_wide_mlp=False)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(transformers.Gemma4TextConfig(**cfg))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "router.scale" in name or "per_expert_scale" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    model.save_pretrained(tmp_path)
+    convert(tmp_path, tmp_path / "moe.gguf", out_type="f32")
+    names = set(check_gguf(tmp_path / "moe.gguf").tensors)
+    assert {"blk.0.ffn_gate_up_exps.weight", "blk.0.ffn_gate_inp.scale", "blk.0.ffn_down_exps.scale"} <= names
+    report = verify(tmp_path / "moe.gguf", tmp_path)
+    assert report.passed and {c.name: c for c in report.checks}["logits"].value <= F32_TOLERANCE["gemma4"]
+
+
 @pytest.mark.parametrize(
     "arch,rslora",
     [
@@ -155,6 +185,7 @@ def test_k_quant_fallback_is_reported(tiny_model_dir, gguf_of, tmp_path):
         ("ministral3", False),
         ("smollm3", False),
         ("olmo3", False),
+        ("gemma4", False),
     ],
 )
 def test_lora_adapter_gguf_matches_peft(arch, rslora, tiny_model_dir, gguf_of, tmp_path):
@@ -168,7 +199,14 @@ def test_lora_adapter_gguf_matches_peft(arch, rslora, tiny_model_dir, gguf_of, t
     torch.manual_seed(0)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
-        LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", use_rslora=rslora, task_type="CAUSAL_LM"),
+        LoraConfig(
+            r=8,
+            lora_alpha=16,
+            target_modules="all-linear",
+            exclude_modules=list(NO_LORA) if arch == "gemma4" else None,  # as training leaves it out
+            use_rslora=rslora,
+            task_type="CAUSAL_LM",
+        ),
     )
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -184,7 +222,7 @@ def test_lora_adapter_gguf_matches_peft(arch, rslora, tiny_model_dir, gguf_of, t
     )
     llm.eval(ids)
     got = np.array(llm._scores[: len(ids)])
-    assert np.abs(got - want).max() < 1e-3
+    assert np.abs(got - want).max() < (1.5e-2 if arch == "gemma4" else 1e-3)  # Gemma 4: the GELU table, as above
 
 
 @pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss"])

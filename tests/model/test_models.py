@@ -20,6 +20,7 @@ EXPECTED_MODEL_TYPE = {
     "gemma": "gemma",
     "gemma2": "gemma2",
     "gemma3": "gemma3_text",
+    "gemma4": "gemma4_text",
     "phi3": "phi3",
     "granite": "granite",
     "ministral": "ministral",

@@ -20,7 +20,8 @@ upcasts, so in bf16/fp16 the two differ by rounding only (in fp32 they are the s
 Model types whose padding-free path is verified against the padded one (tests/train/speed/test_fast_path.py), and
 the decoder / LM-head layout this module assumes: Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3
 (text), Phi-3, Granite (logits divided by logits_scaling: the hidden states are, before the bias-free head),
-Ministral, Ministral 3, SmolLM3, OLMo 2 and OLMo 3. Anything else (Gemma 3 multimodal checkpoints, remote
+Ministral, Ministral 3, SmolLM3, OLMo 2, OLMo 3,
+Qwen3-MoE, gpt-oss and Gemma 4 (text). Anything else (Gemma 3 multimodal checkpoints, remote
 code, attention implementations other than sdpa, eager and flash-attention) runs the model's own padded
 forward and loss, as before.
 
@@ -53,6 +54,7 @@ PADDING_FREE_MODEL_TYPES = (
     "olmo3",
     "qwen3_moe",
     "gpt_oss",
+    "gemma4_text",  # per-layer inputs and KV sharing: verified like the others
 )
 # flash-attention derives per-row (varlen) attention from the restarting position ids by itself
 PADDING_FREE_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")

@@ -4,7 +4,8 @@ Reference: the right-padded micro-batch through the model's own forward and loss
 `model(**batch, num_items_in_batch=...)`), which is what the trainer ran before. All tiny
 architectures take the padding-free path (none needed the padded fallback); Gemma 2 and Gemma 3 rows
 are longer than their 64-token sliding window and OLMo 3's than its 16-token one, so the windowed layers
-are exercised, and Mistral is also run with a 16-token window.
+are exercised, and Mistral is also run with a 16-token window. Gemma 4's 16-token window, per-layer inputs and
+KV-sharing layers (which attend over the keys of earlier layers) take the same path.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def test_mistral_with_a_sliding_window_shorter_than_the_rows(tiny_model_dir):
     assert_same(model, make_rows(model.config.vocab_size))
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma4"])
 def test_with_activation_checkpointing_the_recomputed_attention_is_row_by_row_too(arch, tiny_model_dir, monkeypatch):
     model = lora_model(tiny_model_dir(arch), checkpointing=True)
     assert model.get_base_model().is_activation_checkpointing and model.training
@@ -153,7 +154,7 @@ def test_with_activation_checkpointing_the_recomputed_attention_is_row_by_row_to
     assert sorted(query_lengths) == sorted(list(LENGTHS) * layers * 2)
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "gemma2"])
+@pytest.mark.parametrize("arch", ["qwen2", "gemma2", "gemma4"])
 def test_packed_rows_concatenate_like_plain_rows(arch, tiny_model_dir):
     import torch
 
