@@ -14,6 +14,7 @@ Facts behind the rows (see shared/reference/gguf-conversion.md §1.3):
   multipliers, Mistral 3's yarn and attention temperature) are in converters.dense_variants.
 - SmolLM3 and OLMo 3 encode per-layer patterns (NoPE layers, sliding windows): converters.layer_patterns.
 - Gemma 4 stores norms as plain weights (x*w) and has its own hparams/vocab code (converters/gemma4.py).
+- Qwen3.5 (hybrid gated-delta-net) has its own keys and tensor transforms: converters/qwen35.py.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # Mixture of experts: stacked expert tensors, router F32, gpt-oss sinks/sliding layout (converters/moe.py).
     "qwen3_moe": ArchSpec("qwen3moe"),
     "gpt_oss": ArchSpec("gpt-oss", sliding_window=True),
+    "qwen3_5_text": ArchSpec("qwen35"),  # transforms (norms + 1 included) in converters/qwen35.py
+    "qwen3_5": ArchSpec("qwen35"),
 }
 
 # model_type -> llama.cpp architecture name (read by training to refuse early).

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localtune.converters import gemma4
+from localtune.converters import gemma4, qwen35
 from localtune.converters.architectures import ARCHITECTURES, ArchSpec
 from localtune.converters.dense_variants import context_length, write_variant_hparams
 from localtune.converters.gguf_file import ConversionError, safe_output
@@ -63,7 +63,10 @@ def arch_spec(cfg: dict) -> ArchSpec:
             hint="supported architectures: " + ", ".join(sorted(ARCHITECTURES)),
             title="unsupported architecture",
         )
-    return ARCHITECTURES[model_type]
+    spec = ARCHITECTURES[model_type]
+    if spec.gguf_arch == "qwen35" and (why := qwen35.check(cfg)):
+        raise ConversionError(f"cannot export this {model_type!r} model to GGUF: {why}", title="unsupported layout")
+    return spec
 
 
 def _rope(cfg: dict) -> dict:
@@ -151,6 +154,8 @@ def write_hparams(w, cfg: dict, spec: ArchSpec, notes: list[str] | None = None) 
         if cfg.get("sliding_window"):
             w.add_sliding_window(int(cfg["sliding_window"]))
     write_layer_patterns(w, cfg, spec.gguf_arch, rope)  # smollm3 NoPE / olmo2-3 sliding layers
+    if spec.gguf_arch == "qwen35":
+        qwen35.write_hparams(w, cfg)
     return generated
 
 
@@ -267,8 +272,13 @@ def tensor_plan(folder: Path, cfg: dict, spec: ArchSpec, notes: list[str] | None
             continue
         if spec.drop_lm_head and name.startswith("lm_head."):
             continue
+        transforms = []
         if spec.gguf_arch == "gemma4" and (name := gemma4.hf_name(name)) is None:
             continue  # a vision/audio tower tensor
+        if spec.gguf_arch == "qwen35":
+            if qwen35.skip(name):
+                continue
+            name, shape, transforms = qwen35.tensor(name, list(shape), cfg)
         gname = (gemma4.direct_name(name) if spec.gguf_arch == "gemma4" else None) or names.get_name(
             name, try_suffixes=(".weight", ".bias")
         )
@@ -277,7 +287,6 @@ def tensor_plan(folder: Path, cfg: dict, spec: ArchSpec, notes: list[str] | None
                 f"tensor {hf_name!r} has no GGUF name for {spec.gguf_arch}",
                 hint="this checkpoint has parts the exporter does not know",
             )
-        transforms = []
         if spec.permute_qk and (name.endswith("q_proj.weight") or name.endswith("q_proj.bias")):
             transforms.append(lambda w: _permute_rows(w, heads))
         if spec.permute_qk and (name.endswith("k_proj.weight") or name.endswith("k_proj.bias")):
@@ -300,7 +309,11 @@ def storage_type(gname: str, shape: list[int], out_type: str):
     import gguf
 
     T = gguf.GGMLQuantizationType
-    if len(shape) <= 1 or gname.endswith(("_norm.weight", ".bias")) or gname == "rope_freqs.weight":
+    if (
+        len(shape) <= 1
+        or gname.endswith(("_norm.weight", ".bias", "ssm_conv1d.weight"))
+        or gname == "rope_freqs.weight"
+    ):
         return T.F32, None
     if ".ffn_gate_inp." in gname:  # MoE router: F32, as llama.cpp's converter and quantizer keep it
         return T.F32, None

@@ -3,7 +3,7 @@
 Tensors are `<base GGUF tensor name>.lora_a` ([r, in] in numpy, ggml [in, r]) and `.lora_b`
 ([out, r], ggml [r, out]). llama.cpp scales by alpha / r; rsLoRA's alpha / sqrt(r) is folded into the
 alpha written. The base architecture's transforms apply: llama's q/k row permutation acts on the
-rows of B (the output side).
+rows of B (the output side); Qwen3.5's value-head reordering acts on B's rows and on out_proj's A columns.
 
 Run as:  localtune export RUN_DIR --adapter
 """
@@ -14,7 +14,7 @@ import math
 import time
 from pathlib import Path
 
-from localtune.converters import gemma4
+from localtune.converters import gemma4, qwen35
 from localtune.converters.gguf_file import ConversionError, safe_output
 from localtune.converters.hf_to_gguf import _permute_rows, arch_spec, read_config
 from localtune.converters.moe import expert_lora
@@ -70,8 +70,12 @@ def convert_adapter(
             gname = names.get_name(module + ".weight", try_suffixes=(".weight",))
             if gname is None:
                 raise ConversionError(f"adapter module {module!r} has no GGUF tensor in {spec.gguf_arch}")
-            data = st.get_tensor(key).float().numpy()
+            tensor = st.get_tensor(key).float()
             side = "a" if ".lora_A." in key else "b"
+            if spec.gguf_arch == "qwen35":  # value heads reordered: B's rows / out_proj's A columns
+                reorder = (qwen35.lora_b_transform if side == "b" else qwen35.lora_a_transform)(module, cfg)
+                tensor = tensor if reorder is None else reorder(tensor)
+            data = tensor.numpy()
             if side == "b" and spec.permute_qk and module.endswith("q_proj"):
                 data = _permute_rows(data, heads)
             if side == "b" and spec.permute_qk and module.endswith("k_proj"):

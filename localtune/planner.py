@@ -29,6 +29,7 @@ CUDA_CONTEXT = int(0.5 * GIB)
 # (norms, residuals, attention in/out, LoRA inputs) and of FFN width (gate, up, activation, product).
 ACT_PER_HIDDEN = 12
 ACT_PER_FFN = 4
+DELTA_NET_CHUNK = 64  # tokens per chunk of transformers' (and flash-linear-attention's) chunked delta rule
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,13 @@ class Shape:
     model_linears: tuple[tuple[str, int, int], ...] = ()
     extra_embedding: int = 0  # embedding parameters besides the token table (Gemma 4's per-layer inputs)
     expert_weights: int = 0  # Gemma 4 MoE's expert parameters (3-D tensors: kept 16-bit by 4-bit loading)
+    # hybrid models: how many of `layers` are gated-delta-net linear attention, and its head layout
+    linear_layers: int = 0
+    linear_k_heads: int = 0
+    linear_v_heads: int = 0
+    linear_k_dim: int = 0
+    linear_v_dim: int = 0
+    attn_gate: bool = False  # q_proj also yields a per-head output gate (Qwen3.5): twice the rows
 
     @classmethod
     def from_config(cls, config) -> Shape:
@@ -60,6 +68,7 @@ class Shape:
         if str(getattr(text, "model_type", "")).startswith("gemma4"):
             return _gemma4_shape(text)
         heads = text.num_attention_heads
+        types = list(getattr(text, "layer_types", None) or [])
         return cls(
             layers=text.num_hidden_layers,
             hidden=text.hidden_size,
@@ -70,6 +79,12 @@ class Shape:
             vocab=text.vocab_size,
             tied=bool(getattr(text, "tie_word_embeddings", False)),
             **_experts(text),
+            linear_layers=types.count("linear_attention"),
+            linear_k_heads=getattr(text, "linear_num_key_heads", 0) or 0,
+            linear_v_heads=getattr(text, "linear_num_value_heads", 0) or 0,
+            linear_k_dim=getattr(text, "linear_key_head_dim", 0) or 0,
+            linear_v_dim=getattr(text, "linear_value_head_dim", 0) or 0,
+            attn_gate=str(getattr(text, "model_type", "")).startswith("qwen3_5"),
         )
 
     def expert_linears(self) -> dict[str, tuple[int, int]]:
@@ -86,25 +101,43 @@ class Shape:
     def linears(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer in one decoder block."""
         d, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
-        attention = {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d)}
+        attention = {
+            "q_proj": (d, 2 * q if self.attn_gate else q),
+            "k_proj": (d, kv),
+            "v_proj": (d, kv),
+            "o_proj": (q, d),
+        }
         if self.experts:  # the MLP is the experts (expert_linears), outside the quantized linears
             return attention
         return {**attention, "gate_proj": (d, self.ffn), "up_proj": (d, self.ffn), "down_proj": (self.ffn, d)}
+
+    def linear_attention_linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer in one gated-delta-net (linear attention) block."""
+        d, key, value = self.hidden, self.linear_k_heads * self.linear_k_dim, self.linear_v_heads * self.linear_v_dim
+        mlp = {k: v for k, v in self.linears().items() if k in ("gate_proj", "up_proj", "down_proj")}
+        return {
+            "in_proj_qkv": (d, 2 * key + value),
+            "in_proj_z": (d, value),
+            "in_proj_b": (d, self.linear_v_heads),
+            "in_proj_a": (d, self.linear_v_heads),
+            "out_proj": (value, d),
+            **mlp,
+        }
 
     def blocks(self) -> list[dict[str, tuple[int, int]]]:
         """(in, out) of each linear layer, decoder block by decoder block."""
         if self.per_layer:
             return [{n: (i, o) for n, i, o in layer} for layer in self.per_layer]
-        return [self.linears()] * self.layers
+        attention = [self.linears()] * (self.layers - self.linear_layers)
+        return attention + [self.linear_attention_linears()] * self.linear_layers
 
     def linear_params(self) -> int:
         """Every projection weight, experts and routers included (the model's size)."""
         if self.per_layer:  # Gemma 4: its router is among the block's linears
             blocks = sum(i * o for b in self.blocks() for i, o in b.values())
             return blocks + sum(i * o for _n, i, o in self.model_linears) + self.expert_weights
-        return (
-            self.layers * sum(i * o for i, o in self.linears().values()) + self.expert_params() + self.router_params()
-        )
+        blocks = sum(i * o for b in self.blocks() for i, o in b.values())
+        return blocks + self.expert_params() + self.router_params()
 
     def router_params(self) -> int:
         return self.layers * self.hidden * self.experts
@@ -122,11 +155,23 @@ class Shape:
             chosen = [i + o for b in self.blocks() for k, (i, o) in b.items() if every or k in targets]
             chosen += [i + o for k, i, o in self.model_linears if targets and k in targets]
             return rank * sum(chosen)
-        chosen = [k for k in self.linears() if not targets or targets == ["all-linear"] or k in targets]
-        lora = self.layers * sum(rank * (self.linears()[k][0] + self.linears()[k][1]) for k in chosen)
+        every = not targets or targets == ["all-linear"]
+        lora = rank * sum(i + o for b in self.blocks() for k, (i, o) in b.items() if every or k in targets)
         if not targets or targets == ["all-linear"]:  # one A and B per expert (localtune.model.loading)
             lora += self.layers * self.experts * sum(rank * (i + o) for i, o in self.expert_linears().values())
         return lora
+
+    def recurrent_acts(self, tokens: int, rows: int, weight_bytes: int) -> int:
+        """Bytes one gated-delta-net layer adds to its working set: the conv/gate activations in the compute
+        dtype, the delta rule's fp32 inputs and per-chunk [heads, 64, 64] matrices, and the recurrent state
+        [heads, k_dim, v_dim] after every chunk (fixed size per chunk, unlike attention's growing scores)."""
+        h, dk, dv = self.linear_v_heads, self.linear_k_dim, self.linear_v_dim
+        conv = 2 * self.linear_k_heads * dk + h * dv
+        per_token = (3 * conv + 3 * h * dv) * weight_bytes + 4 * (
+            h * (2 * dk + 3 * dv) + h * (3 * DELTA_NET_CHUNK + dk)
+        )
+        chunks = -(-tokens // DELTA_NET_CHUNK) + rows  # every row (or packed segment) starts a chunk
+        return tokens * per_token + chunks * 4 * h * dk * dv
 
 
 def _experts(text) -> dict:
@@ -213,6 +258,7 @@ def estimate(
     lora = shape.lora_params(rank, targets)
     opt_bytes = 2 if "8bit" in optimizer else 8
     layer_acts = tokens * (ACT_PER_HIDDEN * shape.hidden + ACT_PER_FFN * shape.active_ffn()) * weight_bytes
+    recurrent = shape.recurrent_acts(tokens, micro_batch, weight_bytes) if shape.linear_layers else 0
     dense = sum(i * o for b in shape.blocks() for i, o in b.values()) + sum(i * o for _n, i, o in shape.model_linears)
     parts = {
         "base weights (4-bit)" if quantized else f"base weights ({8 * weight_bytes}-bit)": int(
@@ -223,9 +269,9 @@ def estimate(
         "LoRA parameters (fp32)": lora * 4,
         "LoRA gradients (fp32)": lora * 4,
         "optimizer state": lora * opt_bytes,
-        "activations": layer_acts + tokens * shape.hidden * weight_bytes * (2 if offload else shape.layers)
+        "activations": layer_acts + recurrent + tokens * shape.hidden * weight_bytes * (2 if offload else shape.layers)
         if checkpointing
-        else shape.layers * layer_acts,
+        else shape.layers * layer_acts + shape.linear_layers * recurrent,
         # the loss runs the LM head over one chunk of target tokens at a time (chunked_loss.py)
         "logits + loss (one chunk)": min(tokens, chunk_tokens(shape.vocab)) * shape.vocab * (weight_bytes + 4 + 4),
         # the rows of a micro-batch run as one sequence; transformers builds one boolean mask over it

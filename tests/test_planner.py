@@ -6,7 +6,7 @@ import pytest
 
 from localtune.planner import GIB, Shape, estimate, recommend
 
-# Published shapes: Llama-3.1-8B, Qwen2.5-0.5B, Gemma-3-1B, Phi-3-mini.
+# Published shapes: Llama-3.1-8B, Qwen2.5-0.5B, Gemma-3-1B, Phi-3-mini, Qwen3.5-9B (text).
 CONFIGS = {
     "llama": (
         "LlamaConfig",
@@ -54,6 +54,22 @@ CONFIGS = {
             vocab_size=32064,
         ),
     ),
+    "qwen3_5": (  # 24 gated-delta-net layers + 8 gated full-attention layers
+        "Qwen3_5TextConfig",
+        dict(
+            hidden_size=4096,
+            num_hidden_layers=32,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            head_dim=256,
+            intermediate_size=12288,
+            vocab_size=248320,
+            linear_num_key_heads=16,
+            linear_num_value_heads=32,
+            linear_key_head_dim=128,
+            linear_value_head_dim=128,
+        ),
+    ),
 }
 
 
@@ -90,6 +106,20 @@ def test_llama_8b_numbers_are_plausible():
     plan = estimate(s, micro_batch=1, seq_len=2048, rank=16)
     assert 3.5e9 < plan.parts["base weights (4-bit)"] < 3.7e9  # 6.98 B linear weights at 0.516 bytes
     assert 6 * GIB < plan.total < 14 * GIB
+
+
+def test_qwen3_5_counts_its_linear_attention_layers():
+    s = shape_of("qwen3_5")
+    assert s.linear_layers == 24 and s.attn_gate
+    assert 8.8e9 < s.linear_params() + s.embedding_params() < 9.1e9  # Qwen3.5-9B: ~9 B in the text model
+    blocks = {n: set(lin) for n, lin in s.blocks()}
+    assert {"in_proj_qkv", "in_proj_z", "out_proj", "gate_proj"} <= blocks[24] and "q_proj" in blocks[8]
+    assert s.lora_params(16, ["q_proj", "v_proj"]) == 8 * 16 * (4096 + 8192 + 4096 + 1024)  # attention layers only
+    plan = estimate(s, micro_batch=1, seq_len=4096, rank=16)
+    as_attention = estimate(Shape(**{**s.__dict__, "linear_layers": 0}), micro_batch=1, seq_len=4096, rank=16)
+    # the recurrent working set (states after each chunk, fp32 chunk matrices) comes on top of a layer's
+    assert plan.parts["activations"] > as_attention.parts["activations"]
+    assert 6 * GIB < plan.total < 16 * GIB
 
 
 def test_recommendation_fits_the_budget_and_uses_it():

@@ -9,7 +9,9 @@ the text before it is the rendering of the conversation up to turn i with the ge
 the turn ends where the rendering of the conversation up to and including turn i ends. Both must be
 prefixes of the full rendering; templates that render the latest assistant turn differently from
 earlier ones (Qwen3's empty think block) are handled by locating the turn's own content after its
-start and keeping the terminator the template writes after it.
+start and keeping the terminator the template writes after it. A generation prompt that opens more
+than the turns it precedes (Qwen3.5's think block, absent from earlier assistant turns) counts only as
+far as the full rendering agrees with it.
 """
 
 from __future__ import annotations
@@ -95,8 +97,9 @@ def make_renderer(tokenizer, template: ChatTemplate) -> Renderer:
 
 def _answered_prompt(history: list[dict[str, str]], prompt: str, full: str, render: Renderer) -> str:
     """The text before an assistant turn when the generation prompt writes more than the answered turn
-    opens with (Gemma 4 adds an empty thought channel, "<|channel>thought\\n<channel|>", only when
-    prompting): the history, then as much of the generation prompt as the whole conversation has."""
+    opens with (Gemma 4 adds an empty thought channel, "<|channel>thought\\n<channel|>", and Qwen3.5 a
+    think block, "<think>\\n", only when prompting): the history, then as much of the generation prompt
+    as the whole conversation has."""
     history_text = render(history, False)
     if not (prompt.startswith(history_text) and full.startswith(history_text)):
         return prompt

@@ -27,6 +27,7 @@ ARCHITECTURES = (
     "mistral",
     "qwen2",
     "qwen3",
+    "qwen3_5",
     "gemma",
     "gemma2",
     "gemma3",
@@ -71,6 +72,14 @@ QWEN3_TEMPLATE = (
     "{{ '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + m['content'] + '<|im_end|>\\n' }}"
     "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# Qwen3.5: Qwen3's layout, but the generation prompt opens a think block (thinking is on by default)
+QWEN3_5_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' and loop.last %}"
+    "{{ '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{% endif %}"
 )
 GEMMA_TEMPLATE = (
     "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
@@ -191,11 +200,16 @@ O200K_SPLIT = (
 # (ggml_rope_yarn_corr_dims), which moves this tiny model's logits by up to 4e-2. The tiny model rounds
 # like ggml, so the f32 GGUF is checked to 1e-3; the converter notes the difference on real checkpoints.
 TRUNCATE_YARN = True
+# Qwen3.5's: Qwen2's with combining marks (\p{M}) kept inside words (llama.cpp's "qwen35" pre-tokenizer)
+QWEN35_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 @dataclass(frozen=True)
 class Family:
-    tokenizer: str  # spm-llama, spm-gemma, bpe-qwen, bpe-llama3, bpe-granite, bpe-tekken, bpe-o200k, bpe-gemma4
+    tokenizer: str  # spm-llama, spm-gemma; bpe-: qwen, qwen35, llama3, granite, tekken, o200k, gemma4
     template: str
     specials: tuple[str, ...]  # chat-control tokens, never split
     bos: str | None
@@ -232,6 +246,14 @@ FAMILIES: dict[str, Family] = {
         "<|im_end|>",
         pad="<|endoftext|>",
         tie_embeddings=True,
+    ),
+    "qwen3_5": Family(
+        "bpe-qwen35",
+        QWEN3_5_TEMPLATE,
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"),
+        None,
+        "<|im_end|>",
+        pad="<|endoftext|>",
     ),
     "gemma": Family(
         "spm-gemma",
@@ -421,7 +443,12 @@ def _bpe_tokenizer(style: str, specials: tuple[str, ...], vocab_size: int = 800)
             ]
         )
     else:
-        split = {"bpe-qwen": QWEN2_SPLIT, "bpe-tekken": TEKKEN_SPLIT, "bpe-o200k": O200K_SPLIT}.get(style, LLAMA3_SPLIT)
+        split = {
+            "bpe-qwen": QWEN2_SPLIT,
+            "bpe-tekken": TEKKEN_SPLIT,
+            "bpe-o200k": O200K_SPLIT,
+            "bpe-qwen35": QWEN35_SPLIT,
+        }.get(style, LLAMA3_SPLIT)
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [
                 pre_tokenizers.Split(Regex(split), behavior="isolated"),
@@ -537,6 +564,8 @@ def tiny_config(arch: str, vocab_size: int, tokenizer):
         return transformers.Qwen2Config(**common)
     if arch == "qwen3":
         return transformers.Qwen3Config(**common)
+    if arch == "qwen3_5":
+        return qwen3_5_config(common)
     if arch == "gemma":
         return transformers.GemmaConfig(**common, hidden_activation="gelu_pytorch_tanh")
     if arch == "gemma2":
@@ -614,6 +643,29 @@ def gemma4_config(common: dict):
         hidden_size_per_layer_input=8,
         vocab_size_per_layer_input=common["vocab_size"],
         final_logit_softcapping=30.0,
+    )
+
+
+def qwen3_5_config(common: dict):
+    """Qwen3.5 text: 3 gated-delta-net (linear attention) layers then 1 full-attention layer, as the real
+    pattern; twice as many value heads as key heads (the real ratio), so the head reordering the GGUF
+    needs is exercised; real rope: 1/4 of the head dim rotated, interleaved M-RoPE sections."""
+    import transformers
+
+    return transformers.Qwen3_5TextConfig(
+        **{**common, "num_hidden_layers": 4, "head_dim": 32},
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,  # llama.cpp's qwen35 needs key and value head dims equal
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10_000_000.0,
+            "partial_rotary_factor": 0.25,
+            "mrope_section": [11, 11, 10],
+            "mrope_interleaved": True,
+        },
     )
 
 

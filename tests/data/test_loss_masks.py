@@ -29,6 +29,7 @@ TURN_END = {
     "mistral": "</s>",
     "qwen2": "<|im_end|>",
     "qwen3": "<|im_end|>",
+    "qwen3_5": "<|im_end|>",
     "gemma": "<end_of_turn>",
     "gemma2": "<end_of_turn>",
     "gemma3": "<end_of_turn>",

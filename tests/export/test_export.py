@@ -23,7 +23,10 @@ from localtune.model.tiny import ARCHITECTURES
 # Gemma 4's tiny model has that GELU in 4 MLPs and 4 per-layer-input gates: median 1.6e-3, max ~7e-3 (emulating the
 # fp16 table in transformers brings the median to 1e-4; what is left are fp16 rounding flips).
 F32_TOLERANCE = {"gemma": 3e-3, "gemma2": 3e-3, "gemma3": 3e-3, "gemma4": 1.5e-2}
-F16_TOLERANCE = {"gemma4": 0.15}
+# F16 weights (and llama.cpp's f16 activations in their products) through Qwen3.5's 4 layers, 3 of them
+# gated delta nets whose decay and state compound the rounding: 5.1e-2 measured, spread over all tensors
+# (storing any one group in F32 changes it by under 2x). The vendored converter writes the same F16 file.
+F16_TOLERANCE = {"gemma4": 0.15, "qwen3_5": 0.1}
 
 
 @pytest.fixture(scope="session")

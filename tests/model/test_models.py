@@ -17,6 +17,7 @@ EXPECTED_MODEL_TYPE = {
     "mistral": "mistral",
     "qwen2": "qwen2",
     "qwen3": "qwen3",
+    "qwen3_5": "qwen3_5_text",
     "gemma": "gemma",
     "gemma2": "gemma2",
     "gemma3": "gemma3_text",

@@ -21,7 +21,8 @@ Model types whose padding-free path is verified against the padded one (tests/tr
 the decoder / LM-head layout this module assumes: Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3
 (text), Phi-3, Granite (logits divided by logits_scaling: the hidden states are, before the bias-free head),
 Ministral, Ministral 3, SmolLM3, OLMo 2, OLMo 3,
-Qwen3-MoE, gpt-oss and Gemma 4 (text). Anything else (Gemma 3 multimodal checkpoints, remote
+Qwen3-MoE, gpt-oss, Gemma 4 (text) and Qwen3.5 (text; its linear-attention layers restart their
+state at every row and packed segment, row_recurrence.py). Anything else (Gemma 3 multimodal checkpoints, remote
 code, attention implementations other than sdpa, eager and flash-attention) runs the model's own padded
 forward and loss, as before.
 
@@ -36,6 +37,7 @@ import functools
 from localtune.data.tokenize import IGNORE
 from localtune.train.speed.batching import collate, padding_free
 from localtune.train.speed.row_attention import PREFIX, use_row_attention
+from localtune.train.speed.row_recurrence import is_recurrent_layer, segment_bounds, use_row_recurrence
 
 PADDING_FREE_MODEL_TYPES = (
     "llama",
@@ -55,6 +57,8 @@ PADDING_FREE_MODEL_TYPES = (
     "qwen3_moe",
     "gpt_oss",
     "gemma4_text",  # per-layer inputs and KV sharing: verified like the others
+    "qwen3_5_text",  # its linear-attention layers run segment by segment (row_recurrence.py)
+    "qwen3_5",
 )
 # flash-attention derives per-row (varlen) attention from the restarting position ids by itself
 PADDING_FREE_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
@@ -162,6 +166,7 @@ class CausalLMLoss:
             self.lm_head = base.get_output_embeddings()  # the LoRA-wrapped module when lm_head is a target
             self.softcap = getattr(base.config, "final_logit_softcapping", None)
             self.row_attention = use_row_attention(base)
+            self.row_recurrence = use_row_recurrence(base)
             self.chunk = chunk or chunk_tokens(base.config.vocab_size)
             # Granite divides its logits by logits_scaling; its head has no bias, so W(h/s) = (Wh)/s
             self.logits_divisor = float(getattr(base.config, "logits_scaling", None) or 1.0)
@@ -171,10 +176,21 @@ class CausalLMLoss:
 
         device = self.model.device
         if not self.padding_free:
+            if rows and hasattr(rows[0], "position_ids") and any(map(is_recurrent_layer, self.model.modules())):
+                from localtune.errors import UsageError
+
+                raise UsageError(
+                    "packed rows need the padding-free path for a model with linear-attention layers: its own "
+                    "forward would carry their state from one packed segment into the next",
+                    hint="turn packing off, or use the sdpa, eager or flash-attention implementation",
+                    title="packing not supported here",
+                )
             batch = collate(rows, self.pad_id, device)
             return self.model(**batch, num_items_in_batch=torch.tensor(max(1, num_items), device=device)).loss
         batch = padding_free(rows, device)
         extra = {"row_bounds": batch.row_bounds} if self.row_attention else {}
+        if self.row_recurrence:  # linear-attention state must restart at every row and packed segment
+            extra["segment_bounds"] = segment_bounds(rows)
         # use_cache=False: with a KV cache transformers would not build the block-diagonal mask
         hidden = self.decoder(**batch.inputs, use_cache=False, **extra).last_hidden_state
         picked = hidden.flatten(0, 1)[batch.target_index]

@@ -169,6 +169,31 @@ def test_packed_rows_concatenate_like_plain_rows(arch, tiny_model_dir):
     assert float(loss) * n_targets(packed) == pytest.approx(alone, rel=1e-5)
 
 
+def test_linear_attention_state_restarts_at_every_row_and_packed_segment(tiny_model_dir, monkeypatch):
+    """Qwen3.5's gated delta nets: padding-free rows and packed segments each start from a zero state, as rows
+    run one at a time do (and as the right-padded batch does); without the restart the loss moves."""
+    import torch
+
+    model = lora_model(tiny_model_dir("qwen3_5"))
+    vocab = model.config.vocab_size
+    fast = CausalLMLoss(model, 0)
+    assert fast.padding_free and fast.row_recurrence
+    tokenized = make_rows(vocab, lengths=(30, 25, 20, 18, 12, 9, 5))
+    packed = pack_rows(tokenized, max_seq_len=70)
+    assert len(packed) == 2 and all(len(p.wheres) > 1 for p in packed)
+    with torch.no_grad():
+        alone = sum(float(padded_reference(model, [r], 1)) for r in tokenized)
+        assert float(padded_reference(model, tokenized, 1)) == pytest.approx(alone, rel=1e-5)  # right padding
+        assert float(fast(tokenized, 1)) == pytest.approx(alone, rel=1e-5)
+        assert float(fast(packed, 1)) == pytest.approx(alone, rel=1e-5)
+        fast.row_recurrence = False  # the control: state carried across rows and segments
+        assert float(fast(packed, 1)) != pytest.approx(alone, rel=1e-4)
+    # the model's own forward cannot restart the state inside a packed row: refused, not silently wrong
+    monkeypatch.setattr(chunked_loss, "PADDING_FREE_MODEL_TYPES", ("qwen2",))
+    with pytest.raises(Exception, match="linear-attention"):
+        CausalLMLoss(model, 0)(packed, 1)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"], ids=["untied-lm-head", "tied-embeddings"])
 def test_lora_on_the_lm_head(arch, tiny_model_dir):
     model = lora_model(tiny_model_dir(arch), targets=["q_proj", "v_proj", "lm_head"])
