@@ -6,7 +6,8 @@ digits apart) it silently falls back to GPT-2's split, and a model trained on th
 worse than the one it came from. So the import
 1. puts back the pre-tokenizer the GGUF names, where localtune knows it (converters.vocab);
 2. checks the result against llama.cpp's own tokenizer of the source file on hard texts and special
-   tokens, and refuses the file, saying so, if they still differ;
+   tokens, and whether encoding adds BOS/EOS as the file says, and refuses the file, saying so, if they
+   still differ;
 3. keeps every metadata key of the source (converters.vocab.SOURCE_VOCAB) in the folder, so export
    writes the source's own tokenizer facts and verification compares with the source itself.
 
@@ -89,6 +90,12 @@ def _load(path: Path):
     return model, tokenizer
 
 
+def _adds(tokenizer, end: str) -> bool:
+    ids = tokenizer("a")["input_ids"]
+    token = getattr(tokenizer, f"{end}_token_id")
+    return bool(ids) and (ids[0] if end == "bos" else ids[-1]) == token
+
+
 def restore_tokenizer(tokenizer, path: Path) -> None:
     """Give `tokenizer` (transformers' rebuild from the GGUF at `path`) the GGUF's pre-tokenizer, then
     check it against llama.cpp's tokenizer of the file. Raises ModelSourceError if they differ."""
@@ -101,6 +108,20 @@ def restore_tokenizer(tokenizer, path: Path) -> None:
     pre = fields["tokenizer.ggml.pre"].contents() if "tokenizer.ggml.pre" in fields else None
     if kind == "gpt2" and pre and (split := pre_tokenizer_for(pre)) is not None:
         tokenizer.backend_tokenizer.pre_tokenizer = split
+    for end in ("bos", "eos"):  # whether encoding adds BOS/EOS, as the GGUF says
+        key = f"tokenizer.ggml.add_{end}_token"
+        if key in fields and getattr(tokenizer, f"{end}_token_id", None) is not None:
+            wanted = bool(fields[key].contents())
+            if _adds(tokenizer, end) != wanted and hasattr(tokenizer, f"add_{end}_token"):
+                setattr(tokenizer, f"add_{end}_token", wanted)
+            if _adds(tokenizer, end) != wanted:
+                raise ModelSourceError(
+                    f"{path} says {key} = {wanted}, but transformers' tokenizer rebuilt from it does "
+                    + ("not add" if wanted else "add")
+                    + f" {end.upper()}",
+                    hint="pass the model's Hugging Face folder or hub id instead of the GGUF",
+                    title="GGUF tokenizer not reproducible",
+                )
     reference = GGUFTokenizer(path)
     try:
         specials = [t for t in tokenizer.all_special_tokens if t != tokenizer.pad_token][:4]

@@ -103,6 +103,8 @@ def test_imported_tokenizer_splits_like_the_source_gguf(imported, smollm_style_g
     specials = "<|start_header_id|>user<|end_header_id|>\n\n12 apples<|eot_id|>"
     assert tok(specials, add_special_tokens=False)["input_ids"] == source(specials, special=True)
     assert (tok.bos_token_id, tok.eos_token_id) == (source.bos, source.eos)
+    add_bos = gguf.GGUFReader(str(smollm_style_gguf)).fields["tokenizer.ggml.add_bos_token"].contents()
+    assert (tok("a")["input_ids"][0] == source.bos) == add_bos  # BOS added on encoding as the GGUF says
     training = imported.tokenizer()  # what training loads
     assert training("a\n\n1", add_special_tokens=False)["input_ids"] == source("a\n\n1")
 
