@@ -73,7 +73,7 @@ HARD_TEXTS = (
 )
 SOURCE_VOCAB = "source-vocab.gguf"
 _SOURCE_FILE_KEY = "localtune.source.file"
-_SOURCE_WEIGHTS_KEY = "localtune.source.weights"
+_SOURCE_FOLDER_KEY = "localtune.source.folder"
 
 
 class VocabError(LocaltuneError):
@@ -256,9 +256,9 @@ def _bpe(folder: Path, tj: dict, n_vocab: int):
 
 
 # --- models imported from a GGUF --------------------------------------------------------------------
-def save_source_vocab(source: Path, out: Path, weights: str) -> None:
+def save_source_vocab(source: Path, out: Path, folder: Path) -> None:
     """Keep every metadata key of the GGUF `source` (no tensors) in `out`, with where it came from and
-    the fingerprint of the weights imported from it."""
+    the folder its weights were imported into (merged copies carry this file, not those weights)."""
     import gguf
 
     reader = gguf.GGUFReader(str(source))
@@ -267,12 +267,9 @@ def save_source_vocab(source: Path, out: Path, weights: str) -> None:
     for name, f in reader.fields.items():
         if name.startswith("GGUF.") or name == "general.architecture" or name.startswith("localtune."):
             continue
-        kind = f.types[0]
-        writer.add_key_value(
-            name, f.contents(), kind, sub_type=f.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        )
+        _copy_field(writer, name, f)
     writer.add_string(_SOURCE_FILE_KEY, str(Path(source).resolve()))
-    writer.add_string(_SOURCE_WEIGHTS_KEY, weights)
+    writer.add_string(_SOURCE_FOLDER_KEY, str(Path(folder).resolve()))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
@@ -280,9 +277,10 @@ def save_source_vocab(source: Path, out: Path, weights: str) -> None:
 
 
 def source_of(folder: Path) -> dict | None:
-    """For a folder imported from a GGUF: {"vocab": its SOURCE_VOCAB, "file": the source GGUF's path
-    (None if it is no longer there), "weights": the imported weights' fingerprint, "pre": the
-    pre-tokenizer}; None for other folders."""
+    """For a folder imported from a GGUF or derived from one: {"vocab": its SOURCE_VOCAB, "file": the
+    source GGUF's path (None if it is no longer there), "imported": whether `folder` holds the imported
+    weights themselves (not a tuned copy), "pre": the pre-tokenizer, "model": the vocab kind}; None for
+    other folders."""
     import gguf
 
     path = Path(folder) / SOURCE_VOCAB
@@ -293,11 +291,11 @@ def source_of(folder: Path) -> dict | None:
     def value(key):
         return fields[key].contents() if key in fields else None
 
-    file = value(_SOURCE_FILE_KEY)
+    file, imported_into = value(_SOURCE_FILE_KEY), value(_SOURCE_FOLDER_KEY)
     return {
         "vocab": path,
         "file": Path(file) if file and Path(file).is_file() else None,
-        "weights": value(_SOURCE_WEIGHTS_KEY),
+        "imported": bool(imported_into) and Path(imported_into) == Path(folder).resolve(),
         "pre": value("tokenizer.ggml.pre"),
         "model": value("tokenizer.ggml.model"),
     }
@@ -318,10 +316,7 @@ def copy_source_vocab(writer, vocab: Path, n_vocab: int, chat_template: str | No
     for name, f in fields.items():
         if not name.startswith("tokenizer.") or (chat_template and name == "tokenizer.chat_template"):
             continue
-        kind = f.types[0]
-        writer.add_key_value(
-            name, f.contents(), kind, sub_type=f.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        )
+        _copy_field(writer, name, f)
     if chat_template:
         writer.add_chat_template(chat_template)
     return fields["tokenizer.ggml.model"].contents()
@@ -353,6 +348,17 @@ class GGUFTokenizer:
 
     def close(self) -> None:
         self._model.close()
+
+
+def comparable_texts(kind: str | None, texts: list[str], with_specials: str) -> list[str]:
+    """The texts on which transformers' tokenizer of a GGUF can be held to llama.cpp's: `texts` and
+    `with_specials` (a text holding special tokens). For SentencePiece ("llama") vocabularies, transformers
+    and llama.cpp disagree on text that starts with whitespace (a leading run of spaces gets one "▁"
+    fewer) and on the dummy prefix after a special token, exactly as transformers disagrees with
+    sentencepiece itself for a Hugging Face folder; those texts are left out."""
+    if kind != "llama":
+        return [*texts, with_specials]
+    return [t for t in texts if not t[:1].isspace()]
 
 
 def first_mismatch(reference, candidate, texts) -> tuple[str, list[int], list[int]] | None:

@@ -95,16 +95,24 @@ def make_renderer(tokenizer, template: ChatTemplate) -> Renderer:
     return render
 
 
-def _answered_prompt(history: list[dict[str, str]], prompt: str, full: str, render: Renderer) -> str:
+def _answered_prompt(history: list[dict[str, str]], prompt: str, full: str, render: Renderer, content: str) -> str:
     """The text before an assistant turn when the generation prompt writes more than the answered turn
     opens with (Gemma 4 adds an empty thought channel, "<|channel>thought\\n<channel|>", and Qwen3.5 a
-    think block, "<think>\\n", only when prompting): the history, then as much of the generation prompt
-    as the whole conversation has."""
+    think block, "<think>\\n", only when prompting): the history, then the longest start of the
+    generation prompt that the whole conversation has right before the turn's own text. Anchoring on the
+    text keeps an answer that itself starts like the prompt's tail ("<b>", "<think>") whole."""
     history_text = render(history, False)
     if not (prompt.startswith(history_text) and full.startswith(history_text)):
         return prompt
-    opening = prompt[len(history_text) :]
-    rest = full[len(history_text) :]
+    start, opening = len(history_text), prompt[len(history_text) :]
+    best, at = None, full.find(content, start) if content else -1
+    while 0 <= at <= start + len(opening):
+        if opening.startswith(full[start:at]):
+            best = at
+        at = full.find(content, at + 1)
+    if best is not None:
+        return full[:best]
+    rest = full[start:]
     n = 0
     while n < len(opening) and n < len(rest) and opening[n] == rest[n]:
         n += 1
@@ -120,7 +128,7 @@ def render_with_spans(messages: list[dict[str, str]], render: Renderer) -> tuple
             continue
         before = render(messages[:i], True)
         if not full.startswith(before):
-            before = _answered_prompt(messages[:i], before, full, render)
+            before = _answered_prompt(messages[:i], before, full, render, m["content"])
         if not full.startswith(before):
             raise TemplateError(
                 f"the template renders the text before assistant turn {i} differently inside "

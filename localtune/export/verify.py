@@ -25,7 +25,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from localtune.converters.vocab import HARD_TEXTS, first_mismatch
+from localtune.converters.vocab import HARD_TEXTS, comparable_texts, first_mismatch
 
 FIXED_TEXTS = list(HARD_TEXTS)
 HELD_OUT = (
@@ -137,7 +137,7 @@ def verify(
     if source:
         reference = GGUFTokenizer(source["file"] or source["vocab"])
         try:
-            report.checks.append(_source_tokenizer_check(llm, tok, reference, texts))
+            report.checks.append(_source_tokenizer_check(llm, tok, reference, texts, source["model"]))
         finally:
             reference.close()
         shown = source["file"] or f"{source['vocab']} (the source's keys; the source file has moved)"
@@ -154,27 +154,22 @@ def verify(
     else:
         report.checks.append(_perplexity_check(llm, hf_dir, tok, held_out or [HELD_OUT], report.file_type))
     report.reference += "; predictions: transformers' model in the folder"
-    if source and source["file"] and _same_weights(hf_dir, source["weights"]):
+    if source and source["file"] and source["imported"]:
         report.checks.append(_source_predictions_check(llm, source["file"], tok, report.file_type))
         report.reference += f" and the source GGUF {source['file'].name}"
     return report
 
 
-def _same_weights(hf_dir: Path, imported: str | None) -> bool:
-    """Are hf_dir's weights the ones imported from the source GGUF (not a tuned copy)?"""
-    from localtune.model.loading import fingerprint
-
-    return bool(imported) and fingerprint(sorted(hf_dir.glob("*.safetensors"))) == imported
-
-
-def _source_tokenizer_check(llm, tok, reference, texts: list[str]) -> Check:
+def _source_tokenizer_check(llm, tok, reference, texts: list[str], kind: str | None) -> Check:
     """Imported models: our GGUF and the tokenizer training used must both split like the source GGUF."""
     text = special_text(tok)
     ours = first_mismatch(
         lambda t: reference(t, special=True), lambda t: llm.tokenize(t.encode("utf-8"), False, True), texts + [text]
     )
-    training = first_mismatch(
-        lambda t: reference(t, special=True), lambda t: tok(t, add_special_tokens=False)["input_ids"], texts + [text]
+    training = first_mismatch(  # transformers vs llama.cpp: see converters.vocab.comparable_texts
+        lambda t: reference(t, special=True),
+        lambda t: tok(t, add_special_tokens=False)["input_ids"],
+        comparable_texts(kind, texts, text),
     )
     bad = [f"this GGUF on {ours[0][:40]!r}"] if ours else []
     bad += [f"the training tokenizer on {training[0][:40]!r}"] if training else []

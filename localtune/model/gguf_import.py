@@ -48,7 +48,7 @@ def import_gguf(path: Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _drop_tokens_past(tmp, model.config.vocab_size)
-        save_source_vocab(path, tmp / SOURCE_VOCAB, fingerprint(sorted(tmp.glob("*.safetensors"))))
+        save_source_vocab(path, tmp / SOURCE_VOCAB, target)
     return target
 
 
@@ -101,7 +101,13 @@ def restore_tokenizer(tokenizer, path: Path) -> None:
     check it against llama.cpp's tokenizer of the file. Raises ModelSourceError if they differ."""
     import gguf
 
-    from localtune.converters.vocab import HARD_TEXTS, GGUFTokenizer, first_mismatch, pre_tokenizer_for
+    from localtune.converters.vocab import (
+        HARD_TEXTS,
+        GGUFTokenizer,
+        comparable_texts,
+        first_mismatch,
+        pre_tokenizer_for,
+    )
 
     fields = gguf.GGUFReader(str(path)).fields
     kind = fields["tokenizer.ggml.model"].contents() if "tokenizer.ggml.model" in fields else None
@@ -125,7 +131,7 @@ def restore_tokenizer(tokenizer, path: Path) -> None:
     reference = GGUFTokenizer(path)
     try:
         specials = [t for t in tokenizer.all_special_tokens if t != tokenizer.pad_token][:4]
-        texts = list(HARD_TEXTS) + ["Hi" + " there".join(specials) + " done\n\n12"]
+        texts = comparable_texts(kind, list(HARD_TEXTS), "Hi" + " there".join(specials) + " done\n\n12")
         diff = first_mismatch(
             lambda t: reference(t, special=True),
             lambda t: tokenizer(t, add_special_tokens=False)["input_ids"],

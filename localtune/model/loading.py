@@ -147,6 +147,15 @@ def check_architecture(cfg: dict, spec: str) -> str:
             hint=f"use a model of a supported architecture: {', '.join(sorted(set(SUPPORTED_ARCHITECTURES)))}",
             title="unsupported architecture",
         )
+    if model_type.startswith("gemma4") and cfg.get("enable_moe_block"):
+        raise ModelSourceError(
+            f"{spec!r} is Gemma 4's mixture-of-experts layout (26B-A4B): localtune converts and verifies it as "
+            "GGUF, but does not train it yet (its router would be quantized and given LoRA, and its expert LoRA "
+            "cannot be exported)",
+            hint="train a dense Gemma 4 (E2B, E4B, 31B), or a Qwen3-MoE or gpt-oss model; "
+            "`localtune export FOLDER` still converts this one",
+            title="unsupported architecture",
+        )
     return model_type
 
 

@@ -158,3 +158,17 @@ def test_completion_trains_completion_and_eos_only(tiny_tokenizer):
     assert trained[-1] == tok.eos_token_id
     assert "Paris" in tok.decode(trained) and "capital" not in tok.decode(trained)
     assert row.input_ids[0] == tok.bos_token_id and row.labels[0] == IGNORE
+
+
+@pytest.mark.parametrize("arch", ["gemma4", "qwen3_5", "qwen3"])
+def test_an_answer_that_starts_like_the_generation_prompt_trains_whole(arch, tiny_tokenizer):
+    """Gemma 4's and Qwen3.5's generation prompts end with text ("<|channel>thought...", "<think>") that
+    answered turns lack; an answer beginning with "<" must still train from its first character."""
+    tok = tiny_tokenizer(arch)
+    replies = ("<b>Reply one</b> is water", "<think>so</think> Reply two")
+    conversation = (("user", "Ask one"), ("assistant", replies[0]), ("user", "Ask two"), ("assistant", replies[1]))
+    runs = trained_runs(tok, tokenize(tok, conversation))
+    assert len(runs) == 2, runs
+    first, last = (run.replace("▁", " ") for run in runs)
+    assert first.lstrip().startswith(replies[0]), first  # a history turn trains from its first character
+    assert replies[1] in last, last  # the last one after what the generation prompt leaves (Qwen: a think block)

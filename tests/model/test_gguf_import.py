@@ -173,3 +173,19 @@ def test_a_pre_tokenizer_that_cannot_be_rebuilt_is_refused(smollm_style_gguf, tm
         resolve_base(str(smollm_style_gguf))
     assert "Hugging Face folder or hub id" in err.value.hint
     assert not list((tmp_path / "cache").rglob("config.json"))  # nothing half-imported is left to be reused
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # a SentencePiece vocabulary, a byte-level BPE one
+def test_other_vocabularies_import_export_and_verify_against_their_source(arch, tiny_model_dir, tmp_path, monkeypatch):
+    from localtune.export.verify import verify
+    from localtune.model.loading import resolve_base
+
+    source = tmp_path / "source" / f"{arch}.gguf"
+    source.parent.mkdir()
+    convert(tiny_model_dir(arch), source, out_type="f32")
+    monkeypatch.setenv("LOCALTUNE_CACHE", str(tmp_path / "cache"))
+    base = resolve_base(str(source))
+    report = verify(convert(base.folder, tmp_path / "ours.gguf", out_type="f32").path, base.folder)
+    checks = {c.name: c for c in report.checks}
+    assert report.passed, report.render()
+    assert checks["source predictions"].value == 1.0 and str(source) in report.reference

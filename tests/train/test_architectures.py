@@ -81,3 +81,21 @@ def test_qlora_and_lora_learn_and_qlora_resumes_exactly(arch, tiny_model_dir, tm
     plain = ListSink()
     assert train_run(config(model, data, False), tmp_path / "lora", sinks=[plain]).status == "finished"
     assert losses(plain)[-1] < 0.6 * losses(plain)[0], losses(plain)
+
+
+def test_gemma4_moe_is_refused_for_training_before_anything_loads(tmp_path):
+    """Its GGUF converts (tests/export/test_export.py); training it is not done yet, and says so."""
+    import transformers
+
+    from localtune.errors import ModelSourceError
+    from localtune.model.loading import resolve_base
+    from localtune.model.tiny import build_tokenizer, tiny_config
+
+    tok = build_tokenizer("gemma4", tmp_path)
+    cfg = tiny_config("gemma4", len(tok), tok).to_dict()
+    cfg.update(enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=32)
+    cfg.update(hidden_size_per_layer_input=0, num_kv_shared_layers=0, use_double_wide_mlp=False)
+    transformers.AutoModelForCausalLM.from_config(transformers.Gemma4TextConfig(**cfg)).save_pretrained(tmp_path)
+    with pytest.raises(ModelSourceError, match="mixture-of-experts layout") as err:
+        resolve_base(str(tmp_path))
+    assert "localtune export" in err.value.hint
