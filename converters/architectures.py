@@ -74,5 +74,11 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen3_5": ArchSpec("qwen35"),
 }
 
+# Tensors of a multimodal checkpoint (Mistral3/Gemma3/Gemma4ForConditionalGeneration, Qwen3.5, Llava...)
+# that are not its language model, in transformers' old and new layouts: the GGUF and the text-only
+# training folder leave them out (llama.cpp takes them as a separate mmproj file).
+_TOWERS = ("vision_tower.", "multi_modal_projector.", "audio_tower.", "embed_vision.", "embed_audio.", "visual.")
+NOT_TEXT_PREFIXES = _TOWERS + tuple("model." + p for p in _TOWERS)
+
 # model_type -> llama.cpp architecture name (read by training to refuse early).
 SUPPORTED_ARCHITECTURES: dict[str, str] = {k: v.gguf_arch for k, v in ARCHITECTURES.items()}

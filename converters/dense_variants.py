@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import math
 
+# llama.cpp architectures that run a sliding window whose keys their own code writes (converters.hf_to_gguf
+# for phi3, converters.layer_patterns for OLMo 3's olmo2), besides the table's sliding_window rows.
+OWN_WINDOW_KEYS = ("phi3", "olmo2")
+
 
 def context_length(cfg: dict, gguf_arch: str, runs_sliding_window: bool) -> int:
     """The context llama.cpp computes exactly: max_position_embeddings, or a window it cannot apply."""
@@ -28,7 +32,7 @@ def context_length(cfg: dict, gguf_arch: str, runs_sliding_window: bool) -> int:
     layer_types = cfg.get("layer_types") or []
     used = cfg.get("use_sliding_window", True)  # qwen2/qwen3 carry a window they do not use
     slides = bool(window) and used and (not layer_types or "sliding_attention" in layer_types)
-    if slides and not runs_sliding_window and gguf_arch != "phi3":  # phi3 writes its own sliding_window
+    if slides and not runs_sliding_window and gguf_arch not in OWN_WINDOW_KEYS:
         ctx = min(ctx, int(window))
     return ctx
 

@@ -30,11 +30,6 @@ from pathlib import Path
 
 from localtune.converters.gguf_file import ConversionError
 
-MULTIMODAL_PREFIXES = ("model.vision_tower.", "model.audio_tower.", "model.embed_vision.", "model.embed_audio.")
-TOWERS_NOTE = (
-    "vision/audio towers ({n} tensors) not exported: the GGUF holds the text model "
-    "(llama.cpp takes the towers as a separate mmproj file)"
-)
 # Linear layers whose LoRA llama.cpp would ignore: the per-layer-input projection is a plain matmul
 # in its graph (project_per_layer_inputs), not build_lora_mm. Training leaves it out of "all-linear".
 NO_LORA = ("per_layer_model_projection",)
@@ -159,10 +154,8 @@ def write_hparams(w, cfg: dict) -> list[tuple[str, object]]:
     return [("rope_freqs.weight", freqs)]
 
 
-def hf_name(name: str) -> str | None:
-    """The name to map to GGUF (text-model prefixes already removed), or None for a tensor not written."""
-    if name.startswith(MULTIMODAL_PREFIXES):
-        return None
+def hf_name(name: str) -> str:
+    """The name to map to GGUF (text-model prefixes already removed)."""
     if name.endswith((".layer_scalar", ".experts.gate_up_proj", ".experts.down_proj")):
         return name + ".weight"  # no suffix in HF (a buffer, 3-D parameters); GGUF names end in .weight
     return name
@@ -174,11 +167,6 @@ def direct_name(name: str) -> str | None:
     if m is None:
         return None
     return f"blk.{m.group(1)}." + ("ffn_gate_inp.scale" if m.group(2) == "scale" else "ffn_down_exps.scale")
-
-
-def towers_note(folder: Path, names) -> list[str]:
-    n = sum(1 for name in names if name.replace("model.language_model.", "model.").startswith(MULTIMODAL_PREFIXES))
-    return [TOWERS_NOTE.format(n=n)] if n else []
 
 
 def write_vocab(writer, folder: Path, n_vocab: int, chat_template: str | None) -> str:

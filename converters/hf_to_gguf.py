@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localtune.converters import gemma4, qwen35
-from localtune.converters.architectures import ARCHITECTURES, ArchSpec
+from localtune.converters.architectures import ARCHITECTURES, NOT_TEXT_PREFIXES, ArchSpec
 from localtune.converters.dense_variants import context_length, write_variant_hparams
 from localtune.converters.gguf_file import ConversionError, safe_output
 from localtune.converters.layer_patterns import write_layer_patterns
@@ -29,9 +29,6 @@ from localtune.faults import fault_point
 from localtune.model.checks import check_model_folder
 
 DIRECT_TYPES = ("f32", "f16", "bf16", "q8_0")
-# Tensors of a multimodal checkpoint (Mistral3ForConditionalGeneration, Gemma3ForConditionalGeneration,
-# Llava...) that are not its language model, in transformers' old and new layouts.
-VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
 
 
 @dataclass
@@ -89,9 +86,7 @@ def write_hparams(w, cfg: dict, spec: ArchSpec, notes: list[str] | None = None) 
         return gemma4.write_hparams(w, cfg)
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-    # llama.cpp's olmo2 runs OLMo 3's sliding layers itself (converters.layer_patterns writes their keys)
-    runs_window = spec.sliding_window or spec.gguf_arch == "olmo2"
-    w.add_context_length(context_length(cfg, spec.gguf_arch, runs_window))
+    w.add_context_length(context_length(cfg, spec.gguf_arch, spec.sliding_window))
     w.add_embedding_length(cfg["hidden_size"])
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_feed_forward_length(cfg["intermediate_size"])
@@ -267,14 +262,14 @@ def tensor_plan(folder: Path, cfg: dict, spec: ArchSpec, notes: list[str] | None
         name = hf_name.removeprefix("language_model.").replace("model.language_model.", "model.")
         if name.endswith(("rotary_emb.inv_freq", "attention.masked_bias")):
             continue
-        if name.startswith(VISION_PREFIXES):  # a multimodal checkpoint: the GGUF is its text model
+        if name.startswith(NOT_TEXT_PREFIXES):  # a multimodal checkpoint: the GGUF is its text model
             dropped_vision += 1
             continue
         if spec.drop_lm_head and name.startswith("lm_head."):
             continue
         transforms = []
-        if spec.gguf_arch == "gemma4" and (name := gemma4.hf_name(name)) is None:
-            continue  # a vision/audio tower tensor
+        if spec.gguf_arch == "gemma4":
+            name = gemma4.hf_name(name)
         if spec.gguf_arch == "qwen35":
             if qwen35.skip(name):
                 continue
@@ -296,7 +291,8 @@ def tensor_plan(folder: Path, cfg: dict, spec: ArchSpec, notes: list[str] | None
         plan.append((gname, list(shape), loader, transforms))
     if dropped_vision and notes is not None:
         notes.append(
-            f"vision tower and projector ({dropped_vision} tensors) left out: this GGUF is the text model only "
+            f"vision tower, audio tower and projector tensors ({dropped_vision}) left out: this GGUF is the text "
+            "model only "
             "(llama.cpp reads images through a separate mmproj file, which localtune does not write)"
         )
     if spec.output_required and not any(g == "output.weight" for g, *_ in plan):  # tied: write the copy
@@ -375,7 +371,6 @@ def convert(
         generated = write_hparams(w, cfg, spec, report.fallbacks)
         if spec.gguf_arch == "gemma4":
             report.vocab = gemma4.write_vocab(w, folder, cfg["vocab_size"], chat_template)
-            report.fallbacks += gemma4.towers_note(folder, (n for n, _l, _s in iter_hf_tensors(folder)))
         else:
             report.vocab = write_vocab(w, folder, cfg["vocab_size"], chat_template, spec.add_space_prefix)
         entries = plan + [(g, list(arr.shape), (lambda arr=arr: torch.from_numpy(arr)), []) for g, arr in generated]

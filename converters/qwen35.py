@@ -23,7 +23,7 @@ Vision tower and multi-token-prediction weights are not exported (text-only GGUF
 
 from __future__ import annotations
 
-SKIPPED_PREFIXES = ("mtp.", "model.visual.", "visual.", "model.mtp.")
+SKIPPED_PREFIXES = ("mtp.", "model.mtp.")  # the multi-token-prediction head; the vision part is NOT_TEXT_PREFIXES
 DEFAULT_MROPE_SECTION = [11, 11, 10, 0]
 
 

@@ -279,8 +279,7 @@ def save_source_vocab(source: Path, out: Path, folder: Path) -> None:
 def source_of(folder: Path) -> dict | None:
     """For a folder imported from a GGUF or derived from one: {"vocab": its SOURCE_VOCAB, "file": the
     source GGUF's path (None if it is no longer there), "imported": whether `folder` holds the imported
-    weights themselves (not a tuned copy), "pre": the pre-tokenizer, "model": the vocab kind}; None for
-    other folders."""
+    weights themselves (not a tuned copy), "model": the vocab kind}; None for other folders."""
     import gguf
 
     path = Path(folder) / SOURCE_VOCAB
@@ -296,7 +295,6 @@ def source_of(folder: Path) -> dict | None:
         "vocab": path,
         "file": Path(file) if file and Path(file).is_file() else None,
         "imported": bool(imported_into) and Path(imported_into) == Path(folder).resolve(),
-        "pre": value("tokenizer.ggml.pre"),
         "model": value("tokenizer.ggml.model"),
     }
 

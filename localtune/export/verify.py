@@ -27,7 +27,6 @@ from pathlib import Path
 
 from localtune.converters.vocab import HARD_TEXTS, comparable_texts, first_mismatch
 
-FIXED_TEXTS = list(HARD_TEXTS)
 HELD_OUT = (
     "The river flows slowly through the valley, carrying water from the mountains to the sea. "
     "People have lived along its banks for thousands of years, farming the rich soil and fishing "
@@ -133,7 +132,7 @@ def verify(
     tok = AutoTokenizer.from_pretrained(hf_dir)
     llm = open_gguf(gguf_path, n_ctx=512, logits_all=True, f32_kv=True)
     source = source_of(hf_dir)
-    texts = list(FIXED_TEXTS) + list(samples)
+    texts = list(HARD_TEXTS) + list(samples)
     if source:
         reference = GGUFTokenizer(source["file"] or source["vocab"])
         try:
@@ -184,7 +183,7 @@ def _source_predictions_check(llm, source: Path, tok, file_type: str) -> Check:
 
     from localtune.chat.runtime import open_gguf
 
-    ids = tok(" ".join(FIXED_TEXTS))["input_ids"][:128]
+    ids = tok(" ".join(HARD_TEXTS))["input_ids"][:128]
     llm.reset()
     llm.eval(ids)
     ours = np.array(llm._scores[: len(ids)])
@@ -307,7 +306,7 @@ def _logits_check(llm, hf_dir: Path, tok, file_type: str) -> Check:
     import numpy as np
     import torch
 
-    ids = tok(" ".join(FIXED_TEXTS))["input_ids"][:64]
+    ids = tok(" ".join(HARD_TEXTS))["input_ids"][:64]
     with torch.no_grad():
         ref = _hf_model(hf_dir)(torch.tensor([ids])).logits[0].float().numpy()
     llm.reset()

@@ -15,9 +15,10 @@ import json
 import shutil
 from pathlib import Path
 
+from localtune.converters.architectures import NOT_TEXT_PREFIXES
+
 # model_type of the wrapper -> its text model's causal-LM class name prefix is taken from text_config
 TEXT_ONLY_WRAPPERS = ("mistral3",)
-VISION_PARTS = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
 KEEP_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -42,7 +43,7 @@ def wrapper_type(folder: Path) -> str | None:
 
 def text_name(name: str) -> str | None:
     """The text model's name for a wrapper tensor, None for the vision tower and projector."""
-    if name.startswith(VISION_PARTS):
+    if name.startswith(NOT_TEXT_PREFIXES):
         return None
     if name.startswith("language_model."):
         return name.removeprefix("language_model.")

@@ -301,6 +301,28 @@ def test_export_cli_writes_verified_files_and_run_adapter(tmp_path, cli, tiny_mo
     assert result.exit_code == 2 and "RUN_DIR/gguf" in result.output
 
 
+@pytest.mark.parametrize("arch,extra", [("gemma4", "model.audio_tower"), ("qwen3_5", "model.visual")])
+def test_a_multimodal_checkpoints_towers_are_left_out_and_said(arch, extra, tiny_model_dir, gguf_of, tmp_path):
+    """Tower tensors beside the text model (as Gemma 4's and Qwen3.5's real checkpoints have) are not
+    written, the report says how many, and the text model converts as before."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "multimodal"
+    shutil.copytree(tiny_model_dir(arch), folder)
+    weights = next(folder.glob("*.safetensors"))
+    tensors = load_file(weights)
+    towers = {f"{extra}.blocks.{i}.weight": torch.ones(4, 4) for i in range(3)}
+    towers["model.vision_tower.patch_embed.weight"] = torch.ones(4, 4)
+    save_file({**tensors, **towers}, weights, metadata={"format": "pt"})
+    report = convert(folder, tmp_path / "m.gguf", out_type="f32")
+    notes = [n for n in report.fallbacks if "left out" in n]
+    assert len(notes) == 1 and "vision tower, audio tower and projector tensors (4) left out" in notes[0]
+    assert check_gguf(report.path).tensors.keys() == check_gguf(gguf_of(arch, "f32")).tensors.keys()
+
+
 def test_model_without_chat_template_exports_chatml(tmp_path, tiny_model_dir):
     import json
     import shutil

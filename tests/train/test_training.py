@@ -456,3 +456,24 @@ def test_moe_trains_attention_and_experts_keeps_them_16_bit_and_resumes(arch, qu
     assert train_run(cfg, tmp_path / "run", resume=True, sinks=[resumed]).status == "finished"
     steps = [e.step for e in resumed.of(StepMetrics)]
     assert 1 < steps[0] <= 31 and steps == list(range(steps[0], 33))  # from its last checkpoint to the new end
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss"])
+def test_qlora_quantizes_the_attention_but_never_the_router_or_the_experts(arch, tiny_model_dir):
+    import bitsandbytes as bnb
+    import torch
+
+    from localtune.model.loading import load_for_training, resolve_base
+
+    folder = tiny_model_dir(arch)
+    cfg = load_config(None, {"model.name_or_path": (str(folder), "test"), "train.load_in_4bit": (True, "test")})
+    loaded = load_for_training(cfg, resolve_base(str(folder)))
+    modules = dict(loaded.model.named_modules())
+    routers = [m for n, m in modules.items() if n.endswith((".mlp.gate", ".mlp.router"))]
+    assert routers and not any(isinstance(m, bnb.nn.Linear4bit) for m in routers)
+    assert any(
+        isinstance(m, bnb.nn.Linear4bit) for n, m in modules.items() if n.endswith("self_attn.q_proj.base_layer")
+    )
+    experts = [p for n, p in loaded.model.named_parameters() if p.ndim == 3 and ".experts." in n and "lora" not in n]
+    assert experts and all(p.dtype == torch.float32 for p in experts)  # the compute dtype on the CPU, not 4-bit
+    assert any("experts and routers" in note for note in loaded.notes)
