@@ -90,7 +90,7 @@ def measure(folder: Path, micro_batch: int, seq_len: int, rank: int) -> int:
     from localtune.model.loading import Base, load_for_training
     from localtune.train.loop import collate
 
-    cfg = load_config(None, {"lora.r": (rank, "bench")})
+    cfg = load_config(None, {"adapter.r": (rank, "bench")})
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     lm = load_for_training(cfg, Base(str(folder), folder, "llama", {}))

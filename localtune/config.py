@@ -1,4 +1,4 @@
-"""The one typed configuration tree: model, data, lora, train, export.
+"""The one typed configuration tree: model, data, adapter, train, export.
 
 A YAML file and command-line flags are two views of the same tree. Every value remembers where it
 came from (default, `file:line`, or a flag), the whole tree is validated at once (all problems in one
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from localtune.errors import ConfigError, Problem
+from localtune.methods import METHOD_NAMES, METHODS
 
 DATA_FORMATS = ("auto", "text", "alpaca", "chat", "sharegpt", "prompt_completion")
 OPTIMIZERS = ("paged_adamw_8bit", "adamw_8bit", "adamw")
@@ -113,20 +114,73 @@ class DataConfig:
 
 
 @dataclass
-class LoraConfig:
+class AdapterConfig:
+    method: str = opt(
+        "lora",
+        "What to train on the frozen base: lora (default), dora, ia3, loha, lokr, oft, vera, ln_tuning, "
+        "prompt_tuning, p_tuning, prefix_tuning, llama_adapter or freeze. `localtune methods` explains each "
+        "and where its result runs.",
+        choices=METHOD_NAMES,
+        label="Method",
+        flag="--method",
+    )
     r: int = opt(
         16,
-        "LoRA rank: the width of the adapter's low-rank matrices (8-64 is typical).",
-        label="LoRA rank",
+        "Rank: the width of the low-rank matrices (lora, dora, loha, lokr; 8-64 is typical) or of VeRA's shared "
+        "random matrices (vera; 256 is usual).",
+        label="Rank",
         flag="--rank",
     )
-    alpha: float = opt(32.0, "LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).", label="LoRA alpha")
-    dropout: float = opt(0.05, "Dropout on the LoRA input.", label="LoRA dropout", flag="--lora-dropout")
-    target_modules: list[str] = opt(
-        ["all-linear"], "Modules to adapt: 'all-linear' or a list of module names.", label="Target modules"
+    alpha: float = opt(
+        32.0,
+        "Scale numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA); lora, dora, loha, lokr.",
+        label="Alpha",
     )
-    use_rslora: bool = opt(False, "Rank-stabilised LoRA scaling.", label="rsLoRA", flag="--rslora")
-    use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).", label="DoRA", flag="--dora")
+    dropout: float = opt(
+        0.05,
+        "Dropout on the adapter's input (lora, dora; module dropout for loha, lokr, oft, vera).",
+        label="Dropout",
+        flag="--lora-dropout",
+    )
+    target_modules: list[str] = opt(
+        ["all-linear"],
+        "Modules to adapt: 'all-linear' or a list of module names (ia3 and ln_tuning: 'all-linear' means the "
+        "method's usual modules: attention keys/values and the MLP output for ia3, every norm for ln_tuning).",
+        label="Target modules",
+    )
+    use_rslora: bool = opt(False, "Rank-stabilised LoRA scaling (lora, dora).", label="rsLoRA", flag="--rslora")
+    lora_plus_ratio: float = opt(
+        0.0,
+        "LoRA+: the B matrices learn this many times faster than A (16 is the paper's choice; 0: off); lora, dora.",
+        label="LoRA+ ratio",
+    )
+    oft_block_size: int = opt(
+        32, "OFT's rotation block size (it must divide each adapted layer's input width).", label="OFT block size"
+    )
+    virtual_tokens: int = opt(
+        20,
+        "Learned positions: virtual tokens (prompt_tuning, p_tuning), prefix length (prefix_tuning) or adaption "
+        "prompt length (llama_adapter).",
+        label="Virtual tokens",
+    )
+    init_text: str = opt(
+        "",
+        "Text whose token embeddings start the virtual tokens (prompt_tuning); empty: rows sampled from the "
+        "vocabulary's embeddings (never random vectors far from real ones).",
+        label="Prompt init text",
+    )
+    encoder_hidden: int = opt(
+        0, "P-tuning's prompt encoder width (0: the model's hidden size).", label="P-tuning encoder width"
+    )
+    adapter_layers: int = opt(
+        8, "LLaMA-Adapter: how many of the top layers get adaption prompts.", label="Adapter layers"
+    )
+    freeze_modules: list[str] = opt(
+        ["norm"],
+        "Freeze (sparse) fine-tuning: what trains in full precision, the rest frozen: 'norm' (every norm), "
+        "'bias' (every bias), 'last:N' (the top N layers whole) or module-name patterns.",
+        label="Trained modules",
+    )
 
 
 @dataclass
@@ -204,6 +258,18 @@ class TrainConfig:
     eval_every: int = opt(
         0, "Evaluate on the validation rows every this many steps (0: at the end only).", label="Eval every"
     )
+    layer_lr_decay: float = opt(
+        1.0,
+        "Layer-wise learning-rate scaling: layer i of L learns at lr x decay^(L-1-i), so lower layers move less "
+        "(e.g. 0.9; 1: off).",
+        label="Layer LR decay",
+    )
+    layer_drop: float = opt(
+        0.0,
+        "Stochastic depth while training: each decoder layer is skipped with a probability rising linearly "
+        "to this value at the top layer (e.g. 0.1; 0: off). Nothing changes at export.",
+        label="Layer drop",
+    )
 
 
 @dataclass
@@ -222,7 +288,7 @@ class ExportConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     # Where each value came from: "section.key" -> "config.yaml:4" or "--max-steps". Absent: default.
@@ -244,6 +310,14 @@ class Config:
             raise ConfigError(problems, heading="invalid configuration")
 
     def _set(self, key: str, value: Any, where: str, problems: list[Problem]) -> None:
+        if _SECTION_ALIASES.get(key.partition(".")[0], "adapter") == "adapter" and key.endswith(".use_dora"):
+            # the earlier `lora.use_dora: true` is the method dora now
+            try:
+                dora = _convert(value, bool)
+            except (TypeError, ValueError) as exc:
+                problems.append(Problem(where, key, f"{exc} (got {value!r})", "use adapter.method: dora"))
+                return
+            key, value = "adapter.method", "dora" if dora else self.adapter.method
         try:
             section, name = _split_key(key)
         except KeyError as exc:
@@ -259,7 +333,7 @@ class Config:
             problems.append(Problem(where, key, f"{exc} (got {value!r})", f"give {key} a {_type_name(typ)} value"))
             return
         setattr(getattr(self, section), name, converted)
-        self.sources[key] = where
+        self.sources[f"{section}.{name}"] = where
 
     def source_of(self, key: str) -> str:
         return self.sources.get(key, "default")
@@ -306,11 +380,11 @@ class Config:
         return write_text(path, self.to_yaml(only_set=only_set))
 
 
-SECTIONS = ("model", "data", "lora", "train", "export")
+SECTIONS = ("model", "data", "adapter", "train", "export")
 _SECTION_TYPES = {
     "model": ModelConfig,
     "data": DataConfig,
-    "lora": LoraConfig,
+    "adapter": AdapterConfig,
     "train": TrainConfig,
     "export": ExportConfig,
 }
@@ -338,8 +412,13 @@ _ALIASES = {
 }
 
 
+# Earlier names: the `lora` section is now `adapter` (a file or key that says lora still works).
+_SECTION_ALIASES = {"lora": "adapter"}
+
+
 def _split_key(key: str) -> tuple[str, str]:
     section, _, name = key.partition(".")
+    section = _SECTION_ALIASES.get(section, section)
     if section not in _SECTION_TYPES:
         near = difflib.get_close_matches(section, SECTIONS, n=1)
         raise KeyError(f"unknown section {section!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
@@ -457,12 +536,13 @@ def _apply_yaml(cfg: Config, path: Path, problems: list[Problem]) -> None:
                 f"{path}:{root.start_mark.line + 1}",
                 None,
                 "the top level must be a mapping of sections",
-                "start the file with sections such as `train:` and `lora:`",
+                "start the file with sections such as `train:` and `adapter:`",
             )
         )
         return
     for knode, vnode in root.value:
         section = loader.construct_object(knode, deep=True)
+        section = _SECTION_ALIASES.get(section, section)
         where = f"{path}:{knode.start_mark.line + 1}"
         if section not in _SECTION_TYPES:
             near = difflib.get_close_matches(str(section), SECTIONS, n=1)
@@ -506,7 +586,7 @@ def validate(cfg: Config) -> list[Problem]:
             if choices and cfg.get(key) not in choices:
                 bad(key, "not one of the allowed values", f"use one of: {', '.join(choices)}")
 
-    d, lo, t, e = cfg.data, cfg.lora, cfg.train, cfg.export
+    d, lo, t, e = cfg.data, cfg.adapter, cfg.train, cfg.export
     if not 16 <= d.max_seq_len <= 1_048_576:
         bad("data.max_seq_len", "must be between 16 and 1048576 tokens", "a typical value is 512-4096")
     if not 0.0 <= d.val_fraction < 0.5:
@@ -521,13 +601,54 @@ def validate(cfg: Config) -> list[Problem]:
             )
         )
     if lo.r < 1:
-        bad("lora.r", "must be at least 1", "typical ranks are 8, 16, 32 or 64")
+        bad("adapter.r", "must be at least 1", "typical ranks are 8, 16, 32 or 64")
     if lo.alpha <= 0:
-        bad("lora.alpha", "must be positive", "a common choice is twice the rank")
+        bad("adapter.alpha", "must be positive", "a common choice is twice the rank")
     if not 0.0 <= lo.dropout < 1.0:
-        bad("lora.dropout", "must be at least 0 and below 1", "use 0.0-0.1")
+        bad("adapter.dropout", "must be at least 0 and below 1", "use 0.0-0.1")
     if not lo.target_modules:
-        bad("lora.target_modules", "must name at least one module", "use all-linear")
+        bad("adapter.target_modules", "must name at least one module", "use all-linear")
+    if lo.lora_plus_ratio < 0:
+        bad("adapter.lora_plus_ratio", "must not be negative", "use 16 (the LoRA+ paper), or 0 for off")
+    for key in ("adapter.virtual_tokens", "adapter.oft_block_size", "adapter.adapter_layers"):
+        if cfg.get(key) < 1:
+            bad(key, "must be at least 1", f"set {key} to 1 or more")
+    if lo.encoder_hidden < 0:
+        bad("adapter.encoder_hidden", "must not be negative", "use 0 for the model's hidden size")
+    if not lo.freeze_modules:
+        bad("adapter.freeze_modules", "must name at least one module", "use norm, bias or last:2")
+    chosen = METHODS.get(lo.method)
+    if chosen and not chosen.four_bit and t.load_in_4bit:
+        problems.append(
+            Problem(
+                f"{cfg.source_of('adapter.method')} and {cfg.source_of('train.load_in_4bit')}",
+                "adapter.method",
+                f"{lo.method} cannot train on a 4-bit base (peft takes its shapes from the packed 4-bit weight)",
+                f"add --no-quant (train.load_in_4bit: false) to train {lo.method} on a 16-bit base, or use lora",
+            )
+        )
+    if chosen and chosen.name != "lora" and chosen.name != "dora" and lo.lora_plus_ratio > 0:
+        problems.append(
+            Problem(
+                f"{cfg.source_of('adapter.method')} and {cfg.source_of('adapter.lora_plus_ratio')}",
+                "adapter.lora_plus_ratio",
+                f"LoRA+ gives LoRA's B matrices their own learning rate; {lo.method} has none",
+                "set adapter.lora_plus_ratio to 0, or use method lora or dora",
+            )
+        )
+    if chosen and chosen.padded and d.packing:
+        problems.append(
+            Problem(
+                f"{cfg.source_of('adapter.method')} and {cfg.source_of('data.packing')}",
+                "data.packing",
+                f"{chosen.title} trains on whole padded rows (peft drops the position ids that packing needs)",
+                "turn data.packing off for this method",
+            )
+        )
+    if not 0.0 < t.layer_lr_decay <= 1.0:
+        bad("train.layer_lr_decay", "must be above 0 and at most 1", "use e.g. 0.9, or 1 for off")
+    if not 0.0 <= t.layer_drop < 1.0:
+        bad("train.layer_drop", "must be at least 0 and below 1", "use e.g. 0.1, or 0 for off")
     if t.epochs < 1 and t.max_steps <= 0:
         bad("train.epochs", "must be at least 1 when max_steps is 0", "set epochs >= 1 or max_steps > 0")
     if t.max_steps < 0:
@@ -658,8 +779,8 @@ def knob(key: str) -> Knob:
 # Starting points for the New run form (and anyone building a config): values for some knobs; a knob a
 # preset leaves out keeps its default, and epochs/lr left out are the training recipe's (train/recipe.py).
 PRESETS: dict[str, dict[str, Any]] = {
-    "auto": {"lora.r": 16, "lora.alpha": 32.0},
-    "quick": {"lora.r": 8, "lora.alpha": 16.0, "train.lr": 2e-3, "train.epochs": 1},
-    "balanced": {"lora.r": 16, "lora.alpha": 32.0, "train.lr": 2e-4, "train.epochs": 2},
-    "quality": {"lora.r": 32, "lora.alpha": 64.0, "train.lr": 1e-4, "train.epochs": 3},
+    "auto": {"adapter.r": 16, "adapter.alpha": 32.0},
+    "quick": {"adapter.r": 8, "adapter.alpha": 16.0, "train.lr": 2e-3, "train.epochs": 1},
+    "balanced": {"adapter.r": 16, "adapter.alpha": 32.0, "train.lr": 2e-4, "train.epochs": 2},
+    "quality": {"adapter.r": 32, "adapter.alpha": 64.0, "train.lr": 1e-4, "train.epochs": 3},
 }

@@ -161,6 +161,43 @@ class Shape:
             lora += self.layers * self.experts * sum(rank * (i + o) for i, o in self.expert_linears().values())
         return lora
 
+    def adapter_params(
+        self,
+        method: str,
+        rank: int,
+        targets: list[str] | None = None,
+        virtual_tokens: int = 20,
+        adapter_layers: int = 8,
+    ) -> int:
+        """Trainable parameters of an adapter method (localtune/methods.py), from the shape alone."""
+        kv = self.kv_heads * self.head_dim
+        linears = [
+            io for b in self.blocks() for k, io in b.items() if not targets or targets == ["all-linear"] or k in targets
+        ]
+        if method == "dora":
+            return self.lora_params(rank, targets) + sum(o for _i, o in linears)
+        if method == "loha":
+            return 2 * self.lora_params(rank, targets)
+        if method == "ia3":
+            return self.layers * (2 * kv + self.ffn)
+        if method == "oft":
+            return sum(i for i, _o in linears) * 32 // 2
+        if method == "vera":
+            return sum(rank + o for _i, o in linears)
+        if method == "ln_tuning":
+            return (2 * self.layers + 1) * self.hidden
+        if method == "prompt_tuning":
+            return virtual_tokens * self.hidden
+        if method == "p_tuning":  # the encoder: an MLP of the hidden width, plus its input embedding
+            return virtual_tokens * self.hidden + 3 * self.hidden * self.hidden
+        if method == "prefix_tuning":
+            return virtual_tokens * self.layers * 2 * kv
+        if method == "llama_adapter":
+            return virtual_tokens * min(adapter_layers, self.layers) * self.hidden
+        if method == "freeze":  # the norms by default; chosen whole layers are counted by the loader's report
+            return (2 * self.layers + 1) * self.hidden
+        return self.lora_params(rank, targets)
+
     def recurrent_acts(self, tokens: int, rows: int, weight_bytes: int) -> int:
         """Bytes one gated-delta-net layer adds to its working set: the conv/gate activations in the compute
         dtype, the delta rule's fp32 inputs and per-chunk [heads, 64, 64] matrices, and the recurrent state
@@ -251,11 +288,18 @@ def estimate(
     optimizer: str = "paged_adamw_8bit",
     weight_bytes: int = 2,
     offload: bool = False,
+    method: str = "lora",
+    virtual_tokens: int = 20,
 ) -> Plan:
     """Peak allocator memory in bytes, by part. weight_bytes: 2 on a GPU (bf16/fp16), 4 on the CPU.
-    offload: the checkpointed layer inputs live in CPU memory (needs checkpointing)."""
-    tokens = micro_batch * seq_len
-    lora = shape.lora_params(rank, targets)
+    offload: the checkpointed layer inputs live in CPU memory (needs checkpointing). method: the adapter
+    method (its trainable parameters; virtual tokens lengthen every row; prefix tuning never checkpoints)."""
+    from localtune.methods import method as method_of
+
+    chosen = method_of(method)
+    checkpointing = checkpointing and chosen.checkpointing
+    tokens = micro_batch * (seq_len + (virtual_tokens if chosen.kind in ("virtual", "prefix") else 0))
+    lora = shape.adapter_params(method, rank, targets, virtual_tokens)
     opt_bytes = 2 if "8bit" in optimizer else 8
     layer_acts = tokens * (ACT_PER_HIDDEN * shape.hidden + ACT_PER_FFN * shape.active_ffn()) * weight_bytes
     recurrent = shape.recurrent_acts(tokens, micro_batch, weight_bytes) if shape.linear_layers else 0
@@ -266,8 +310,8 @@ def estimate(
         ),
         "embeddings + head": shape.embedding_params() * weight_bytes,
         **({"experts (16-bit)": shape.expert_weights * weight_bytes} if shape.expert_weights else {}),
-        "LoRA parameters (fp32)": lora * 4,
-        "LoRA gradients (fp32)": lora * 4,
+        f"{chosen.title} parameters (fp32)": lora * 4,
+        f"{chosen.title} gradients (fp32)": lora * 4,
         "optimizer state": lora * opt_bytes,
         "activations": layer_acts + recurrent + tokens * shape.hidden * weight_bytes * (2 if offload else shape.layers)
         if checkpointing
@@ -281,7 +325,7 @@ def estimate(
         parts[f"experts + routers ({8 * weight_bytes}-bit)"] = (
             shape.expert_params() + shape.router_params()
         ) * weight_bytes
-        if lora and (not targets or targets == ["all-linear"]):
+        if chosen.lora_family and lora and (not targets or targets == ["all-linear"]):
             # peft's expert LoRA adds B·A to a whole stacked parameter: that copy and its gradient, one at a time
             i, o = max(shape.expert_linears().values(), key=lambda io: io[0] * io[1])
             parts["expert LoRA merge (transient)"] = 2 * shape.experts * i * o * weight_bytes
@@ -312,6 +356,8 @@ def recommend(
     optimizer: str = "paged_adamw_8bit",
     weight_bytes: int = 2,
     offload: str = "off",
+    method: str = "lora",
+    virtual_tokens: int = 20,
 ) -> Recommendation:
     """The largest power-of-two micro-batch that fits; else, where `offload` is "auto", the same with the
     checkpoints offloaded to CPU memory; else shorter sequences, then a lower rank. offload "on": always."""
@@ -321,7 +367,10 @@ def recommend(
         checkpointing=checkpointing,
         optimizer=optimizer,
         weight_bytes=weight_bytes,
+        method=method,
+        virtual_tokens=virtual_tokens,
     )
+    checkpointing = checkpointing and method not in ("prefix_tuning",)
     choices = {"off": [False], "on": [True], "auto": [False, True]}[offload] if checkpointing else [False]
     notes: list[str] = []
     s, r = seq_len, rank

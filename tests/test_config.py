@@ -10,7 +10,7 @@ from localtune.errors import ConfigError
 
 def test_defaults_are_valid_and_documented():
     cfg = load_config()
-    assert cfg.train.load_in_4bit and cfg.train.optimizer == "paged_adamw_8bit" and cfg.lora.r == 16
+    assert cfg.train.load_in_4bit and cfg.train.optimizer == "paged_adamw_8bit" and cfg.adapter.r == 16
     assert cfg.overridden() == []
     for key, _default, doc in describe_fields():
         assert doc.strip().endswith("."), key
@@ -21,10 +21,10 @@ def test_yaml_then_flags_with_sources(tmp_path):
     f.write_text("train:\n  lr: 2e-5\n  max_steps: 50\nlora:\n  r: 8\n  target_modules: [q_proj, v_proj]\n")
     cfg = load_config(f, {"train.max_steps": (10, "--max-steps"), "data.path": (None, "--data")})
     assert cfg.train.lr == 2e-5  # YAML 1.1 reads "2e-5" as text; the float field still gets a number
-    assert cfg.train.max_steps == 10 and cfg.lora.r == 8 and cfg.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.train.max_steps == 10 and cfg.adapter.r == 8 and cfg.adapter.target_modules == ["q_proj", "v_proj"]
     assert cfg.source_of("train.lr") == f"{f}:2"
     assert cfg.source_of("train.max_steps") == "--max-steps"
-    assert cfg.source_of("lora.alpha") == "default"
+    assert cfg.source_of("adapter.alpha") == "default"
     assert "train.max_steps = 10  (--max-steps)" in cfg.overridden()
 
 
@@ -38,7 +38,7 @@ def test_all_problems_in_one_error_with_file_lines(tmp_path):
     assert (f"{f}:2", "train.learning_rate") in probs and "did you mean 'train.lr'" in text
     assert (f"{f}:3", "train.epochs") in probs and "expected a whole number" in text
     assert (f"{f}:7", "exprt") in probs and "did you mean 'export'" in text
-    assert (f"{f}:5", "lora.r") in probs and (f"{f}:6", "lora.dropout") in probs  # range checks still ran
+    assert (f"{f}:5", "adapter.r") in probs and (f"{f}:6", "adapter.dropout") in probs  # range checks still ran
     assert info.value.exit_code == 2
 
 
@@ -51,7 +51,7 @@ def test_range_and_contradiction_checks_collect_everything(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(f)
     fields = sorted(p.field for p in info.value.problems)
-    assert fields == ["data.val_file", "export.quants", "lora.dropout", "lora.r", "train.precision"]
+    assert fields == ["adapter.dropout", "adapter.r", "data.val_file", "export.quants", "train.precision"]
     text = info.value.render()
     assert "both a validation file" in text and "fp16 training is not supported on the CPU" in text
     assert "q9_z" in text and "q4_k_m" in text  # names the bad value and lists the good ones
@@ -77,7 +77,7 @@ def test_save_and_reload_round_trip(tmp_path):
         None,
         {
             "train.lr": ("3e-4", "--lr"),
-            "lora.target_modules": ("q_proj,k_proj", "--targets"),
+            "adapter.target_modules": ("q_proj,k_proj", "--targets"),
             "model.chat_template": ("{{ x }}", "--chat-template"),
         },
     )
@@ -85,7 +85,7 @@ def test_save_and_reload_round_trip(tmp_path):
     assert not (tmp_path / "config.yaml.partial").exists()
     again = load_config(path)
     assert again.to_dict() == cfg.to_dict()
-    assert again.train.lr == 3e-4 and again.lora.target_modules == ["q_proj", "k_proj"]
+    assert again.train.lr == 3e-4 and again.adapter.target_modules == ["q_proj", "k_proj"]
 
 
 def test_config_command_prints_docs_and_sources(tmp_path, cli):
@@ -157,7 +157,7 @@ def test_cli_options_are_the_config_fields():
                 for flag in set(param.opts) & set(flags):
                     assert param.help.startswith(flags[flag].doc), (cmd.name, flag)
     train = main.commands["train"]
-    expected = {key for key in all_knobs if key.split(".")[0] in ("model", "data", "lora", "train")}
+    expected = {key for key in all_knobs if key.split(".")[0] in ("model", "data", "adapter", "train")}
     assert set(_knob_options(train)[0]) == expected
     assert seen >= expected
 

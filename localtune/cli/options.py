@@ -5,7 +5,7 @@ name, type, choices and help text come from there (`opt()`), and what the user p
 the `{key: (value, flag)}` overrides `load_config` takes, so a flag's value is checked by the same
 validation as a YAML file's, and `localtune config` names the flag as its source.
 
-Run as:  localtune train --help      # every knob of model, data, lora and train
+Run as:  localtune train --help      # every knob of model, data, adapter and train
 """
 
 from __future__ import annotations
@@ -69,15 +69,31 @@ def overrides(values: dict[str, Any]) -> dict[str, tuple[Any, str]]:
 
 
 # The knobs each command offers. `train` offers every knob of the sections it uses.
-TRAIN_KNOBS = tuple(k.key for k in knobs() if k.key.split(".")[0] in ("model", "data", "lora", "train"))
+TRAIN_KNOBS = tuple(k.key for k in knobs() if k.key.split(".")[0] in ("model", "data", "adapter", "train"))
 QUICK_KNOBS = (
     "model.name_or_path",
     "data.path",
+    "adapter.method",
     "train.max_steps",
     "train.epochs",
     "train.lr",
     "data.max_seq_len",
     "model.trust_remote_code",
 )
-PLAN_KNOBS = ("model.name_or_path", "data.path", "data.max_seq_len", "lora.r", "train.load_in_4bit")
-INSPECT_KNOBS = ("model.name_or_path", "data.format", "data.max_seq_len", "data.train_on_prompt", "data.skip_invalid")
+PLAN_KNOBS = (
+    "model.name_or_path",
+    "data.path",
+    "data.max_seq_len",
+    "adapter.method",
+    "adapter.r",
+    "adapter.virtual_tokens",
+    "train.load_in_4bit",
+)
+INSPECT_KNOBS = (
+    "model.name_or_path",
+    "adapter.method",
+    "data.format",
+    "data.max_seq_len",
+    "data.train_on_prompt",
+    "data.skip_invalid",
+)

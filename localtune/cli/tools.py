@@ -1,7 +1,9 @@
-"""`localtune tui` (the terminal app) and `localtune doctor` (is this machine ready?).
+"""`localtune tui` (the terminal app), `localtune doctor` (is this machine ready?) and `localtune methods`
+(the adapter methods, what each learns and where its result runs).
 
 Run as:  localtune tui [--workspace runs]
          localtune doctor
+         localtune methods
 """
 
 from __future__ import annotations
@@ -42,3 +44,16 @@ def doctor_cmd(workspace):
     for c in checks:
         click.echo(c.render())
     sys.exit(1 if any(c.status == FAIL for c in checks) else 0)
+
+
+@main.command("methods")
+def methods_cmd():
+    """The adapter methods `--method` takes: what each learns, whether it trains on a 4-bit base, and where
+    its result runs."""
+    from localtune.methods import METHODS
+
+    width = max(len(m.name) for m in METHODS.values())
+    for m in METHODS.values():
+        base = "4-bit or 16-bit base" if m.four_bit else "16-bit base only (--no-quant)"
+        click.echo(f"{m.name:<{width}}  {m.title}: {m.summary}")
+        click.echo(f"{'':<{width}}  {base}; runs in: {m.runs_in}")

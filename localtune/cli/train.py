@@ -114,7 +114,7 @@ def plan_cmd(vram, config_file, **knobs):
     else:
         where = "--vram"
     budget = int(vram * GIB) - CUDA_CONTEXT
-    kw = dict(rank=cfg.lora.r, targets=cfg.lora.target_modules, quantized=cfg.train.load_in_4bit)
+    kw = dict(rank=cfg.adapter.r, targets=cfg.adapter.target_modules, quantized=cfg.train.load_in_4bit)
     rec = recommend(
         shape,
         budget,

@@ -78,10 +78,11 @@ def _export_run(run_dir: Path, quants, verify: bool, say) -> Bundle:
     bundle.base = export_model(
         base.folder, quants[:1], bundle.gguf_dir, chat_template=template, verify=False, stem=BASE_STEM, say=say
     )
-    try:
-        bundle.adapter = export_adapter(run_dir, bundle.gguf_dir, say=say)
-    except Exception as exc:  # DoRA or per-module patterns: the merged export still stands
-        say(f"note: no adapter GGUF ({exc})")
+    if cfg.adapter.method == "lora":  # llama.cpp loads LoRA adapters only
+        try:
+            bundle.adapter = export_adapter(run_dir, bundle.gguf_dir, say=say)
+        except Exception as exc:  # per-module patterns: the merged export still stands
+            say(f"note: no adapter GGUF ({exc})")
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(merged)
@@ -123,21 +124,23 @@ def write_modelfile(path: Path, gguf: Path, template: str, tok) -> Path:
 
 
 def write_card(run_dir: Path, bundle: Bundle, cfg) -> Path:
+    from localtune.methods import method
+    from localtune.model.adapters import describe
+
     run = RunDir(run_dir)
     info = run.load_info()
     data = info.data
     lines = [
         f"# {run.name}",
         "",
-        f"LoRA fine-tune of `{cfg.model.name_or_path}` made with localtune.",
+        f"{method(cfg.adapter.method).title} fine-tune of `{cfg.model.name_or_path}` made with localtune.",
         "",
         "## Training",
         "",
         f"- data: `{cfg.data.path}` ({data.train_rows if data else '?'} training rows, "
         f"{data.val_rows if data else '?'} validation rows)",
         f"- steps: {info.steps}, final training loss {info.final_loss}, eval loss {info.eval_loss}",
-        f"- LoRA rank {cfg.lora.r}, alpha {cfg.lora.alpha}, {'4-bit QLoRA' if info.quantized else 'LoRA'} "
-        f"on {info.device}, {info.seconds} s",
+        f"- {describe(cfg)}, on a {'4-bit' if info.quantized else '16-bit'} base, on {info.device}, {info.seconds} s",
         "",
         "## Files",
         "",

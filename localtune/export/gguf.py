@@ -121,6 +121,15 @@ def export_adapter(
             hint="finish the training run first (localtune train ... --resume)",
         )
     cfg = load_config(run.config)
+    if cfg.adapter.method != "lora":
+        from localtune.methods import method
+
+        raise UsageError(
+            f"{run_dir} trained {method(cfg.adapter.method).title}; llama.cpp loads LoRA adapters only, so "
+            "there is no adapter GGUF for it",
+            hint=f"`localtune export {run_dir}` writes the GGUF that runs it ({method(cfg.adapter.method).runs_in})",
+            title="no adapter GGUF for this method",
+        )
     base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     target = Path(out_dir) / adapter_gguf_name(run.name, out_type)
     info = convert_adapter(run.adapter, base.folder, target, out_type=out_type)

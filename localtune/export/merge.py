@@ -63,6 +63,26 @@ def _dtype_of(path: Path) -> str:
     return next((t.dtype for t in read_safetensors_header(path).values()), "BF16")
 
 
+def require_mergeable(name: str, run_dir) -> None:
+    """A clear refusal (exit 2) for methods whose result is not a change of the base's weights."""
+    from localtune.methods import method
+
+    chosen = method(name)
+    if chosen.mergeable:
+        return
+    ways = {
+        "virtual": f"`localtune export {run_dir}` writes the base GGUF with the learned vectors, and a portable GGUF",
+        "prefix": f"`localtune export {run_dir}` writes the base GGUF with the learned prefix beside it",
+        "adaption": f"`localtune distill {run_dir}` trains a LoRA that reproduces it, and that LoRA merges",
+    }
+    raise UsageError(
+        f"{run_dir} trained {chosen.title}, which adds {chosen.summary.split(' (')[0]}: nothing to merge into "
+        "the base's weights",
+        hint=ways[chosen.kind],
+        title="nothing to merge",
+    )
+
+
 def merge_run(
     run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, device: str | None = None
 ) -> MergeResult:
@@ -79,6 +99,7 @@ def merge_run(
     if not run.has_adapter:
         raise UsageError(f"{run_dir} has no finished adapter to merge", hint="finish training first (--resume)")
     cfg = load_config(run.config)
+    require_mergeable(cfg.adapter.method, run_dir)
     base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     recorded = run.load_info().base
     if recorded and recorded.fingerprint and recorded.fingerprint != base.identity["fingerprint"]:

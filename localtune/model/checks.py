@@ -255,7 +255,7 @@ def check_adapter(adapter_dir: Path, base_shapes: dict[str, TensorInfo]) -> dict
     """The adapter's config, after checking every LoRA matrix against the base weight it adapts."""
     try:
         acfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-        r = int(acfg["r"])
+        r = int(acfg.get("r") or 0)  # methods other than LoRA have no rank (or no LoRA matrices to check)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelFileError(
             f"{adapter_dir / 'adapter_config.json'} is not a readable peft adapter config ({exc})",

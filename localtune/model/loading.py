@@ -24,6 +24,7 @@ from localtune.converters.architectures import SUPPORTED_ARCHITECTURES
 from localtune.converters.gemma4 import NO_LORA
 from localtune.errors import ModelSourceError
 from localtune.faults import signal_point
+from localtune.methods import method
 from localtune.model.checks import check_model_folder, load_tokenizer
 from localtune.model.source import ModelSource, resolve_model
 from localtune.model.text_only import text_only_folder, wrapper_type
@@ -66,9 +67,9 @@ def expert_parameters(model) -> list[str]:
     )
 
 
-def _moe_notes(model, experts: list[str], quantized: bool, dtype, trained: bool) -> tuple[str, ...]:
+def _moe_notes(model, experts: list[str], quantized: bool, dtype, trained: bool) -> list[str]:
     if not experts:
-        return ()
+        return []
     n = sum(
         p.numel()
         for name, p in model.named_parameters()
@@ -78,7 +79,7 @@ def _moe_notes(model, experts: list[str], quantized: bool, dtype, trained: bool)
     lines = [f"4-bit NF4 quantizes the attention linears only; {kept}" if quantized else ""]
     if not trained:
         lines.append("the experts get no LoRA (they do with lora.target_modules all-linear and DoRA off)")
-    return tuple(line for line in lines if line)
+    return [line for line in lines if line]
 
 
 def cache_dir() -> Path:
@@ -246,33 +247,57 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
     for p in model.parameters():
         p.requires_grad_(False)
     model.config.use_cache = False  # no KV cache in training (and packing needs none)
-    if cfg.train.gradient_checkpointing:
+    chosen = method(cfg.adapter.method)
+    notes: list[str] = []
+    if cfg.train.gradient_checkpointing and not chosen.checkpointing:
+        notes.append(f"{chosen.title} trains without gradient checkpointing (peft refuses it); the plan counts that")
+    if cfg.train.gradient_checkpointing and chosen.checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    torch.manual_seed(cfg.train.seed)  # LoRA A matrices start from the run's seed
-    targets = cfg.lora.target_modules
+    torch.manual_seed(cfg.train.seed)  # adapter weights start from the run's seed
+    if not chosen.lora_family:
+        from localtune.model.adapters import peft_config
+
+        try:
+            with quiet_progress():
+                model = get_peft_model(model, peft_config(cfg, model, base.folder))
+        except ValueError as exc:  # e.g. target modules that do not exist in this model
+            raise ModelSourceError(
+                f"cannot add {chosen.title} adapters: {exc}",
+                hint="check adapter.target_modules against the model's module names",
+            ) from None
+        return LoadedModel(
+            model,
+            device,
+            str(dtype).removeprefix("torch."),
+            cfg.train.load_in_4bit,
+            time.monotonic() - start,
+            kernels,
+            tuple(notes),
+        )
+    targets, dora = cfg.adapter.target_modules, chosen.name == "dora"
     target_modules = "all-linear" if targets == ["all-linear"] else list(targets)
     # Gemma 4: llama.cpp applies no LoRA to the per-layer-input projection, so its adapter could not export
     gemma4 = targets == ["all-linear"] and str(getattr(model.config, "model_type", "")).startswith("gemma4")
     experts = expert_parameters(model)
-    target_parameters = experts if experts and targets == ["all-linear"] and not cfg.lora.use_dora else None
+    target_parameters = experts if experts and targets == ["all-linear"] and not dora else None
     if experts and targets == ["all-linear"]:  # name the linears: peft's "all-linear" would add the routers
         target_modules = sorted(
             {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)} - {"lm_head"}
         )
     lora = LoraConfig(
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
+        r=cfg.adapter.r,
+        lora_alpha=cfg.adapter.alpha,
         # peft's LoRA on parameters (ParamWrapper) takes no dropout; the linears get theirs back below
-        lora_dropout=0.0 if target_parameters else cfg.lora.dropout,
+        lora_dropout=0.0 if target_parameters else cfg.adapter.dropout,
         target_modules=target_modules,
         target_parameters=target_parameters,
         exclude_modules=list(NO_LORA) if gemma4 else None,
-        use_rslora=cfg.lora.use_rslora,
-        use_dora=cfg.lora.use_dora,
+        use_rslora=cfg.adapter.use_rslora,
+        use_dora=dora,
         task_type="CAUSAL_LM",
     )
     try:
@@ -280,21 +305,21 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
             model = get_peft_model(model, lora)
     except ValueError as exc:  # e.g. target modules that do not exist in this model
         raise ModelSourceError(
-            f"cannot add LoRA adapters: {exc}", hint="check lora.target_modules against the model's module names"
+            f"cannot add LoRA adapters: {exc}", hint="check adapter.target_modules against the model's module names"
         ) from None
-    if target_parameters and cfg.lora.dropout:
+    if target_parameters and cfg.adapter.dropout:
         from peft.tuners.lora import LoraLayer, ParamWrapper
 
         for module in model.modules():
             if isinstance(module, LoraLayer) and not isinstance(module, ParamWrapper):
-                module.lora_dropout["default"] = torch.nn.Dropout(cfg.lora.dropout)
+                module.lora_dropout["default"] = torch.nn.Dropout(cfg.adapter.dropout)
     if device == "cpu":
         from localtune.train.speed import lora_linear
         from localtune.train.speed.lora_dropout import replace_lora_dropout
 
         replace_lora_dropout(model)  # same distribution, a fraction of the random draws (lora_dropout.py)
         lora_linear.install(model)  # base + LoRA in one autograd function, fewer passes over memory
-    notes = _moe_notes(model, experts, cfg.train.load_in_4bit, dtype, bool(target_parameters))
+    notes += _moe_notes(model, experts, cfg.train.load_in_4bit, dtype, bool(target_parameters))
     return LoadedModel(
         model,
         device,
@@ -302,7 +327,7 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
         cfg.train.load_in_4bit,
         time.monotonic() - start,
         kernels,
-        notes,
+        tuple(notes),
     )
 
 

@@ -134,6 +134,7 @@ class RunInfo:
     device: str = ""
     dtype: str = ""
     quantized: bool = False
+    method: str = "lora"  # adapter.method (localtune/methods.py)
     micro_batch: int = 0
     grad_accum: int = 0
     steps: int = 0

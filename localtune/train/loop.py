@@ -29,11 +29,15 @@ from localtune.data.tokenize import IGNORE
 from localtune.errors import LocaltuneError
 from localtune.events import CheckpointSaved, EvalResult, StepMetrics, Warning
 from localtune.faults import signal_point
+from localtune.methods import method
 from localtune.train.checkpoint import CheckpointStore, Snapshot
 from localtune.train.speed.batching import collate  # noqa: F401  (bench/ imports it from here)
 from localtune.train.speed.chunked_loss import CausalLMLoss
 
 MAX_NONFINITE_IN_A_ROW = 3
+# Methods whose saved adapter is not their trainable state; their checkpoints add every trained tensor.
+WHOLE_STATE_METHODS = ("p_tuning", "freeze")
+TRAINABLE_FILE = "trainable.safetensors"
 
 
 class TrainingError(LocaltuneError):
@@ -176,7 +180,8 @@ class Trainer:
         self.auto_micro_batch = auto_micro_batch
         self.hooks = hooks or Hooks()
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.micro_loss = CausalLMLoss(model, pad_id)  # padding-free rows, chunked cross-entropy
+        # padding-free rows and chunked cross-entropy, or padded rows where the adapter method needs them
+        self.micro_loss = CausalLMLoss(model, pad_id, padded=method(cfg.adapter.method).padded)
         self.rows_per_step = micro_batch * grad_accum
         self._order: tuple[int, list[int]] = (-1, [])  # (epoch, row order) of the current epoch
         self.steps_per_epoch = math.ceil(len(train_rows) / self.rows_per_step)
@@ -203,10 +208,41 @@ class Trainer:
         return torch.optim.AdamW(self.params, **kw)
 
     # ---- state ----------------------------------------------------------------------------------
-    def snapshot(self) -> Snapshot:
+    def trainable_state(self) -> dict:
+        """What a checkpoint must hold to resume: the adapter as peft saves it, or, where peft saves something
+        else (P-tuning saves its encoder's output, not the encoder), every trainable tensor by name."""
         from peft import get_peft_model_state_dict
 
-        adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+        if self.cfg.adapter.method in WHOLE_STATE_METHODS:
+            return {k: p.detach().clone() for k, p in self.model.named_parameters() if p.requires_grad}
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+
+    def load_trainable_state(self, state: dict) -> None:
+        import torch
+        from peft import set_peft_model_state_dict
+
+        if self.cfg.adapter.method not in WHOLE_STATE_METHODS:
+            set_peft_model_state_dict(self.model, state)
+            return
+        params = dict(self.model.named_parameters())
+        missing = [k for k, p in params.items() if p.requires_grad and k not in state]
+        if missing or any(k not in params for k in state):
+            from localtune.train.checkpoint import CheckpointError
+
+            raise CheckpointError(f"its trained tensors do not fit this model (e.g. {(missing or list(state))[0]})")
+        with torch.no_grad():
+            for k, v in state.items():
+                params[k].copy_(v)
+
+    def write_adapter(self, folder) -> None:
+        self.model.save_pretrained(folder)
+        if self.cfg.adapter.method in WHOLE_STATE_METHODS:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in self.trainable_state().items()}, str(folder / TRAINABLE_FILE))
+
+    def snapshot(self) -> Snapshot:
+        adapter = self.trainable_state()
         return Snapshot(
             self.state.step,
             adapter,
@@ -218,9 +254,7 @@ class Trainer:
         )
 
     def restore(self, snap: Snapshot) -> None:
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(self.model, snap.adapter)
+        self.load_trainable_state(snap.adapter)
         self.optimizer.load_state_dict(snap.optimizer)
         self.scheduler.load_state_dict(snap.scheduler)
         set_rng_state(snap.rng)
@@ -230,7 +264,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         snap = self.snapshot()
-        path = self.store.save(snap, lambda folder: self.model.save_pretrained(folder))
+        path = self.store.save(snap, self.write_adapter)
         self.last_checkpoint = str(path)
         size = sum(f.stat().st_size for f in path.iterdir())
         self.emit(CheckpointSaved(self.state.step, str(path), size))
@@ -377,7 +411,8 @@ class Trainer:
     def _read_adapter(folder) -> dict:
         from safetensors.torch import load_file
 
-        return load_file(folder / "adapter_model.safetensors")
+        whole = folder / TRAINABLE_FILE
+        return load_file(whole if whole.is_file() else folder / "adapter_model.safetensors")
 
     def _maybe_eval(self) -> bool:
         every = self.cfg.train.eval_every

@@ -18,13 +18,17 @@ Learning rate, from the model's size and the adapter's scale:
 - times 2 / scale, where scale is the LoRA scale (alpha / r, or alpha / sqrt(r) with rsLoRA) and 2
   is the default alpha 32 / r 16: with Adam the change each step makes to a weight grows with
   scale x lr, so a larger scale gets a proportionally smaller lr (kept within 1e-5 .. 2e-3).
-The same rule holds for a 4-bit (QLoRA) and a 16-bit base, and for DoRA.
+The same rule holds for a 4-bit (QLoRA) and a 16-bit base, and for DoRA, LoHa and LoKr. The other
+methods learn at the rate their papers use (localtune/methods.py: e.g. 3e-3 for IA3, 3e-2 for prompt
+tuning, 2e-5 for freeze tuning's full-precision weights).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from localtune.methods import method
 
 RECIPE_KEYS = ("train.epochs", "train.lr")  # the knobs this rule chooses when they are left unset
 MIN_STEPS = 32
@@ -75,7 +79,7 @@ def choose_lr(params: int, scale: float) -> tuple[float, str]:
 
 def choose_recipe(cfg, *, rows: int, rows_per_step: int, params: int) -> Recipe | None:
     """The recipe for the values of cfg.train the user left at their defaults; None when they set all."""
-    t, lo = cfg.train, cfg.lora
+    t, lo = cfg.train, cfg.adapter
     pick_epochs = (
         t.max_steps <= 0
         and cfg.source_of("train.epochs") == "default"
@@ -89,7 +93,12 @@ def choose_recipe(cfg, *, rows: int, rows_per_step: int, params: int) -> Recipe 
         epochs, why = choose_epochs(rows, rows_per_step)
         reasons.append(why)
         chosen.append("train.epochs")
-    if pick_lr:
+    fixed = method(lo.method).lr
+    if pick_lr and fixed:
+        lr, why = fixed, f"{fixed:g}, the usual rate for {method(lo.method).title}"
+        reasons.append("lr " + why)
+        chosen.append("train.lr")
+    elif pick_lr:
         lr, why = choose_lr(params, lora_scale(lo.r, lo.alpha, lo.use_rslora))
         reasons.append("lr " + why)
         chosen.append("train.lr")

@@ -38,6 +38,7 @@ from localtune.events import (
 )
 from localtune.faults import disk_full, fault_point, signal_point
 from localtune.files import atomic_folder, write_text
+from localtune.methods import method
 from localtune.model.loading import load_for_training, memory_in_use, resolve_base
 from localtune.runs.layout import FAILED, INTERRUPTED, RUNNING, STARTING, BaseInfo, DataInfo, RunDir, RunInfo
 from localtune.runs.lock import run_lock
@@ -51,7 +52,23 @@ IDENTITY_LABELS = {
     "data": "training data",
     "max_seq_len": "data.max_seq_len",
     "lora_shape": "LoRA shape (rank, target modules, DoRA)",
+    "adapter": "adapter method or its shape",
 }
+
+
+def adapter_identity(cfg: Config) -> list:
+    """What a checkpoint of a non-LoRA method must share with the run that resumes it."""
+    a = cfg.adapter
+    return [
+        a.method,
+        a.r,
+        sorted(a.target_modules),
+        a.oft_block_size,
+        a.virtual_tokens,
+        a.encoder_hidden,
+        a.adapter_layers,
+        sorted(a.freeze_modules),
+    ]
 
 
 @dataclass
@@ -211,12 +228,14 @@ def plan_memory(cfg: Config, shape, lm, longest: int) -> MemoryPlanned:
         budget = int((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 2 + in_use) * 0.9)
     offload = cfg.train.activation_offload if cuda and cfg.train.gradient_checkpointing else "off"
     kw = {
-        "rank": cfg.lora.r,
-        "targets": cfg.lora.target_modules,
+        "rank": cfg.adapter.r,
+        "targets": cfg.adapter.target_modules,
         "quantized": cfg.train.load_in_4bit,
         "checkpointing": cfg.train.gradient_checkpointing,
         "optimizer": cfg.train.optimizer,
         "weight_bytes": 2 if cuda else 4,
+        "method": cfg.adapter.method,
+        "virtual_tokens": cfg.adapter.virtual_tokens,
     }
     if micro == 0:  # the planner picks the micro-batch; rows per step stay grad_accum
         plan = recommend(shape, budget, seq_len=longest, max_micro_batch=accum, offload=offload, **kw).plan
@@ -274,7 +293,9 @@ def _train(
     from transformers import AutoConfig
 
     shape = Shape.from_config(AutoConfig.from_pretrained(base.folder))
-    lora_params = shape.lora_params(cfg.lora.r, cfg.lora.target_modules)
+    lora_params = shape.adapter_params(
+        cfg.adapter.method, cfg.adapter.r, cfg.adapter.target_modules, cfg.adapter.virtual_tokens
+    )
     opt_bytes = 2 if "8bit" in cfg.train.optimizer and torch.cuda.is_available() else 8
     check_disk(run_dir, lora_params * (4 + opt_bytes) * (cfg.train.keep_checkpoints + 1) + lora_params * 4 + 10**7)
 
@@ -282,8 +303,11 @@ def _train(
         "base": base.identity,
         "data": data_fingerprint(prepared.train),
         "max_seq_len": cfg.data.max_seq_len,
-        "lora_shape": [cfg.lora.r, sorted(cfg.lora.target_modules), cfg.lora.use_dora],
     }
+    if method(cfg.adapter.method).lora_family:  # as before other methods existed, so earlier runs still resume
+        identity["lora_shape"] = [cfg.adapter.r, sorted(cfg.adapter.target_modules), cfg.adapter.method == "dora"]
+    else:
+        identity["adapter"] = adapter_identity(cfg)
     source = None
     store.remove_stale()
     if resume:
@@ -380,6 +404,7 @@ def _train(
     run_info.base = BaseInfo(**{k: v for k, v in base.identity.items() if k in ("model", "model_type", "fingerprint")})
     run_info.data = DataInfo(identity["data"], len(prepared.train), len(prepared.val))
     run_info.device, run_info.dtype, run_info.quantized = lm.device, lm.dtype, lm.quantized
+    run_info.method = cfg.adapter.method
     run_info.micro_batch, run_info.grad_accum = micro, accum
     run.save_info(run_info)
     try:

@@ -140,7 +140,7 @@ def test_resume_reproduces_the_uninterrupted_losses(arch, step, micro, tmp_path,
         "train.max_steps": 10,
         "train.micro_batch_size": 2,
         "train.grad_accum": 2,
-        "lora.dropout": 0.1,
+        "adapter.dropout": 0.1,
         "train.save_every": 4,
     }
     model_dir = tiny_model_dir(arch)
@@ -169,7 +169,9 @@ def test_resume_refuses_changed_data_and_shape_but_accepts_benign_changes(tmp_pa
         train_run(make_cfg(model_dir, changed, **{"train.max_steps": 6}), run, resume=True)
     with pytest.raises(LocaltuneError, match=r"different training data, data.max_seq_len, LoRA shape"):
         train_run(
-            make_cfg(model_dir, data, **{"train.max_steps": 6, "data.max_seq_len": 64, "lora.r": 4}), run, resume=True
+            make_cfg(model_dir, data, **{"train.max_steps": 6, "data.max_seq_len": 64, "adapter.r": 4}),
+            run,
+            resume=True,
         )
     sink = ListSink()
     result = train_run(
@@ -234,7 +236,7 @@ def test_simulated_oom_halves_the_micro_batch_and_continues(tmp_path, data, tiny
 
     # No dropout: its random masks depend on the micro-batch shape, and this compares against a run
     # that kept micro-batch 4.
-    over = {"train.max_steps": 6, "lora.dropout": 0.0}
+    over = {"train.max_steps": 6, "adapter.dropout": 0.0}
     full = ListSink()
     train_run(make_cfg(tiny_model_dir("qwen2"), data, **over), tmp_path / "full", sinks=[full])
     sink = ListSink()
@@ -420,10 +422,10 @@ def test_dora_and_rslora_options_reach_peft(tmp_path, data, tiny_model_dir):
             **{
                 "train.max_steps": 2,
                 "train.load_in_4bit": False,
-                "lora.use_dora": True,
-                "lora.use_rslora": True,
-                "lora.target_modules": "q_proj,v_proj",
-                "lora.r": 4,
+                "adapter.method": "dora",
+                "adapter.use_rslora": True,
+                "adapter.target_modules": "q_proj,v_proj",
+                "adapter.r": 4,
             },
         ),
         run,

@@ -210,7 +210,7 @@ def test_new_run_checks_data_and_starts(tmp_path, monkeypatch, tiny_model_dir):
     assert "--lr" not in args and "--epochs" not in args
     cfg = load_config(config)  # what `localtune train --config` reads
     assert cfg.model.name_or_path == str(model) and cfg.data.path == str(data)
-    assert (cfg.lora.r, cfg.lora.alpha) == (16, 32.0)
+    assert (cfg.adapter.r, cfg.adapter.alpha) == (16, 32.0)
     # the auto preset leaves epochs and lr unset: the training recipe chooses them (train/recipe.py)
     assert cfg.source_of("train.lr") == "default" and cfg.source_of("train.epochs") == "default"
     assert cfg.source_of("train.max_steps") == "default"
@@ -225,13 +225,18 @@ def test_new_run_preset_and_rank_set_the_saved_config(tmp_path, monkeypatch):
         screen = pilot.app.screen
         screen.query_one("#preset").value = "quick"
         await pilot.pause(0.2)
-        assert screen.query_one("#knob-lora-r").value == "8" and screen.query_one("#knob-lora-alpha").value == "16.0"
+        assert screen.query_one("#knob-adapter-r").value == "8"
+        assert screen.query_one("#knob-adapter-alpha").value == "16.0"
         assert (
             screen.query_one("#knob-train-lr").value == "0.002" and screen.query_one("#knob-train-epochs").value == "1"
         )
-        screen.query_one("#knob-lora-r").value = "12"  # the alpha follows the rank: twice it
+        screen.query_one("#knob-adapter-r").value = "12"  # the alpha follows the rank: twice it
         await pilot.pause(0.2)
-        assert screen.query_one("#knob-lora-alpha").value == "24.0"
+        assert screen.query_one("#knob-adapter-alpha").value == "24.0"
+        screen.query_one("#method").value = "dora"  # the method's line says what it learns and where it runs
+        await pilot.pause(0.2)
+        hint = str(screen.query_one("#field-method .hint").render())
+        assert "magnitude" in hint and "merged GGUF" in hint
         await pilot.press("ctrl+s")
         await pilot.app.workers.wait_for_complete()
         await pilot.pause(0.3)
@@ -239,8 +244,8 @@ def test_new_run_preset_and_rank_set_the_saved_config(tmp_path, monkeypatch):
 
     drive(LocaltuneApp(ws), body)
     cfg = load_config(ws / "run-1" / "config.yaml")
-    assert (cfg.lora.r, cfg.lora.alpha, cfg.train.lr, cfg.train.epochs) == (12, 24.0, 2e-3, 1)
-    assert cfg.source_of("train.lr") != "default"
+    assert (cfg.adapter.r, cfg.adapter.alpha, cfg.train.lr, cfg.train.epochs) == (12, 24.0, 2e-3, 1)
+    assert cfg.adapter.method == "dora" and cfg.source_of("train.lr") != "default"
 
 
 TRAINER_ERROR = (

@@ -46,7 +46,7 @@ def test_every_knob_field_has_its_knobs_label_and_hint(tmp_path):
             shown.add(k.key)
 
     drive(LocaltuneApp(tmp_path / "runs"), body)
-    assert {"model.name_or_path", "data.path", "lora.r", "train.lr", "train.epochs"} <= shown
+    assert {"model.name_or_path", "data.path", "adapter.r", "train.lr", "train.epochs"} <= shown
     preset_keys = {key for values in PRESETS.values() for key in values}
     assert preset_keys <= shown, f"preset keys without a field: {preset_keys - shown}"
 
@@ -56,7 +56,7 @@ def test_knob_fields_start_at_their_defaults_and_the_recipe_knobs_empty(tmp_path
         await pilot.press("n")
         await pilot.pause(0.2)
         screen = pilot.app.screen
-        for key in ("train.max_steps", "data.max_seq_len", "lora.r", "lora.alpha"):
+        for key in ("train.max_steps", "data.max_seq_len", "adapter.r", "adapter.alpha"):
             k = knob(key)
             assert screen.query_one("#knob-" + key.replace(".", "-")).value == k.text(k.default), key
         for key in ("train.lr", "train.epochs"):  # unset: the training recipe chooses

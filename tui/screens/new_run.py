@@ -24,6 +24,7 @@ from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
 from localtune.config import PRESETS, Config, knob, load_config
 from localtune.errors import ConfigError, LocaltuneError, Problem
+from localtune.methods import METHODS
 from localtune.model.source import DEMO_MODEL
 from localtune.runs.layout import RunDir
 from localtune.runs.workspace import start_training
@@ -33,8 +34,8 @@ from localtune.tui.modals import PickFile
 from localtune.tui.screens import HEAVY_WORK
 from localtune.tui.screens.dashboard import DashboardScreen
 
-MODEL, DATA = "model.name_or_path", "data.path"
-KNOBS = ("lora.r", "lora.alpha", "train.lr", "train.epochs", "train.max_steps", "data.max_seq_len")  # two a row
+MODEL, DATA, METHOD = "model.name_or_path", "data.path", "adapter.method"
+KNOBS = ("adapter.r", "adapter.alpha", "train.lr", "train.epochs", "train.max_steps", "data.max_seq_len")  # two a row
 AUTO = RECIPE_KEYS  # left empty (unset), the training recipe chooses them: the fields show that
 AUTO_TEXT = "auto: the training recipe chooses"
 PRESET_KEYS = tuple(dict.fromkeys(key for values in PRESETS.values() for key in values))  # what a preset sets
@@ -56,7 +57,7 @@ def unset_text(key: str) -> str:
 def alpha_for(rank: str) -> str | None:
     """The LoRA alpha that goes with a rank as the presets pair them (twice the rank); None if not a rank."""
     try:
-        return knob("lora.alpha").text(2.0 * int(rank))
+        return knob("adapter.alpha").text(2.0 * int(rank))
     except ValueError:
         return None
 
@@ -87,6 +88,12 @@ class Field(Vertical):
                 box.remove_class("error")
 
 
+def method_hint(name: str) -> str:
+    """The method field's line: what the method learns, and where its result runs."""
+    m = METHODS[name]
+    return f"{m.summary[0].upper()}{m.summary[1:]}. Runs in: {m.runs_in}."
+
+
 def knob_field(key: str, value: str, *, beside: Widget | None = None) -> Field:
     """The field of one config knob, everything it says taken from the knob; `beside` sits right of the input."""
     k = knob(key)
@@ -113,7 +120,7 @@ class NewRunScreen(Screen):
         self.preset_name = first = next(iter(PRESETS))  # the form starts as the first preset has it
         self.values = {key: unset_text(key) for key in KNOBS}
         self.values.update({key: knob(key).text(v) for key, v in PRESETS[first].items()})
-        self.rank_shown = self.values["lora.r"]  # the rank the alpha field last followed
+        self.rank_shown = self.values["adapter.r"]  # the rank the alpha field last followed
         self.fields: dict[str, Field] = {}  # config key (or NAME) -> its field
         self.checking = False  # a start is being checked: a second ctrl+s meanwhile does nothing
 
@@ -137,6 +144,19 @@ class NewRunScreen(Screen):
                 Select(presets, value=self.preset_name, id="preset", allow_blank=False, compact=True),
                 id="field-preset",
             ),
+            METHOD: Field(
+                knob(METHOD).label,
+                method_hint(knob(METHOD).default),
+                Select(
+                    [(f"{m.name}: {m.title}", m.name) for m in METHODS.values()],
+                    value=knob(METHOD).default,
+                    id="method",
+                    allow_blank=False,
+                    compact=True,
+                    tooltip=knob(METHOD).doc,
+                ),
+                id="field-method",
+            ),
         }
         self.fields.update({key: knob_field(key, self.values[key]) for key in KNOBS})
         yield Header()
@@ -153,6 +173,8 @@ class NewRunScreen(Screen):
         yield Footer()
 
     def value(self, key: str) -> str:
+        if key == METHOD:
+            return str(self.query_one("#method", Select).value)
         return self.query_one(f"#{NAME if key == NAME else input_id(key)}", Input).value.strip()
 
     def on_mount(self) -> None:
@@ -163,22 +185,27 @@ class NewRunScreen(Screen):
     def model_picked(self, event: Select.Changed) -> None:
         self.query_one(f"#{input_id(MODEL)}", Input).value = str(event.value)
 
+    @on(Select.Changed, "#method")
+    def method_picked(self, event: Select.Changed) -> None:
+        self.fields[METHOD].query_one(".hint", Static).update(method_hint(str(event.value)))
+        self.refit()
+
     @on(Select.Changed, "#preset")
     def preset(self, event: Select.Changed) -> None:
         values = PRESETS[str(event.value)]
         for key in PRESET_KEYS:  # a key this preset leaves out goes back to unset: the recipe or the default
             text = knob(key).text(values[key]) if key in values else unset_text(key)
-            if key == "lora.r":
+            if key == "adapter.r":
                 self.rank_shown = text  # the preset's alpha stands, whatever the rank was before
             self.query_one(f"#{input_id(key)}", Input).value = text
 
-    @on(Input.Changed, f"#{input_id('lora.r')}")
+    @on(Input.Changed, f"#{input_id('adapter.r')}")
     def rank_changed(self, event: Input.Changed) -> None:
         """The alpha follows the rank, as the presets pair them, unless it was set to something else."""
         new = alpha_for(event.value.strip())
         if new is None:  # half-typed: follow once it is a rank again
             return
-        alpha = self.query_one(f"#{input_id('lora.alpha')}", Input)
+        alpha = self.query_one(f"#{input_id('adapter.alpha')}", Input)
         if alpha.value.strip() == alpha_for(self.rank_shown):
             alpha.value = new
         self.rank_shown = event.value.strip()
@@ -188,16 +215,16 @@ class NewRunScreen(Screen):
         field = next((f for f in event.input.ancestors if isinstance(f, Field)), None)
         if field is not None:  # its problem is about the old value
             field.clear_problem()
-        if event.input.id in (input_id(MODEL), input_id("lora.r"), input_id("data.max_seq_len")):
+        if event.input.id in (input_id(MODEL), input_id("adapter.r"), input_id("data.max_seq_len")):
             self.refit()
 
     def refit(self) -> None:
-        self.update_fit(self.value(MODEL), self.value("lora.r"), self.value("data.max_seq_len"))
+        self.update_fit(self.value(MODEL), self.value("adapter.r"), self.value("data.max_seq_len"), self.value(METHOD))
 
     @work(thread=True, exclusive=True, group="fit")
-    def update_fit(self, model: str, rank: str, seq: str) -> None:
+    def update_fit(self, model: str, rank: str, seq: str, method: str = "lora") -> None:
         with HEAVY_WORK:
-            self.post_message(FitEstimated(fit_text(model, rank, seq)))
+            self.post_message(FitEstimated(fit_text(model, rank, seq, method)))
 
     def on_fit_estimated(self, message: FitEstimated) -> None:
         self.query_one("#fit", Static).update(message.text)
@@ -232,7 +259,7 @@ class NewRunScreen(Screen):
             field.clear_problem()
         self.checking = True
         run_dir = self.app.workspace / (self.value(NAME) or "run")
-        self.check_start(run_dir, {key: self.value(key) for key in (MODEL, DATA, *KNOBS)})
+        self.check_start(run_dir, {key: self.value(key) for key in (MODEL, DATA, METHOD, *KNOBS)})
 
     @work(thread=True, exclusive=True, group="start")
     def check_start(self, run_dir: Path, values: dict[str, str]) -> None:
@@ -325,7 +352,7 @@ def model_shape(model: str):
     return Shape.from_config(AutoConfig.from_pretrained(location, **kwargs))
 
 
-def fit_text(model: str, rank: str, seq: str) -> str:
+def fit_text(model: str, rank: str, seq: str, method: str = "lora") -> str:
     """The planner's memory-fit line for the New run form (no weights are loaded)."""
     try:
         import torch
@@ -337,7 +364,8 @@ def fit_text(model: str, rank: str, seq: str) -> str:
             shape,
             micro_batch=1,
             seq_len=int(seq or knob("data.max_seq_len").default),
-            rank=int(rank or knob("lora.r").default),
+            rank=int(rank or knob("adapter.r").default),
+            method=method,
         )
         params = shape.linear_params() + shape.embedding_params()
         if torch.cuda.is_available():

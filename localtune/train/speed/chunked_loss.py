@@ -157,10 +157,11 @@ def fast_path_supported(base) -> bool:
 class CausalLMLoss:
     """loss(rows, num_items): the rows' summed target-token loss divided by num_items, as a scalar tensor."""
 
-    def __init__(self, model, pad_id: int, chunk: int | None = None):
+    def __init__(self, model, pad_id: int, chunk: int | None = None, *, padded: bool = False):
+        """padded: always the model's own padded forward (adapter methods that need whole rows, methods.py)."""
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.model, self.pad_id = model, pad_id
-        self.padding_free = fast_path_supported(base)
+        self.padding_free = not padded and fast_path_supported(base)
         if self.padding_free:
             self.decoder = base.get_decoder()
             self.lm_head = base.get_output_embeddings()  # the LoRA-wrapped module when lm_head is a target

@@ -129,7 +129,7 @@ def test_training_on_the_cpu_uses_it(tiny_model_dir):
         None,
         {
             "model.name_or_path": (str(folder), "test"),
-            "lora.dropout": (0.1, "test"),
+            "adapter.dropout": (0.1, "test"),
             "train.load_in_4bit": (False, "test"),
             "train.device": ("cpu", "test"),
         },
