@@ -340,8 +340,13 @@ def convert(
     chat_template: str | None = None,
     name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    extend=None,
 ) -> ConvertReport:
-    """Convert a Hugging Face folder to one GGUF file of a direct type (f32, f16, bf16, q8_0)."""
+    """Convert a Hugging Face folder to one GGUF file of a direct type (f32, f16, bf16, q8_0).
+
+    `extend` adds to the model what the folder does not hold (converters.soft_prompt.VirtualTokens): its
+    `tensors(plan, cfg, spec)` returns the tensor plan to write, its `metadata(writer)` runs after the
+    vocabulary keys are written."""
     import gguf
     import numpy as np
     import torch
@@ -354,6 +359,8 @@ def convert(
     start = time.monotonic()
     report = ConvertReport(out_path, out_type)
     plan = tensor_plan(folder, cfg, spec, report.fallbacks)
+    if extend is not None:
+        plan = extend.tensors(plan, cfg, spec)
     n_weights = sum(math.prod(shape) for _name, shape, _loader, _transforms in plan)
     with safe_output(out_path, expected_bytes(n_weights, out_type)) as tmp:
         w = gguf.GGUFWriter(tmp, arch=spec.gguf_arch)
@@ -373,6 +380,8 @@ def convert(
             report.vocab = gemma4.write_vocab(w, folder, cfg["vocab_size"], chat_template)
         else:
             report.vocab = write_vocab(w, folder, cfg["vocab_size"], chat_template, spec.add_space_prefix)
+        if extend is not None:
+            extend.metadata(w)
         entries = plan + [(g, list(arr.shape), (lambda arr=arr: torch.from_numpy(arr)), []) for g, arr in generated]
         types = []
         for gname, shape, _loader, _tf in entries:

@@ -59,6 +59,7 @@ def open_gguf(
     lora_path: str | None = None,
     lora_scale: float = 1.0,
     n_threads: int | None = None,
+    flash_attn: bool = False,
 ):
     """A llama_cpp.Llama for `path`, checked first and safe on AMX CPUs. Raises GGUFError."""
     info: GGUFInfo = check_gguf(path)
@@ -82,6 +83,7 @@ def open_gguf(
         seed=0,
         n_threads=n_threads or max(1, os.cpu_count() or 1),
         n_batch=min(512, n_ctx),
+        flash_attn=flash_attn,
     )
     if f32_kv:
         kwargs.update(type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
