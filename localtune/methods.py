@@ -131,3 +131,17 @@ ADAPTION_MODEL_TYPES = ("llama", "mistral")
 
 def method(name: str) -> Method:
     return METHODS[name]
+
+
+def data_note(name: str, virtual_tokens: int) -> str:
+    """What the method changes about the rows training sees (`localtune data inspect --method`)."""
+    m = METHODS[name]
+    if m.kind == "virtual":
+        where = f"{virtual_tokens} virtual tokens go before every row (not in the token counts above)"
+    elif m.kind == "prefix":
+        where = f"{virtual_tokens} learned key/value positions come before every row at every layer"
+    elif m.kind == "adaption":
+        where = f"adaption prompts of {virtual_tokens} positions attend beside every row in the top layers"
+    else:
+        return f"method {m.name} ({m.title}): the same tokens train as with LoRA"
+    return f"method {m.name} ({m.title}): {where}; rows train padded, one per row (no packing)"

@@ -168,6 +168,7 @@ class Shape:
         targets: list[str] | None = None,
         virtual_tokens: int = 20,
         adapter_layers: int = 8,
+        block: int = 32,
     ) -> int:
         """Trainable parameters of an adapter method (localtune/methods.py), from the shape alone."""
         kv = self.kv_heads * self.head_dim
@@ -178,10 +179,12 @@ class Shape:
             return self.lora_params(rank, targets) + sum(o for _i, o in linears)
         if method == "loha":
             return 2 * self.lora_params(rank, targets)
+        if method == "lokr":  # a small full Kronecker factor and a low-rank one: about a quarter of LoRA's
+            return self.lora_params(rank, targets) // 4
         if method == "ia3":
             return self.layers * (2 * kv + self.ffn)
-        if method == "oft":
-            return sum(i for i, _o in linears) * 32 // 2
+        if method == "oft":  # in/block skew-symmetric blocks per linear, block*(block-1)/2 parameters each
+            return sum(i for i, _o in linears) * (block - 1) // 2
         if method == "vera":
             return sum(rank + o for _i, o in linears)
         if method == "ln_tuning":
@@ -192,8 +195,8 @@ class Shape:
             return virtual_tokens * self.hidden + 3 * self.hidden * self.hidden
         if method == "prefix_tuning":
             return virtual_tokens * self.layers * 2 * kv
-        if method == "llama_adapter":
-            return virtual_tokens * min(adapter_layers, self.layers) * self.hidden
+        if method == "llama_adapter":  # the prompts and one zero-initialised gate per adapted layer
+            return min(adapter_layers, self.layers) * (virtual_tokens * self.hidden + 1)
         if method == "freeze":  # the norms by default; chosen whole layers are counted by the loader's report
             return (2 * self.layers + 1) * self.hidden
         return self.lora_params(rank, targets)

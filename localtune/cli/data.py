@@ -61,6 +61,10 @@ def data_inspect(file, config_file, **knobs):
         chat_template=cfg.model.chat_template,
         progress=ProgressLine("tokenizing rows"),
     )
+    if cfg.source_of("adapter.method") != "default":
+        from localtune.methods import data_note
+
+        report.method_note = data_note(cfg.adapter.method, cfg.adapter.virtual_tokens)
     click.echo(render_report(report))
     if report.invalid and not cfg.data.skip_invalid:
         sys.exit(1)

@@ -92,6 +92,7 @@ PLAN_KNOBS = (
 INSPECT_KNOBS = (
     "model.name_or_path",
     "adapter.method",
+    "adapter.virtual_tokens",
     "data.format",
     "data.max_seq_len",
     "data.train_on_prompt",

@@ -114,7 +114,13 @@ def plan_cmd(vram, config_file, **knobs):
     else:
         where = "--vram"
     budget = int(vram * GIB) - CUDA_CONTEXT
-    kw = dict(rank=cfg.adapter.r, targets=cfg.adapter.target_modules, quantized=cfg.train.load_in_4bit)
+    kw = dict(
+        rank=cfg.adapter.r,
+        targets=cfg.adapter.target_modules,
+        quantized=cfg.train.load_in_4bit,
+        method=cfg.adapter.method,
+        virtual_tokens=cfg.adapter.virtual_tokens,
+    )
     rec = recommend(
         shape,
         budget,

@@ -32,6 +32,7 @@ class InspectReport:
     template_problems: list[Problem] | None = None
     example: Example | None = None
     example_text: str | None = None  # rendered, trained spans between TRAIN_OPEN and TRAIN_CLOSE
+    method_note: str | None = None  # what the adapter method changes about the rows (methods.data_note)
 
     @property
     def invalid(self) -> list[Problem]:
@@ -143,6 +144,8 @@ def render_report(report: InspectReport) -> str:
         f"  trainable tokens: {st.trainable_tokens:,} of {st.total_tokens:,} ({share:.0%})"
         + (" [--train-on-prompt]" if report.cfg.train_on_prompt else "")
     )
+    if report.method_note:
+        lines.append(report.method_note)
     if report.example_text is not None:
         lines.append(f"example ({report.example.where}), trained tokens marked {TRAIN_OPEN} {TRAIN_CLOSE}:")
         lines.append(_indent(report.example_text))

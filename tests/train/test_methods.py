@@ -148,3 +148,36 @@ def test_llama_adapter_is_refused_on_other_architectures(tiny_model_dir, tmp_pat
     data = write_jsonl(tmp_path / "facts.jsonl", FACTS)
     with pytest.raises(ModelSourceError, match="llama and mistral models only"):
         train_run(config(tiny_model_dir("qwen2"), data, "llama_adapter"), tmp_path / "run")
+
+
+def test_planner_counts_each_methods_trainable_parameters_as_peft_creates_them(tiny_model_dir, tmp_path):
+    """The plan's adapter size per method against the trainable parameters peft really creates."""
+    from transformers import AutoConfig
+
+    from localtune.model.loading import load_for_training, resolve_base
+    from localtune.planner import Shape
+
+    model = tiny_model_dir("llama")
+    data = write_jsonl(tmp_path / "facts.jsonl", FACTS)
+    shape = Shape.from_config(AutoConfig.from_pretrained(model))
+    approximate = {"lokr": 0.3, "p_tuning": 0.05}  # relative error allowed where the count is estimated
+    for m in PEFT_METHODS:
+        cfg = config(model, data, m.name, **{"train.load_in_4bit": False})
+        trained = load_for_training(cfg, resolve_base(str(model))).model
+        real = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+        planned = shape.adapter_params(m.name, 4, ["all-linear"], 4, 1, block=16)
+        assert planned == pytest.approx(real, rel=approximate.get(m.name, 0)), m.name
+
+
+def test_plan_and_data_inspect_know_the_method(cli, tiny_model_dir, tmp_path):
+    model = tiny_model_dir("llama")
+    data = write_jsonl(tmp_path / "facts.jsonl", FACTS)
+    lora = cli("plan", "--model", model, "--vram", "8")
+    prefix = cli("plan", "--model", model, "--vram", "8", "--method", "prefix_tuning", "--virtual-tokens", "8")
+    assert lora.exit_code == 0 and prefix.exit_code == 0, prefix.output
+    assert "LoRA parameters" in lora.output and "checkpointing on" in lora.output
+    # peft refuses gradient checkpointing with prefix tuning: the plan has it off, and its parameters
+    assert "Prefix tuning parameters" in prefix.output and "checkpointing off" in prefix.output
+    inspect = cli("data", "inspect", data, "--model", model, "--method", "prompt_tuning", "--virtual-tokens", "8")
+    assert inspect.exit_code == 0, inspect.output
+    assert "method prompt_tuning (Prompt tuning): 8 virtual tokens go before every row" in inspect.output
