@@ -99,6 +99,18 @@ def run_quick(
                     title="this machine is not ready",
                     hint="fix the lines above (localtune doctor shows every check)",
                 )
+            from localtune.methods import method
+
+            if method(cfg.adapter.method).kind == "adaption":
+                from localtune.errors import UsageError
+
+                raise UsageError(
+                    f"`quick` ends in a chattable GGUF, and {method(cfg.adapter.method).title} has no GGUF form "
+                    "(a gated second attention over learned prompts)",
+                    hint=f"train it with `localtune train --method {cfg.adapter.method} ... --out RUN_DIR`, then "
+                    "`localtune distill RUN_DIR` makes a LoRA of it that exports; or use another --method",
+                    title="method not available in quick",
+                )
             loaded = load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
             base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
             say(

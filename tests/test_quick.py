@@ -195,6 +195,10 @@ def test_quick_refuses_bad_input_before_training(tmp_path, tiny_model_dir, cli):
     assert result.exit_code == 2 and "holds a run that `quick` did not start" in result.output
     result = cli("quick", "--model", tmp_path / "missing", "--out", tmp_path / "x")
     assert result.exit_code == 2 and "not a file or folder here" in result.output
+    good = write_jsonl(tmp_path / "good.jsonl", [chat("q", "a")] * 4)
+    result = cli("quick", "--model", tiny_model_dir("llama"), "--data", good, "--out", out, "--method", "llama_adapter")
+    assert result.exit_code == 2 and "localtune distill RUN_DIR" in result.output and "Traceback" not in result.output
+    assert not (out / "checkpoints").exists()
 
 
 def test_chat_repl_commands(quick_run, tmp_path, cli, monkeypatch):
