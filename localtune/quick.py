@@ -158,16 +158,16 @@ def run_quick(
 
 def sample_answers(run_dir: Path, prompt: str | None, *, say=print) -> dict:
     """The base and the fine-tuned GGUF answering the same prompt, side by side."""
-    from localtune.chat.runtime import open_gguf
-    from localtune.chat.session import ChatSession, Sampling, find_models
+    from localtune.chat.routes import find_routes, open_route
+    from localtune.chat.session import ChatSession, Sampling
 
-    tuned, base = find_models(run_dir)
+    tuned, base = find_routes(run_dir)
     prompt = prompt or _sample_prompt(run_dir)
     answers = {"prompt": prompt}
     for label, path in (("base", base), ("fine-tuned", tuned)):
         if path is None:
             continue
-        session = ChatSession(open_gguf(path, n_ctx=1024), sampling=Sampling(temperature=0.0, max_tokens=96))
+        session = ChatSession(open_route(path, n_ctx=1024), sampling=Sampling(temperature=0.0, max_tokens=96))
         answers[label] = session.ask(prompt)
     say(f"prompt: {prompt}")
     for label in ("base", "fine-tuned"):

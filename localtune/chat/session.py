@@ -11,21 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localtune.errors import UsageError
-from localtune.runs.layout import RunDir
 
 
 def find_models(target: str | Path) -> tuple[Path, Path | None]:
-    """(fine-tuned GGUF, base GGUF or None) for a GGUF file or a run folder's export bundle."""
-    target = Path(target)
-    if target.is_file():
-        return target, None
-    run = RunDir(target)
-    tuned, base = run.tuned_ggufs(), run.base_ggufs()
-    if not tuned:
-        raise UsageError(
-            f"{target} holds no exported GGUF", hint=f"run `localtune export {target}` first, or give a .gguf file"
-        )
-    return tuned[0], (base[0] if base else None)
+    """(fine-tuned GGUF, base GGUF or None) for a GGUF file or a run folder's export bundle. A prefix bundle's
+    (or a vectors-only bundle's) fine-tuned GGUF is its base GGUF: open it with `chat.routes.find_routes`."""
+    from localtune.chat.routes import find_routes
+
+    tuned, base = find_routes(target)
+    return tuned.gguf, (base.gguf if base else None)
 
 
 @dataclass
@@ -38,18 +32,26 @@ class Sampling:
 
 @dataclass
 class ChatSession:
-    llm: object
+    llm: object  # a llama_cpp.Llama, or a chat.routes.Route (prompt tuning, prefix tuning)
     system: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
     history: list[dict] = field(default_factory=list)
     notice: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        from localtune.chat.routes import as_route
+
+        self.route = as_route(self.llm)
+        self.llm = self.route.llm
 
     def messages(self, prompt: str) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + self.history + [{"role": "user", "content": prompt}]
 
     def prompt_tokens(self, msgs: list[dict]) -> int:
-        """Tokens of the prompt as the GGUF's own chat template renders it."""
+        """Tokens of the prompt as the GGUF's own chat template renders it (with the route's virtual part)."""
+        if self.route.kind in ("vectors", "prefix"):
+            return self.route.n_virtual + len(self.route.chat_ids(msgs))
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         template = self.llm.metadata.get("tokenizer.chat_template")
@@ -86,12 +88,16 @@ class ChatSession:
                 title="prompt too long",
             )
         s = self.sampling
-        stream = self.llm.create_chat_completion(
-            msgs, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed, stream=True
-        )
+        options = dict(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed, stream=True)
+        if self.route.kind in ("vectors", "prefix"):  # the prompt as tokens after the pinned vectors / prefix
+            stream = self.route.complete(self.route.chat_ids(msgs), **options)
+            content = lambda chunk: chunk["choices"][0]["text"]  # noqa: E731
+        else:  # the GGUF's own template (a portable GGUF's starts with its virtual tokens), their -inf bias
+            stream = self.llm.create_chat_completion(msgs, logit_bias=self.route.bias or None, **options)
+            content = lambda chunk: chunk["choices"][0]["delta"].get("content")  # noqa: E731
         parts = []
         for chunk in stream:
-            piece = chunk["choices"][0]["delta"].get("content") or ""
+            piece = content(chunk) or ""
             if piece:
                 parts.append(piece)
                 if on_token:
@@ -102,6 +108,7 @@ class ChatSession:
 
     def reset(self) -> None:
         self.history = []
+        self.route.repin()
 
     def save(self, path: str | Path) -> Path:
         """The conversation as JSON, written whole (files.write_json): an interrupted save keeps the old file."""

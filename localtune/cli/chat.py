@@ -5,6 +5,8 @@ Run as:  localtune chat RUN_DIR|FILE.gguf [--compare] [--prompt TEXT]
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from localtune.cli.main import friendly_errors, main
@@ -24,12 +26,12 @@ from localtune.errors import LocaltuneError
 @friendly_errors
 def chat_cmd(target, prompt, compare, base_file, system, temperature, top_p, max_tokens, ctx):
     """Chat offline with GGUF (or a run's exported model). Commands: /reset, /system TEXT, /save FILE, /quit."""
-    from localtune.chat.runtime import open_gguf
-    from localtune.chat.session import ChatSession, Sampling, find_models
+    from localtune.chat.routes import RouteSpec, find_routes, open_route
+    from localtune.chat.session import ChatSession, Sampling
     from localtune.errors import UsageError
 
-    tuned, base = find_models(target)
-    base = base_file or base
+    tuned, base = find_routes(target)  # a prompt-/prefix-tuning run: its GGUF with the vectors or the prefix
+    base = RouteSpec(Path(base_file)) if base_file else base
     if compare and base is None:
         raise UsageError("--compare needs a base model", hint="pass --base BASE.gguf, or chat with a RUN_DIR")
     sampling = Sampling(temperature, top_p, max_tokens)
@@ -38,7 +40,7 @@ def chat_cmd(target, prompt, compare, base_file, system, temperature, top_p, max
         (
             label,
             ChatSession(
-                open_gguf(path, n_ctx=ctx), system=system, sampling=sampling, notice=lambda m: click.echo(m, err=True)
+                open_route(path, n_ctx=ctx), system=system, sampling=sampling, notice=lambda m: click.echo(m, err=True)
             ),
         )
         for label, path in models
@@ -54,7 +56,7 @@ def chat_cmd(target, prompt, compare, base_file, system, temperature, top_p, max
     if prompt is not None:
         answer(prompt)
         return
-    click.echo(f"chatting with {tuned}" + (f" and {base}" if compare else "") + "; /quit to leave")
+    click.echo(f"chatting with {_shown(tuned)}" + (f" and {_shown(base)}" if compare else "") + "; /quit to leave")
     while True:
         try:
             line = input("> ").strip()
@@ -82,3 +84,8 @@ def chat_cmd(target, prompt, compare, base_file, system, temperature, top_p, max
                 answer(line)
             except LocaltuneError as exc:  # e.g. a prompt too long for the window: say so, keep chatting
                 click.echo(exc.render(), err=True)
+
+
+def _shown(spec) -> str:
+    extra = spec.sidecar or spec.vectors
+    return f"{spec.gguf}" + (f" + {extra.name}" if extra else "")

@@ -83,7 +83,9 @@ def run_encoder(run_dir: Path) -> Encoder:
 
     run = RunDir(run_dir)
     merged = run.merged
-    if not run.has_merged:
+    if not run.has_merged and (run.soft_prompt.is_file() or run.prefix_sidecar.is_file()):
+        merged = _base_folder(run)  # prompt / prefix tuning: nothing is merged, the base's tokenizer is the run's
+    elif not run.has_merged:
         raise UsageError(
             f"{run_dir} has not been exported yet",
             hint=f"run `localtune export {run_dir}` first",
@@ -92,7 +94,16 @@ def run_encoder(run_dir: Path) -> Encoder:
     tok = AutoTokenizer.from_pretrained(merged)
     template_file = run.chat_template
     template = resolve_chat_template(tok, str(template_file) if template_file.is_file() else None)
-    return Encoder(tok, make_renderer(tok, template), "the run's tokenizer (merged/) and chat template")
+    origin = "merged/" if merged == run.merged else "the base model's folder"
+    return Encoder(tok, make_renderer(tok, template), f"the run's tokenizer ({origin}) and chat template")
+
+
+def _base_folder(run: RunDir) -> Path:
+    from localtune.config import load_config
+    from localtune.model.loading import resolve_base
+
+    cfg = load_config(run.config)
+    return resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code).folder
 
 
 class GGUFTokenizer:
@@ -151,18 +162,20 @@ def _limit(ref_tokens: int, settings: Settings) -> int:
 
 
 def score(llm, prompt_ids: list[int], answer_ids: list[int], ref_text: str, limit: int) -> Answer:
-    """Teacher-forced loss of the reference, then a greedy answer, on one open GGUF."""
+    """Teacher-forced loss of the reference, then a greedy answer, on one open GGUF (a Llama or a chat.routes
+    Route: the learned vectors or prefix in front, a portable GGUF's logit bias in the sampler)."""
     import numpy as np
 
+    from localtune.chat.routes import as_route
+
+    route = as_route(llm)
     ids = prompt_ids + answer_ids
-    llm.reset()
-    llm.eval(ids)
-    logits = np.asarray(llm._scores[len(prompt_ids) - 1 : len(ids) - 1], dtype=np.float64)
+    logits = route.logits(ids)[len(prompt_ids) - 1 : len(ids) - 1].astype(np.float64)
     logits -= logits.max(-1, keepdims=True)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     nll = float(-logp[np.arange(len(answer_ids)), answer_ids].sum())
-    out = llm.create_completion(
-        prompt=prompt_ids, max_tokens=limit, temperature=0.0, top_p=1.0, top_k=1, repeat_penalty=1.0, stream=False
+    out = route.complete(
+        prompt_ids, max_tokens=limit, temperature=0.0, top_p=1.0, top_k=1, repeat_penalty=1.0, stream=False
     )
     choice = out["choices"][0]
     text = choice["text"].strip()
@@ -263,12 +276,13 @@ def _quant(path: Path) -> str:
 
 def run(plan_: Plan, settings: Settings, *, progress=None) -> tuple[list[RowResult], bool]:
     """Score every row with every system; (results, interrupted). Ctrl-C keeps the finished rows."""
-    from localtune.chat.runtime import open_gguf
+    from localtune.chat.routes import open_route, spec_for
 
-    llms = {}
+    llms = {}  # by route: a prefix run's tuned system and its base share one GGUF file
     for s in plan_.systems:
-        if s.gguf not in llms:
-            llms[s.gguf] = open_gguf(s.gguf, n_ctx=settings.n_ctx, logits_all=True)
+        spec = spec_for(s.gguf, tuned=s.role == "tuned")
+        if spec not in llms:
+            llms[spec] = open_route(spec, n_ctx=settings.n_ctx, logits_all=True)
     results: list[RowResult] = []
     start = time.monotonic()
     total = len(plan_.rows)
@@ -277,7 +291,8 @@ def run(plan_: Plan, settings: Settings, *, progress=None) -> tuple[list[RowResu
             row = RowResult(ex.where, _prompt_text(ex), reference(ex))
             for s in plan_.systems:
                 p, a = plan_.encoded[s.name][i]
-                row.answers[s.name] = score(llms[s.gguf], p, a, row.reference, _limit(len(a), settings))
+                route = llms[spec_for(s.gguf, tuned=s.role == "tuned")]
+                row.answers[s.name] = score(route, p, a, row.reference, _limit(len(a), settings))
             results.append(row)
             if progress:
                 elapsed = time.monotonic() - start

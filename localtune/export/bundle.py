@@ -37,6 +37,8 @@ class Bundle:
     adapter: Path | None = None
     modelfile: Path | None = None
     card: Path | None = None
+    extras: list[str] = field(default_factory=list)  # more files, one card line each (prompt/prefix tuning)
+    notes: list[str] = field(default_factory=list)  # what runs where, for the card and the Modelfile
 
     @property
     def gguf_dir(self) -> Path:
@@ -62,12 +64,21 @@ def _export_run(run_dir: Path, quants, verify: bool, say) -> Bundle:
     run = RunDir(run_dir)
     for line in run.recover():  # a merged/ replacement cut short by a crash: the old one is complete
         say(f"note: {line}")
+    cfg = load_config(run.config)
+    from localtune.methods import method
+
+    if method(cfg.adapter.method).kind in ("virtual", "prefix"):  # nothing merges: base GGUF + vectors / prefix
+        from localtune.export.prompt_bundle import export_prompt_run
+
+        export_prompt_run(run_dir, bundle, cfg, quants, verify, say)
+        bundle.modelfile = _prompt_modelfile(run, bundle, cfg)
+        bundle.card = write_card(run_dir, bundle, cfg)
+        return bundle
     merged = run.merged
     if not run.has_merged:
         say("merging the adapter into a 16-bit copy of the base ...")
         result = merge_run(run_dir)
         say(f"merged into {result.folder} ({result.dtype}; max |Δlogit| vs base+adapter {result.max_delta:.2e})")
-    cfg = load_config(run.config)
     template = run.chat_template.read_text(encoding="utf-8") if run.chat_template.is_file() else None
     quants = quants or [default_quant(merged)]
     name = run_dir.name
@@ -123,6 +134,30 @@ def write_modelfile(path: Path, gguf: Path, template: str, tok) -> Path:
     return write_text(path, "\n".join(lines) + "\n")
 
 
+def _prompt_modelfile(run: RunDir, bundle: Bundle, cfg) -> Path:
+    """A portable GGUF gets the usual Modelfile plus what Ollama cannot do; a prefix (or vectors-only) bundle
+    gets a Modelfile of comments only, so `ollama create` cannot quietly make a model of the base alone."""
+    if bundle.tuned:
+        from transformers import AutoTokenizer
+
+        from localtune.model.loading import resolve_base
+
+        base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+        template = run.chat_template.read_text(encoding="utf-8") if run.chat_template.is_file() else ""
+        tok = AutoTokenizer.from_pretrained(base.folder)
+        path = write_modelfile(run.modelfile, bundle.tuned[0].path, template, tok)
+        extra = [
+            "# Ollama has no PARAMETER for a logit bias: it can sample this GGUF's virtual tokens",
+            "# (<|localtune_virtual_N|>), which localtune chat and eval bias to -inf; expect stray output there.",
+        ]
+        return write_text(path, path.read_text(encoding="utf-8") + "\n".join(extra) + "\n")
+    lines = [
+        f"# {run.name}: {'; '.join(bundle.notes)}.",
+        "# Ollama cannot run this adapter (no FROM on purpose): use `localtune chat " + str(run.path) + "`.",
+    ]
+    return write_text(run.modelfile, "\n".join(lines) + "\n")
+
+
 def write_card(run_dir: Path, bundle: Bundle, cfg) -> Path:
     from localtune.methods import method
     from localtune.model.adapters import describe
@@ -147,6 +182,7 @@ def write_card(run_dir: Path, bundle: Bundle, cfg) -> Path:
     ]
     for f in bundle.tuned + bundle.base:
         lines.append(f"- `{f.path.name}` ({f.path.stat().st_size / 1e6:.1f} MB)")
+    lines += [f"- {e}" for e in bundle.extras]
     if bundle.adapter:
         lines.append(
             f"- `{bundle.adapter.name}` (LoRA adapter for llama.cpp's `--lora` / llama-cpp-python's `lora_path`)"
@@ -159,9 +195,12 @@ def write_card(run_dir: Path, bundle: Bundle, cfg) -> Path:
         "| file | check | result | detail |",
         "|---|---|---|---|",
     ]
-    for f in bundle.tuned:
+    checked = bundle.tuned + ([f for f in bundle.base if f.verify] if bundle.notes else [])
+    for f in checked:
         for c in f.verify.checks if f.verify else []:
             lines.append(f"| {f.path.name} | {c.name} | {'PASS' if c.passed else 'FAIL'} | {c.detail} |")
+    if bundle.notes:
+        lines += ["", "## Where it runs", "", *[f"- {n}" for n in bundle.notes]]
     lines += [
         "",
         "## Use",

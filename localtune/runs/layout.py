@@ -13,6 +13,7 @@ One class knows where things live, so no other module joins a name onto a RUN_DI
       adapter/              the final LoRA adapter (peft format)
       merged/               the adapter merged into a 16-bit base (a Hugging Face folder)
       gguf/                 the export bundle: <run>-<TYPE>.gguf, base-<TYPE>.gguf, <run>-adapter-<TYPE>.gguf,
+                            soft_prompt.safetensors (prompt/P-tuning), prefix.safetensors (prefix tuning),
                             *.verify.json, Modelfile, README.md
       eval/<timestamp>/     `localtune eval` reports
       quick.json            the phases `localtune quick` has finished
@@ -324,6 +325,16 @@ class RunDir:
     @property
     def modelfile(self) -> Path:
         return self.gguf / "Modelfile"
+
+    @property
+    def soft_prompt(self) -> Path:
+        """Prompt tuning / P-tuning: the learned vectors, for the base GGUF's input embeddings in localtune chat."""
+        return self.gguf / "soft_prompt.safetensors"
+
+    @property
+    def prefix_sidecar(self) -> Path:
+        """Prefix tuning: the learned K/V for llama.cpp's cache (converters.prefix_sidecar.SIDECAR_NAME)."""
+        return self.gguf / "prefix.safetensors"
 
     # what is there
     @staticmethod

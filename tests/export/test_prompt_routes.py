@@ -1,0 +1,135 @@
+"""Prompt tuning, P-tuning and prefix tuning end to end through the run folder: train a tiny llama, export the
+bundle, verify its llama.cpp routes against peft's teacher-forced forward, and chat through them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import chat, write_jsonl
+
+from localtune.chat.routes import RouteSpec, find_routes, open_route, read_vectors, write_vectors
+from localtune.chat.session import ChatSession, Sampling
+from localtune.config import load_config
+from localtune.export.bundle import export_run
+from localtune.export.verify_prompts import check_route
+from localtune.runs.layout import RunDir
+from localtune.train.run import train_run
+
+FACTS = [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i * 7}.") for i in range(8)]
+LR = {"prompt_tuning": 1e-1, "p_tuning": 3e-2, "prefix_tuning": 2e-1}
+N = 4
+
+
+def _config(model_dir, data, name: str):
+    values = {
+        "model.name_or_path": str(model_dir),
+        "data.path": str(data),
+        "adapter.method": name,
+        "adapter.virtual_tokens": N,
+        "train.max_steps": 6,
+        "train.lr": LR[name],
+        "train.micro_batch_size": 2,
+        "train.grad_accum": 1,
+        "data.val_fraction": 0,
+        "train.seed": 7,
+        "train.load_in_4bit": False,
+    }
+    return load_config(None, {k: (v, "test") for k, v in values.items()})
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, tmp_path_factory):
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            root = tmp_path_factory.mktemp(name)
+            data = write_jsonl(root / "facts.jsonl", FACTS)
+            run = root / "run"
+            assert train_run(_config(tiny_model_dir("llama"), data, name), run).status == "finished"
+            made[name] = run, export_run(run, ["f32"], say=lambda m: None)
+        return made[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", ["prompt_tuning", "p_tuning"])
+def test_virtual_bundle_verifies_and_chats_without_virtual_tokens(name, exported, tmp_path):
+    run_dir, bundle = exported(name)
+    run = RunDir(run_dir)
+    assert [f.path.name for f in bundle.tuned] == ["run-F32.gguf"] and [f.path.name for f in bundle.base] == [
+        "base-F32.gguf"
+    ]
+    assert run.soft_prompt.is_file() and not run.merged.exists()
+    for f in bundle.tuned + bundle.base:  # the portable GGUF, and the base GGUF + input embeddings
+        assert f.verify.passed, f.verify.render()
+        assert (f.path.parent / (f.path.name + ".verify.json")).is_file()
+    card, modelfile = run.card.read_text(), run.modelfile.read_text()
+    assert "soft_prompt.safetensors" in card and "logit bias" in card and "PASS" in card
+    assert "FROM ./run-F32.gguf" in modelfile and "logit bias" in modelfile
+    tuned, base = find_routes(run_dir)
+    assert tuned.kind == "portable" and base.kind == "plain"
+    route = open_route(tuned, n_ctx=512)
+    session = ChatSession(route, sampling=Sampling(temperature=1.0, top_p=1.0, max_tokens=200, seed=3))
+    answer = session.ask("Tell me a long story about item 3.")
+    sampled = [int(t) for t in route.llm.input_ids[: route.llm.n_tokens]]
+    assert answer and route.virtual_ids and route.virtual_ids == sampled[:N]  # the prompt starts with them
+    prompt_len = len(route.prompt(route.chat_ids(session.messages("x")[:1])))
+    assert not set(sampled[prompt_len:]) & set(route.virtual_ids), "a virtual token was sampled"
+    # damaged vectors: the base GGUF + input-embeddings route no longer gives peft's logits
+    bad = tmp_path / "bad.safetensors"
+    vectors = read_vectors(run.soft_prompt)
+    write_vectors(bad, vectors[::-1] * 1.5, name)
+    folder = load_config(run.config).model.name_or_path
+    good = check_route(RouteSpec(bundle.base[0].path, vectors=run.soft_prompt), folder, run.adapter, file_type="f32")
+    broken = check_route(RouteSpec(bundle.base[0].path, vectors=bad), folder, run.adapter, file_type="f32")
+    print(f"{name}: {good.detail} | damaged: {broken.detail}")
+    assert good.passed and not broken.passed, (good.detail, broken.detail)
+
+
+def _peft_greedy(model, ids: list[int], steps: int) -> list[int]:
+    """Greedy continuation by peft's teacher-forced forward, one full pass per token (never HF generate)."""
+    import torch
+
+    out = list(ids)
+    with torch.no_grad():
+        for _ in range(steps):
+            out.append(int(model(input_ids=torch.tensor([out])).logits[0, -1].argmax()))
+    return out[len(ids) :]
+
+
+def test_prefix_bundle_verifies_and_chat_repins_after_trimming(exported):
+    from localtune.export.verify_prompts import peft_model
+
+    run_dir, bundle = exported("prefix_tuning")
+    run = RunDir(run_dir)
+    assert bundle.tuned == [] and run.prefix_sidecar.is_file() and not run.merged.exists()
+    assert bundle.base[0].verify.passed, bundle.base[0].verify.render()
+    assert "prefix route vs peft" in bundle.base[0].verify.render()
+    assert (
+        not any(line.startswith("FROM") for line in run.modelfile.read_text().splitlines())
+        and "Ollama and llama-server cannot" in run.card.read_text()
+    )
+    tuned, base = find_routes(run_dir)
+    assert tuned.kind == "prefix" and tuned.gguf == base.gguf == bundle.base[0].path
+    route = open_route(tuned, n_ctx=160, f32_kv=True)
+    notices = []
+    session = ChatSession(route, sampling=Sampling(temperature=0.0, max_tokens=24), notice=notices.append)
+    model = peft_model(load_config(run.config).model.name_or_path, run.adapter)
+    for i in range(6):  # a small window: the oldest exchanges are dropped
+        session.ask(f"Tell me about item {i} and everything you know about it in detail please")
+        ids = session.route.chat_ids(session.history[:-1])  # the prompt of the turn just answered
+        sampled = [int(t) for t in route.llm.input_ids[route.n_virtual + len(ids) : route.llm.n_tokens]]
+        want = _peft_greedy(model, ids, len(sampled))
+        assert sampled == want, (i, sampled, want)  # peft's answer, after trimming too
+    assert notices and len(session.history) < 12
+    route.llm.reset()  # the cache loses the prefix: the next turn pins it again
+    pins = route.pinned.pins
+    session.reset()
+    session.ask("What is item 2?")
+    assert route.pinned.pins == pins + 1
+    keys, values = route.pinned.read_back()
+    from localtune.converters.prefix_sidecar import read_sidecar
+
+    prefix = read_sidecar(run.prefix_sidecar)
+    assert np.array_equal(keys, prefix.keys) and np.array_equal(values, prefix.values)
