@@ -70,14 +70,15 @@ class ChatScreen(Screen):
 
     def session(self, side: str):
         if side not in self.sessions:
-            from localtune.chat.runtime import open_gguf
-            from localtune.chat.session import ChatSession, Sampling, find_models
+            from localtune.chat.routes import find_routes, open_route
+            from localtune.chat.session import ChatSession, Sampling
 
-            tuned, base = find_models(self.target)
-            path = tuned if side == "tuned" else base
-            if path is None:
+            # a prompt- or prefix-tuning run: its GGUF with the learned vectors or prefix (chat/routes.py)
+            tuned, base = find_routes(self.target)
+            spec = tuned if side == "tuned" else base
+            if spec is None:
                 raise LocaltuneError("there is no base model GGUF to compare with", hint="export the run first")
-            self.sessions[side] = ChatSession(open_gguf(path, n_ctx=2048), sampling=Sampling(max_tokens=200))
+            self.sessions[side] = ChatSession(open_route(spec, n_ctx=2048), sampling=Sampling(max_tokens=200))
         return self.sessions[side]
 
     @work(thread=True, exclusive=True, group="chat")
