@@ -226,12 +226,13 @@ def plan_memory(cfg: Config, shape, lm, longest: int) -> MemoryPlanned:
         budget = int((torch.cuda.mem_get_info()[0] + in_use) * 0.9)
     else:
         budget = int((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 2 + in_use) * 0.9)
-    offload = cfg.train.activation_offload if cuda and cfg.train.gradient_checkpointing else "off"
+    checkpointing = cfg.train.gradient_checkpointing and method(cfg.adapter.method).checkpointing
+    offload = cfg.train.activation_offload if cuda and checkpointing else "off"
     kw = {
         "rank": cfg.adapter.r,
         "targets": cfg.adapter.target_modules,
         "quantized": cfg.train.load_in_4bit,
-        "checkpointing": cfg.train.gradient_checkpointing,
+        "checkpointing": checkpointing,
         "optimizer": cfg.train.optimizer,
         "weight_bytes": 2 if cuda else 4,
         "method": cfg.adapter.method,
