@@ -8,7 +8,7 @@ Importing this package imports the commands, which import only click and the tor
 Run as:  localtune --help
 """
 
-from localtune.cli import chat, data, evaluate, export, quick, tools, train  # noqa: F401 - registers the commands
+from localtune.cli import chat, data, distill, evaluate, export, quick, tools, train  # noqa: F401 - registers the commands
 from localtune.cli.main import main
 
 __all__ = ["main"]

@@ -28,23 +28,26 @@ def chat_cmd(target, prompt, compare, base_file, system, temperature, top_p, max
     """Chat offline with GGUF (or a run's exported model). Commands: /reset, /system TEXT, /save FILE, /quit."""
     from localtune.chat.routes import RouteSpec, find_routes, open_route
     from localtune.chat.session import ChatSession, Sampling
+    from localtune.cli.hf_chat import hf_session, transformers_method
     from localtune.errors import UsageError
 
-    tuned, base = find_routes(target)  # a prompt-/prefix-tuning run: its GGUF with the vectors or the prefix
-    base = RouteSpec(Path(base_file)) if base_file else base
-    if compare and base is None:
-        raise UsageError("--compare needs a base model", hint="pass --base BASE.gguf, or chat with a RUN_DIR")
     sampling = Sampling(temperature, top_p, max_tokens)
-    models = [("fine-tuned" if compare else None, tuned)] + ([("base", base)] if compare else [])
-    sessions = [
-        (
-            label,
-            ChatSession(
-                open_route(path, n_ctx=ctx), system=system, sampling=sampling, notice=lambda m: click.echo(m, err=True)
-            ),
+    notice = lambda m: click.echo(m, err=True)  # noqa: E731
+    if transformers_method(target):  # LLaMA-Adapter: no GGUF, the run's model on transformers
+        tuned, sessions = (
+            target,
+            [hf_session(target, compare=compare, system=system, sampling=sampling, ctx=ctx, notice=notice)],
         )
-        for label, path in models
-    ]
+    else:
+        tuned, base = find_routes(target)  # a prompt-/prefix-tuning run: its GGUF with the vectors or the prefix
+        base = RouteSpec(Path(base_file)) if base_file else base
+        if compare and base is None:
+            raise UsageError("--compare needs a base model", hint="pass --base BASE.gguf, or chat with a RUN_DIR")
+        models = [("fine-tuned" if compare else None, tuned)] + ([("base", base)] if compare else [])
+        sessions = [
+            (label, ChatSession(open_route(path, n_ctx=ctx), system=system, sampling=sampling, notice=notice))
+            for label, path in models
+        ]
 
     def answer(text: str) -> None:
         for label, session in sessions:

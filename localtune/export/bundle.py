@@ -45,6 +45,22 @@ class Bundle:
         return RunDir(self.run_dir).gguf
 
 
+def require_gguf_form(name: str, run_dir) -> None:
+    """A clear refusal (exit 2) for LLaMA-Adapter, whose result GGUF cannot hold."""
+    from localtune.errors import UsageError
+    from localtune.methods import method
+
+    if method(name).kind != "adaption":
+        return
+    raise UsageError(
+        f"{run_dir} trained {method(name).title}: a gated second attention over learned prompts in its top "
+        "layers, which neither GGUF nor llama.cpp can express, so there is no GGUF of it to write",
+        hint=f"distil it into a LoRA and export that: localtune distill {run_dir}, then "
+        f"localtune export {Path(run_dir) / 'distilled'} (or chat with it as it is: localtune chat {run_dir})",
+        title="no GGUF form for this method",
+    )
+
+
 def export_run(run_dir: str | Path, quants: list[str] | None = None, *, verify: bool = True, say=print) -> Bundle:
     """Merge if needed, export, verify and write the bundle, holding the run folder's lock."""
     from localtune.runs.lock import run_lock
@@ -65,6 +81,7 @@ def _export_run(run_dir: Path, quants, verify: bool, say) -> Bundle:
     for line in run.recover():  # a merged/ replacement cut short by a crash: the old one is complete
         say(f"note: {line}")
     cfg = load_config(run.config)
+    require_gguf_form(cfg.adapter.method, run_dir)
     from localtune.methods import method
 
     if method(cfg.adapter.method).kind in ("virtual", "prefix"):  # nothing merges: base GGUF + vectors / prefix

@@ -72,7 +72,18 @@ class ChatScreen(Screen):
         if side not in self.sessions:
             from localtune.chat.routes import find_routes, open_route
             from localtune.chat.session import ChatSession, Sampling
+            from localtune.cli.hf_chat import hf_session, transformers_method
 
+            if transformers_method(self.target):  # LLaMA-Adapter: the run's model on transformers, as `chat` does
+                self.sessions[side] = hf_session(
+                    self.target,
+                    compare=side != "tuned",
+                    system=None,
+                    sampling=Sampling(max_tokens=200),
+                    ctx=2048,
+                    notice=lambda _m: None,
+                )[1]
+                return self.sessions[side]
             # a prompt- or prefix-tuning run: its GGUF with the learned vectors or prefix (chat/routes.py)
             tuned, base = find_routes(self.target)
             spec = tuned if side == "tuned" else base
