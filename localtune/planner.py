@@ -149,6 +149,33 @@ class Shape:
     def embedding_params(self) -> int:
         return self.vocab * self.hidden * (1 if self.tied else 2) + self.extra_embedding
 
+    def freeze_params(self, freeze_modules: list[str]) -> int:
+        """Parameters freeze tuning trains (model/freeze.py): norms (two per layer and the final one), biases
+        (at most one per linear output), the top N layers whole, or the linears a name pattern picks."""
+        import fnmatch
+
+        blocks, total = self.blocks(), 0
+        whole = max([int(s.split(":", 1)[1]) for s in freeze_modules if s.startswith("last:")] or [0])
+        for spec in freeze_modules:
+            if spec == "norm":  # those of the layers trained whole are counted with them
+                total += (2 * max(0, self.layers - whole) + 1) * self.hidden
+            elif spec == "bias":
+                total += sum(o for b in blocks for _i, o in b.values())
+            elif spec.startswith("last:"):
+                top = blocks[max(0, len(blocks) - int(spec.split(":", 1)[1])) :]
+                total += sum(i * o for b in top for i, o in b.values()) + 2 * self.hidden * len(top)
+                total += self.experts * sum(i * o for i, o in self.expert_linears().values()) * len(top)
+            else:
+                leaf = spec.rsplit(".", 1)[-1]
+                groups = {"mlp": ("gate", "up", "down", "fc"), "self_attn": ("q_", "k_", "v_", "o_", "qkv")}
+                for b in blocks:
+                    total += sum(
+                        i * o
+                        for k, (i, o) in b.items()
+                        if fnmatch.fnmatchcase(k, leaf) or k.startswith(groups.get(leaf, ("\0",)))
+                    )
+        return total
+
     def lora_params(self, rank: int, targets: list[str] | None = None) -> int:
         if self.per_layer:  # model-level linears only when named (training leaves them out of all-linear)
             every = not targets or targets == ["all-linear"]
@@ -169,6 +196,7 @@ class Shape:
         virtual_tokens: int = 20,
         adapter_layers: int = 8,
         block: int = 32,
+        freeze_modules: list[str] | None = None,
     ) -> int:
         """Trainable parameters of an adapter method (localtune/methods.py), from the shape alone."""
         kv = self.kv_heads * self.head_dim
@@ -197,8 +225,8 @@ class Shape:
             return virtual_tokens * self.layers * 2 * kv
         if method == "llama_adapter":  # the prompts and one zero-initialised gate per adapted layer
             return min(adapter_layers, self.layers) * (virtual_tokens * self.hidden + 1)
-        if method == "freeze":  # the norms by default; chosen whole layers are counted by the loader's report
-            return (2 * self.layers + 1) * self.hidden
+        if method == "freeze":
+            return self.freeze_params(freeze_modules or ["norm"])
         return self.lora_params(rank, targets)
 
     def recurrent_acts(self, tokens: int, rows: int, weight_bytes: int) -> int:
@@ -293,6 +321,7 @@ def estimate(
     offload: bool = False,
     method: str = "lora",
     virtual_tokens: int = 20,
+    freeze_modules: list[str] | None = None,
 ) -> Plan:
     """Peak allocator memory in bytes, by part. weight_bytes: 2 on a GPU (bf16/fp16), 4 on the CPU.
     offload: the checkpointed layer inputs live in CPU memory (needs checkpointing). method: the adapter
@@ -302,8 +331,12 @@ def estimate(
     chosen = method_of(method)
     checkpointing = checkpointing and chosen.checkpointing
     tokens = micro_batch * (seq_len + (virtual_tokens if chosen.kind in ("virtual", "prefix") else 0))
-    lora = shape.adapter_params(method, rank, targets, virtual_tokens)
+    lora = shape.adapter_params(method, rank, targets, virtual_tokens, freeze_modules=freeze_modules)
     opt_bytes = 2 if "8bit" in optimizer else 8
+    # freeze tuning's trained weights are the base's own, in the compute dtype (bf16 weight + grad + 8-bit
+    # Adam: ~6 bytes a parameter on a GPU; fp32 + AdamW: 16 on the CPU), and its chosen linears are not 4-bit
+    trained_bytes = weight_bytes if chosen.kind == "freeze" else 4
+    kind = "fp32" if trained_bytes == 4 else "16-bit"
     layer_acts = tokens * (ACT_PER_HIDDEN * shape.hidden + ACT_PER_FFN * shape.active_ffn()) * weight_bytes
     recurrent = shape.recurrent_acts(tokens, micro_batch, weight_bytes) if shape.linear_layers else 0
     dense = sum(i * o for b in shape.blocks() for i, o in b.values()) + sum(i * o for _n, i, o in shape.model_linears)
@@ -313,8 +346,8 @@ def estimate(
         ),
         "embeddings + head": shape.embedding_params() * weight_bytes,
         **({"experts (16-bit)": shape.expert_weights * weight_bytes} if shape.expert_weights else {}),
-        f"{chosen.title} parameters (fp32)": lora * 4,
-        f"{chosen.title} gradients (fp32)": lora * 4,
+        f"{chosen.title} parameters ({kind})": lora * trained_bytes,
+        f"{chosen.title} gradients ({kind})": lora * trained_bytes,
         "optimizer state": lora * opt_bytes,
         "activations": layer_acts + recurrent + tokens * shape.hidden * weight_bytes * (2 if offload else shape.layers)
         if checkpointing
@@ -361,6 +394,7 @@ def recommend(
     offload: str = "off",
     method: str = "lora",
     virtual_tokens: int = 20,
+    freeze_modules: list[str] | None = None,
 ) -> Recommendation:
     """The largest power-of-two micro-batch that fits; else, where `offload` is "auto", the same with the
     checkpoints offloaded to CPU memory; else shorter sequences, then a lower rank. offload "on": always."""
@@ -372,6 +406,7 @@ def recommend(
         weight_bytes=weight_bytes,
         method=method,
         virtual_tokens=virtual_tokens,
+        freeze_modules=freeze_modules,
     )
     checkpointing = checkpointing and method not in ("prefix_tuning",)
     choices = {"off": [False], "on": [True], "auto": [False, True]}[offload] if checkpointing else [False]

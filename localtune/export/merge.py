@@ -25,6 +25,7 @@ from localtune.converters.vocab import SOURCE_VOCAB
 from localtune.errors import LocaltuneError, UsageError
 from localtune.faults import disk_full, fault_point, signal_point
 from localtune.files import atomic_folder
+from localtune.methods import method
 from localtune.model.checks import check_adapter, read_safetensors_header, weight_shapes
 from localtune.runs.layout import RunDir
 
@@ -65,8 +66,6 @@ def _dtype_of(path: Path) -> str:
 
 def require_mergeable(name: str, run_dir) -> None:
     """A clear refusal (exit 2) for methods whose result is not a change of the base's weights."""
-    from localtune.methods import method
-
     chosen = method(name)
     if chosen.mergeable:
         return
@@ -108,10 +107,20 @@ def merge_run(
             hint="merge with the base model the run was trained on",
             title="adapter from a different base",
         )
-    check_adapter(adapter, weight_shapes(base.folder))
+    frozen = method(cfg.adapter.method).kind == "freeze"  # trained tensors of the base itself, no peft adapter
+    if not frozen:
+        check_adapter(adapter, weight_shapes(base.folder))
     tokenizer = base.tokenizer()
     dev, dtype = merge_placement(base.folder, device or pick_device(cfg.train.device))
     signal_point("merge.load")
+    if frozen:
+        from localtune.export.merge_freeze import freeze_merged
+
+        ids = [torch.tensor([tokenizer(s)["input_ids"]]) for s in SAMPLES]
+        merged, delta, dtype = freeze_merged(
+            base.folder, adapter, ids, device=dev, trust_remote_code=cfg.model.trust_remote_code
+        )
+        return _save_merged(run, base, tokenizer, merged, delta, dtype, out_dir)
     with quiet_progress():
         model = AutoModelForCausalLM.from_pretrained(
             base.folder,
@@ -133,6 +142,12 @@ def merge_run(
             f"the merged model's logits differ from base+adapter by {delta:.3g} (tolerance {tolerance})",
             hint="report this with the run folder; the adapter itself (RUN_DIR/adapter) is unaffected",
         )
+    return _save_merged(run, base, tokenizer, merged, delta, dtype, out_dir)
+
+
+def _save_merged(run, base, tokenizer, merged, delta: float, dtype, out_dir) -> MergeResult:
+    from localtune.model.loading import quiet_progress
+
     out = Path(out_dir) if out_dir else run.merged
     try:
         with atomic_folder(out) as tmp:

@@ -225,13 +225,21 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
         "device_map": {"": 0 if device == "cuda" else "cpu"},
         "trust_remote_code": cfg.model.trust_remote_code,
     }
+    chosen = method(cfg.adapter.method)
     if cfg.train.load_in_4bit:
+        skip = None
+        if chosen.kind == "freeze":  # the chosen linear layers stay out of the 4-bit load (model/freeze.py)
+            from localtune.model import freeze
+
+            layout = freeze.meta_model(base.folder, cfg.model.trust_remote_code)
+            skip = freeze.skip_modules(layout, freeze.chosen_parameters(layout, cfg.adapter.freeze_modules))
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
             bnb_4bit_quant_storage=torch.uint8,
+            llm_int8_skip_modules=skip,
         )
     signal_point("train.load")
     with quiet_progress():
@@ -247,7 +255,6 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
     for p in model.parameters():
         p.requires_grad_(False)
     model.config.use_cache = False  # no KV cache in training (and packing needs none)
-    chosen = method(cfg.adapter.method)
     notes: list[str] = []
     if cfg.train.gradient_checkpointing and not chosen.checkpointing:
         notes.append(f"{chosen.title} trains without gradient checkpointing (peft refuses it); the plan counts that")
@@ -258,6 +265,19 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     torch.manual_seed(cfg.train.seed)  # adapter weights start from the run's seed
+    if chosen.kind == "freeze":  # no peft model: the base itself, its chosen parameters trainable
+        from localtune.model.freeze import make_trainable
+
+        make_trainable(model, cfg.adapter.freeze_modules)
+        return LoadedModel(
+            model,
+            device,
+            str(dtype).removeprefix("torch."),
+            cfg.train.load_in_4bit,
+            time.monotonic() - start,
+            kernels,
+            tuple(notes),
+        )
     if not chosen.lora_family:
         from localtune.model.adapters import peft_config
 

@@ -182,6 +182,10 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         # padding-free rows and chunked cross-entropy, or padded rows where the adapter method needs them
         self.micro_loss = CausalLMLoss(model, pad_id, padded=method(cfg.adapter.method).padded)
+        if cfg.train.layer_drop > 0:  # stochastic depth in training only (speed/layer_drop.py)
+            from localtune.train.speed.layer_drop import install as install_layer_drop
+
+            install_layer_drop(model, cfg.train.layer_drop)
         self.rows_per_step = micro_batch * grad_accum
         self._order: tuple[int, list[int]] = (-1, [])  # (epoch, row order) of the current epoch
         self.steps_per_epoch = math.ceil(len(train_rows) / self.rows_per_step)
@@ -196,16 +200,20 @@ class Trainer:
     def _make_optimizer(self):
         import torch
 
+        from localtune.train.param_groups import param_groups
+
         t = self.cfg.train
         kw = dict(lr=t.lr, weight_decay=t.weight_decay)
+        ratio = self.cfg.adapter.lora_plus_ratio if method(self.cfg.adapter.method).lora_family else 0.0
+        groups = param_groups(self.model, **kw, layer_decay=t.layer_lr_decay, lora_plus=ratio)
         if t.optimizer != "adamw" and self.device == "cuda":
             import bitsandbytes as bnb
 
             cls = bnb.optim.PagedAdamW8bit if t.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit
-            return cls(self.params, **kw)
+            return cls(groups, **kw)
         if t.optimizer != "adamw":
             self.emit(Warning(f"optimizer {t.optimizer} needs CUDA; using AdamW on the CPU"))
-        return torch.optim.AdamW(self.params, **kw)
+        return torch.optim.AdamW(groups, **kw)
 
     # ---- state ----------------------------------------------------------------------------------
     def trainable_state(self) -> dict:
@@ -235,6 +243,11 @@ class Trainer:
                 params[k].copy_(v)
 
     def write_adapter(self, folder) -> None:
+        if method(self.cfg.adapter.method).kind == "freeze":  # the trained tensors only, never the 4-bit model
+            from localtune.model.freeze import write_adapter
+
+            write_adapter(self.model, folder, self.cfg.adapter.freeze_modules)
+            return
         self.model.save_pretrained(folder)
         if self.cfg.adapter.method in WHOLE_STATE_METHODS:
             from safetensors.torch import save_file
@@ -255,7 +268,12 @@ class Trainer:
 
     def restore(self, snap: Snapshot) -> None:
         self.load_trainable_state(snap.adapter)
-        self.optimizer.load_state_dict(snap.optimizer)
+        try:
+            self.optimizer.load_state_dict(snap.optimizer)
+        except ValueError as exc:  # other parameter groups (train.layer_lr_decay, adapter.lora_plus_ratio)
+            from localtune.train.checkpoint import CheckpointError
+
+            raise CheckpointError(f"its optimizer state does not fit this run's parameter groups ({exc})") from None
         self.scheduler.load_state_dict(snap.scheduler)
         set_rng_state(snap.rng)
         restored = LoopState(**snap.loop)
@@ -295,7 +313,7 @@ class Trainer:
                     self.params, self.cfg.train.max_grad_norm if self.cfg.train.max_grad_norm > 0 else float("inf")
                 )
             )
-            lr = self.scheduler.get_last_lr()[0]
+            lr = self.scheduler.get_last_lr()[0] / self.optimizer.param_groups[0].get("lt_scale", 1.0)  # base lr
             if math.isfinite(loss) and math.isfinite(grad_norm):
                 self.optimizer.step()
                 st.nonfinite_in_row = 0

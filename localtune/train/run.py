@@ -53,7 +53,10 @@ IDENTITY_LABELS = {
     "max_seq_len": "data.max_seq_len",
     "lora_shape": "LoRA shape (rank, target modules, DoRA)",
     "adapter": "adapter method or its shape",
+    "lr_groups": "learning-rate groups (train.layer_lr_decay, adapter.lora_plus_ratio)",
 }
+# What a checkpoint made before an identity key existed is taken to have had
+IDENTITY_DEFAULTS = {"lr_groups": [1.0, 0.0]}
 
 
 def adapter_identity(cfg: Config) -> list:
@@ -112,7 +115,7 @@ def check_disk(run_dir: Path, needed: int) -> None:
 
 
 def check_resume_identity(saved: dict, current: dict, force: bool, warn) -> None:
-    changed = [IDENTITY_LABELS.get(k, k) for k in current if saved.get(k) != current[k]]
+    changed = [IDENTITY_LABELS.get(k, k) for k in current if saved.get(k, IDENTITY_DEFAULTS.get(k)) != current[k]]
     if not changed:
         return
     if force:
@@ -237,6 +240,7 @@ def plan_memory(cfg: Config, shape, lm, longest: int) -> MemoryPlanned:
         "weight_bytes": 2 if cuda else 4,
         "method": cfg.adapter.method,
         "virtual_tokens": cfg.adapter.virtual_tokens,
+        "freeze_modules": cfg.adapter.freeze_modules,
     }
     if micro == 0:  # the planner picks the micro-batch; rows per step stay grad_accum
         plan = recommend(shape, budget, seq_len=longest, max_micro_batch=accum, offload=offload, **kw).plan
@@ -295,7 +299,11 @@ def _train(
 
     shape = Shape.from_config(AutoConfig.from_pretrained(base.folder))
     lora_params = shape.adapter_params(
-        cfg.adapter.method, cfg.adapter.r, cfg.adapter.target_modules, cfg.adapter.virtual_tokens
+        cfg.adapter.method,
+        cfg.adapter.r,
+        cfg.adapter.target_modules,
+        cfg.adapter.virtual_tokens,
+        freeze_modules=cfg.adapter.freeze_modules,
     )
     opt_bytes = 2 if "8bit" in cfg.train.optimizer and torch.cuda.is_available() else 8
     check_disk(run_dir, lora_params * (4 + opt_bytes) * (cfg.train.keep_checkpoints + 1) + lora_params * 4 + 10**7)
@@ -309,6 +317,7 @@ def _train(
         identity["lora_shape"] = [cfg.adapter.r, sorted(cfg.adapter.target_modules), cfg.adapter.method == "dora"]
     else:
         identity["adapter"] = adapter_identity(cfg)
+    identity["lr_groups"] = [cfg.train.layer_lr_decay, cfg.adapter.lora_plus_ratio]  # the optimizer's groups
     source = None
     store.remove_stale()
     if resume:
@@ -429,7 +438,10 @@ def _train(
         # Saved under a temporary name and renamed in whole; a previous adapter (a resumed, finished run)
         # stays in place until the new one is complete.
         with atomic_folder(run.adapter) as tmp:
-            model.save_pretrained(tmp)
+            if method(cfg.adapter.method).kind == "freeze":
+                trainer.write_adapter(tmp)  # the trained tensors and freeze.json (model/freeze.py)
+            else:
+                model.save_pretrained(tmp)
             fault_point("adapter.rename")
     except OSError as exc:
         raise disk_full(exc, "the final adapter", run_dir, trainable * 4) or exc from None
