@@ -54,6 +54,8 @@ DONE = (FINISHED, STOPPED_EARLY)  # an adapter is there
 BASE_STEM = "base"  # the bundle's GGUFs of the base model: base-<TYPE>.gguf
 LOCK_NAME = ".localtune.lock"
 
+FREEZE_CONFIG = "freeze.json"  # freeze tuning's adapter description (model/freeze.py)
+
 
 class RunFolderError(UsageError):
     title = "not a usable run folder"
@@ -346,7 +348,8 @@ class RunDir:
 
     @property
     def has_adapter(self) -> bool:
-        return (self.adapter / "adapter_config.json").is_file()
+        """A peft adapter, or freeze tuning's trained tensors (model/freeze.py)."""
+        return (self.adapter / "adapter_config.json").is_file() or (self.adapter / FREEZE_CONFIG).is_file()
 
     @property
     def has_merged(self) -> bool:
