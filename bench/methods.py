@@ -6,7 +6,8 @@ the method unless `--lr` is given. Then, unless `--no-eval`, the run is exported
 `localtune eval` scores the tuned GGUF on the held-out rows. One table row per (model, method):
 
 - trainable parameters, seconds per optimizer step, peak memory (ru_maxrss on the CPU, the allocator's peak
-  on CUDA), final validation loss (teacher-forced, in training), adapter size on disk;
+  on CUDA; each run is a fresh process, so the peak is that run's), final validation loss (teacher-forced,
+  in training), adapter size on disk;
 - `localtune eval`'s metrics of the tuned GGUF on the held-out rows: loss, ROUGE-L, token F1;
 - where the result runs (methods.py), and what failed, if anything (a row is never dropped).
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -109,6 +112,17 @@ def run_one(model: str, spec: str, name: str, args, work: Path) -> dict:
     return row
 
 
+def child_run(model: str, spec: str, name: str, argv: list[str], work: Path) -> dict:
+    """One run in a fresh process, so its peak memory is its own."""
+    cmd = [sys.executable, "-m", "bench.methods", *argv, "--work", str(work), "--one", model, spec, name]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    rows = [line[4:] for line in out.stdout.splitlines() if line.startswith("ROW ")]
+    if not rows:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"model": model, "method": name, "error": f"process: exit {out.returncode}: {tail[0][:160]}"}
+    return json.loads(rows[-1])
+
+
 def markdown(rows: list[dict]) -> str:
     out = ["| " + " | ".join(title for _k, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
@@ -133,7 +147,14 @@ def main(argv=None) -> None:
     parser.add_argument("--no-quant", action="store_true", help="every method on a 16-bit base")
     parser.add_argument("--no-eval", action="store_true", help="skip export + localtune eval")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--one", nargs=3, metavar=("MODEL", "SPEC", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.one:  # a child: one run, its row as the last line of output
+        model, spec, name = args.one
+        work = args.work or Path(tempfile.mkdtemp())
+        with report_to(None, work / "library.log"):
+            print("ROW " + json.dumps(run_one(model, spec, name, args, work)), flush=True)
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp, report_to(None, Path(tmp) / "library.log"):
         work = args.work or Path(tmp)
@@ -142,7 +163,7 @@ def main(argv=None) -> None:
             spec = model_path(model, work)
             for name in args.methods.split(","):
                 print(f"{model} {name} ...", flush=True)
-                rows.append(run_one(model, spec, name, args, work))
+                rows.append(child_run(model, spec, name, argv if argv is not None else sys.argv[1:], work))
                 print(json.dumps(rows[-1]), flush=True)
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"methods-{args.models.replace(',', '-')}"

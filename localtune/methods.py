@@ -54,7 +54,7 @@ RUNS_IN = {
     "freeze": "merged GGUF (any llama.cpp, Ollama)",
     "virtual": "portable GGUF (any llama.cpp, Ollama), or the base GGUF in localtune chat",
     "prefix": "localtune chat only (base GGUF + KV-cache sidecar)",
-    "adaption": "transformers only (localtune chat --hf); `localtune distill` makes it a portable LoRA",
+    "adaption": "transformers only (localtune chat RUN_DIR); `localtune distill` makes it a portable LoRA",
 }
 
 METHODS: dict[str, Method] = {
