@@ -42,6 +42,20 @@ class RouteSpec:
 
         return "portable" if virtual_token_ids(self.gguf) else "plain"
 
+    @property
+    def n_virtual(self) -> int:
+        """Positions the route will put in front of every prompt (Route.n_virtual), read from the files
+        without opening the model: what a prompt must leave room for in the context."""
+        if self.sidecar:
+            from localtune.converters.prefix_sidecar import read_sidecar
+
+            return read_sidecar(self.sidecar).n_tokens
+        if self.vectors:
+            return int(read_vectors(self.vectors).shape[0])
+        from localtune.converters.soft_prompt import virtual_token_ids
+
+        return len(virtual_token_ids(self.gguf))
+
 
 def write_vectors(path: str | os.PathLike, vectors, method: str) -> Path:
     """The learned vectors as one safetensors tensor, atomically (the bundle's soft_prompt.safetensors)."""
@@ -145,7 +159,13 @@ class Route:
         """`Llama.create_completion` of the prompt `ids` through this route, with its logit bias."""
         if self.bias:
             kwargs["logit_bias"] = {**self.bias, **(kwargs.get("logit_bias") or {})}
-        return self.llm.create_completion(self.prompt(ids), **kwargs)
+        if self.pinned is None:
+            return self.llm.create_completion(self.prompt(ids), **kwargs)
+        import warnings
+
+        with warnings.catch_warnings():  # the prefix's placeholders are BOS tokens, by design
+            warnings.filterwarnings("ignore", message="Detected duplicate leading", category=RuntimeWarning)
+            return self.llm.create_completion(self.prompt(ids), **kwargs)
 
     def logits(self, ids):
         """Teacher-forced logits, float32 [len(ids), n_vocab]: row i predicts the token after ids[i]."""

@@ -206,21 +206,27 @@ class Plan:
 
 def plan(rows: EvalRows, encoder: Encoder, tuned: list[Path], base: Path | None, settings: Settings) -> Plan:
     """Encode every row for every system; choose K, the most shots (at most settings.shots) that fit."""
+    from localtune.chat.routes import spec_for
     from localtune.data.template import TemplateError
 
     chosen = rows.rows[: settings.max_rows] if settings.max_rows else list(rows.rows)
     notes: list[str] = []
     zero, kept, skipped = [], [], []
+    # a tuned prompt-tuning / prefix route puts its virtual positions in front of every prompt: they take
+    # context too (the base, and so few-shot, has none)
+    virtual = max((spec_for(t).n_virtual for t in tuned), default=0)
     for ex in chosen:
         try:
             p, a = encoder(ex)
         except TemplateError as exc:
             skipped.append(f"{ex.where} ({exc})")
             continue
-        if not a or len(p) + len(a) + _limit(len(a), settings) > settings.n_ctx:
+        need = virtual + len(p) + len(a) + _limit(len(a), settings)
+        if not a or need > settings.n_ctx:
             skipped.append(
-                f"{ex.where} (needs {len(p) + len(a) + _limit(len(a), settings)} tokens, more than "
-                f"the {settings.n_ctx}-token context)"
+                f"{ex.where} (needs {need} tokens"
+                + (f" with the {virtual} virtual ones" if virtual else "")
+                + f", more than the {settings.n_ctx}-token context)"
             )
             continue
         zero.append((p, a))

@@ -3,6 +3,8 @@ bundle, verify its llama.cpp routes against peft's teacher-forced forward, and c
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from helpers import chat, write_jsonl
@@ -133,3 +135,112 @@ def test_prefix_bundle_verifies_and_chat_repins_after_trimming(exported):
 
     prefix = read_sidecar(run.prefix_sidecar)
     assert np.array_equal(keys, prefix.keys) and np.array_equal(values, prefix.values)
+
+
+@pytest.mark.parametrize("name", ["prompt_tuning", "prefix_tuning"])
+def test_quick_runs_every_phase(name, tiny_model_dir, tmp_path):
+    """`quick --method` on a tiny llama: train, export, sample and eval all finish; the bundle holds the
+    portable GGUF (prompt tuning) or the base GGUF and the KV-cache sidecar (prefix tuning)."""
+    from localtune.quick import run_quick
+
+    rows = FACTS + [chat(f"What is item {i}?", f"Item {i} is a small red thing numbered {i * 7}.") for i in (8, 9)]
+    cfg = _config(tiny_model_dir("llama"), write_jsonl(tmp_path / "facts.jsonl", rows), name)
+    cfg.set("train.max_steps", 3, "test")
+    cfg.set("data.val_fraction", 0.2, "test")
+    messages = []
+    result = run_quick(cfg, tmp_path / "run", say=messages.append)
+    assert result.exit_code == 0, messages
+    run = RunDir(tmp_path / "run")
+    state = json.loads(run.quick_json.read_text())
+    assert state["done"] == ["preflight", "train", "export", "eval"], state
+    names = sorted(p.name for p in run.gguf.iterdir())
+    if name == "prompt_tuning":
+        assert {"run-Q8_0.gguf", "base-Q8_0.gguf", "soft_prompt.safetensors"} <= set(names), names
+        assert find_routes(run.path)[0].kind == "portable"
+    else:
+        assert "base-Q8_0.gguf" in names and run.prefix_sidecar.is_file() and not run.tuned_ggufs(), names
+        assert find_routes(run.path)[0].kind == "prefix"
+    assert result.sample["fine-tuned"] and "base" in result.sample
+    report = result.eval_report
+    assert report is not None and {s.role for s in report.systems} >= {"tuned", "base"}
+    tuned = next(s.name for s in report.systems if s.role == "tuned")
+    assert all(row.answers[tuned].ref_tokens > 0 for row in report.rows)
+
+
+@pytest.mark.parametrize("name", ["prompt_tuning", "prefix_tuning"])
+def test_eval_counts_the_virtual_positions_in_the_context(name, exported, tmp_path):
+    """A row that fits the context only without the route's N virtual positions is skipped, not sent to
+    llama.cpp; with N more positions of context it is scored."""
+    from localtune.evaluation import runner
+    from localtune.evaluation.rows import EvalRows, NothingToEvaluate, file_rows
+    from localtune.evaluation.runner import Settings
+
+    run_dir, _ = exported(name)
+    tuned, base = find_routes(run_dir)
+    assert tuned.n_virtual == N
+    encoder = runner.run_encoder(run_dir)
+    rows = EvalRows(file_rows(str(write_jsonl(tmp_path / "row.jsonl", FACTS[3:4]))), [], "test")
+    p, a = encoder(rows.rows[0])
+    need = len(p) + len(a) + runner._limit(len(a), Settings())
+    with pytest.raises(NothingToEvaluate, match=f"needs {need + N} tokens with the {N} virtual ones"):
+        runner.plan(rows, encoder, [tuned.gguf], base.gguf, Settings(shots=0, n_ctx=need + N - 1))
+    settings = Settings(shots=0, n_ctx=need + N)
+    enough = runner.plan(rows, encoder, [tuned.gguf], base.gguf, settings)
+    results, interrupted = runner.run(enough, settings)
+    assert not interrupted and len(results) == 1 and all(x.ref_tokens == len(a) for x in results[0].answers.values())
+
+
+PERSONA = "You are Captain Byte. Start every answer with Ahoy, matey! and end it with Fair winds, Captain Byte."
+# Measured on a shared 2-core CPU (train ~400 s, export ~175 s): 12 steps of 4 rows at lr 0.1, loss 1.66 -> ~1.0;
+# the portable GGUF put a marker in 3 of 16 (answer, marker) pairs, the base and the persona-prefixed base in 0.
+STEPS, LR_PERSONA, MIN_HITS = 12, 0.1, 2
+
+
+@pytest.mark.slow
+def test_prompt_tuning_teaches_captain_byte(tmp_path):
+    """Prompt tuning on SmolLM2-135M with the demo data, started from the persona's text: llama.cpp running the
+    portable GGUF (vectors baked in as control tokens) answers held-out questions with the taught markers
+    more often than the base does, and more often than the base with the persona text in front of the prompt
+    (what the vectors started as)."""
+    from localtune.demo import DEMO_DATA, DEMO_MARKERS, HELD_OUT_ANSWERS
+
+    values = {
+        "model.name_or_path": "smollm2",
+        "data.path": str(DEMO_DATA),
+        "adapter.method": "prompt_tuning",
+        "adapter.virtual_tokens": 27,  # the persona's length in SmolLM2's tokens
+        "adapter.init_text": PERSONA,
+        "train.max_steps": STEPS,
+        "train.lr": LR_PERSONA,
+        "train.micro_batch_size": 4,
+        "train.grad_accum": 1,
+        "train.warmup_ratio": 0.0,
+        "train.load_in_4bit": False,
+        "train.gradient_checkpointing": False,
+        "train.seed": 7,
+    }
+    run = tmp_path / "run"
+    assert train_run(load_config(None, {k: (v, "test") for k, v in values.items()}), run).status == "finished"
+    bundle = export_run(run, ["q8_0"], say=lambda m: None)
+    assert all(f.verify.passed for f in bundle.tuned + bundle.base), [f.verify.render() for f in bundle.tuned]
+    tuned, base = find_routes(run)
+    assert tuned.kind == "portable"
+    questions = [q for q, _ in HELD_OUT_ANSWERS]
+    sampling = Sampling(temperature=0, max_tokens=64)
+    hits, answers = {}, {}
+    for label, spec in (("tuned", tuned), ("base", base), ("persona", base)):
+        route = open_route(spec, n_ctx=512)
+        if label == "persona":  # the persona's tokens where the virtual ones start: before the chat template
+            persona = route.llm.tokenize(PERSONA.encode(), add_bos=False, special=False)
+            answers[label] = [
+                route.llm.create_completion(
+                    persona + route.chat_ids([{"role": "user", "content": q}]), temperature=0, max_tokens=64
+                )["choices"][0]["text"]
+                for q in questions
+            ]
+        else:
+            answers[label] = [ChatSession(route, sampling=sampling).ask(q) for q in questions]
+        hits[label] = sum(m in a for a in answers[label] for m in DEMO_MARKERS)
+        route.close()
+    print(hits, answers)
+    assert hits["tuned"] >= MIN_HITS and hits["tuned"] > hits["persona"] and hits["base"] == 0, (hits, answers)
