@@ -54,16 +54,8 @@ def peft_config(cfg: Config, model, folder):
         if a.target_modules != ["all-linear"] or not known:
             feedforward = [t for t in targets if t in IA3_FEEDFORWARD]
         return peft.IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type="CAUSAL_LM")
-    if name == "loha":
-        return peft.LoHaConfig(
-            r=a.r,
-            alpha=a.alpha,
-            module_dropout=a.dropout,
-            target_modules=_targets(cfg, model, linear),
-            task_type="CAUSAL_LM",
-        )
-    if name == "lokr":
-        return peft.LoKrConfig(
+    if name in ("loha", "lokr"):
+        return {"loha": peft.LoHaConfig, "lokr": peft.LoKrConfig}[name](
             r=a.r,
             alpha=a.alpha,
             module_dropout=a.dropout,

@@ -265,10 +265,8 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     torch.manual_seed(cfg.train.seed)  # adapter weights start from the run's seed
-    if chosen.kind == "freeze":  # no peft model: the base itself, its chosen parameters trainable
-        from localtune.model.freeze import make_trainable
 
-        make_trainable(model, cfg.adapter.freeze_modules)
+    def loaded(model) -> LoadedModel:
         return LoadedModel(
             model,
             device,
@@ -278,6 +276,12 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
             kernels,
             tuple(notes),
         )
+
+    if chosen.kind == "freeze":  # no peft model: the base itself, its chosen parameters trainable
+        from localtune.model.freeze import make_trainable
+
+        make_trainable(model, cfg.adapter.freeze_modules)
+        return loaded(model)
     if not chosen.lora_family:
         from localtune.model.adapters import peft_config
 
@@ -289,15 +293,7 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
                 f"cannot add {chosen.title} adapters: {exc}",
                 hint="check adapter.target_modules against the model's module names",
             ) from None
-        return LoadedModel(
-            model,
-            device,
-            str(dtype).removeprefix("torch."),
-            cfg.train.load_in_4bit,
-            time.monotonic() - start,
-            kernels,
-            tuple(notes),
-        )
+        return loaded(model)
     targets, dora = cfg.adapter.target_modules, chosen.name == "dora"
     target_modules = "all-linear" if targets == ["all-linear"] else list(targets)
     # Gemma 4: llama.cpp applies no LoRA to the per-layer-input projection, so its adapter could not export
@@ -340,15 +336,7 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
         replace_lora_dropout(model)  # same distribution, a fraction of the random draws (lora_dropout.py)
         lora_linear.install(model)  # base + LoRA in one autograd function, fewer passes over memory
     notes += _moe_notes(model, experts, cfg.train.load_in_4bit, dtype, bool(target_parameters))
-    return LoadedModel(
-        model,
-        device,
-        str(dtype).removeprefix("torch."),
-        cfg.train.load_in_4bit,
-        time.monotonic() - start,
-        kernels,
-        tuple(notes),
-    )
+    return loaded(model)
 
 
 def memory_in_use(model, device: str) -> int:
