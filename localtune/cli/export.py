@@ -9,6 +9,7 @@ Run as:  localtune export RUN_DIR|HF_FOLDER [--quant q4_k_m,q8_0]
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -116,20 +117,58 @@ class ExportProgress:
     "--against",
     required=True,
     type=click.Path(exists=True, file_okay=False),
-    help="The Hugging Face folder the GGUF came from.",
+    help="The Hugging Face folder the GGUF came from, or the run folder it was exported from.",
 )
 @friendly_errors
 def verify_cmd(gguf_file, against):
     """Check GGUF_FILE against the Hugging Face model: tokenizer, special tokens, chat template,
-    logits (16/32-bit files) or perplexity (quantized files). Exits 1 on a failure."""
-    from pathlib import Path
-
+    logits (16/32-bit files) or perplexity (quantized files). Against a run folder, the reference is what
+    the run trained: its merged model, or, for prompt, P- and prefix tuning, peft's forward of the base +
+    the run's adapter (the GGUF's route: portable, input embeddings or KV-cache prefix). Exits 1 on a failure."""
     from localtune.export.verify import verify
 
-    report = verify(gguf_file, against)
+    report = verify_against_run(Path(gguf_file), Path(against)) if RunDir.is_run(against) else None
+    report = report or verify(gguf_file, against)
     report.save(Path(gguf_file).with_name(Path(gguf_file).name + ".verify.json"))
     click.echo(report.render())
     sys.exit(0 if report.passed else 1)
+
+
+def verify_against_run(gguf: Path, run_dir: Path):
+    """The report for a GGUF checked against the run it came from (see verify_cmd)."""
+    from localtune.config import load_config
+    from localtune.errors import UsageError
+    from localtune.methods import method
+
+    run = RunDir(run_dir)
+    cfg = load_config(run.config)
+    chosen = method(cfg.adapter.method)
+    if chosen.kind == "adaption":
+        raise UsageError(
+            f"{run_dir} trained {chosen.title}, which has no GGUF form to verify",
+            hint=f"distil it (localtune distill {run_dir}) and verify the distilled run's GGUF against that",
+        )
+    if chosen.kind in ("virtual", "prefix"):
+        from localtune.chat.routes import spec_for
+        from localtune.converters.gguf_file import check_gguf
+        from localtune.export.verify import file_type_name
+        from localtune.export.verify_prompts import route_report
+        from localtune.model.loading import resolve_base
+
+        base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+        template = run.chat_template.read_text(encoding="utf-8") if run.chat_template.is_file() else None
+        return route_report(
+            spec_for(gguf),
+            base.folder,
+            run.adapter,
+            file_type=file_type_name(check_gguf(gguf)),
+            chat_template=template,
+        )
+    if not run.has_merged:
+        raise UsageError(f"{run_dir} has no merged model to verify against", hint=f"localtune merge {run_dir}")
+    from localtune.export.verify import verify
+
+    return verify(gguf, run.merged)
 
 
 @main.command("merge")

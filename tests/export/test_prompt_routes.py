@@ -56,7 +56,7 @@ def exported(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["prompt_tuning", "p_tuning"])
-def test_virtual_bundle_verifies_and_chats_without_virtual_tokens(name, exported, tmp_path):
+def test_virtual_bundle_verifies_and_chats_without_virtual_tokens(name, exported, tmp_path, cli):
     run_dir, bundle = exported(name)
     run = RunDir(run_dir)
     assert [f.path.name for f in bundle.tuned] == ["run-F32.gguf"] and [f.path.name for f in bundle.base] == [
@@ -87,6 +87,9 @@ def test_virtual_bundle_verifies_and_chats_without_virtual_tokens(name, exported
     broken = check_route(RouteSpec(bundle.base[0].path, vectors=bad), folder, run.adapter, file_type="f32")
     print(f"{name}: {good.detail} | damaged: {broken.detail}")
     assert good.passed and not broken.passed, (good.detail, broken.detail)
+    # `localtune verify` against the run folder checks the portable GGUF against peft, as the export did
+    result = cli("verify", bundle.tuned[0].path, "--against", run_dir)
+    assert result.exit_code == 0 and "portable route vs peft" in result.output, result.output
 
 
 def _peft_greedy(model, ids: list[int], steps: int) -> list[int]:
