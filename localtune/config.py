@@ -503,6 +503,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, tupl
     for key, (value, flag) in (overrides or {}).items():
         if value is not None:
             cfg._set(key, value, flag, problems)
+    chosen = METHODS.get(cfg.adapter.method)
+    if chosen and not chosen.four_bit and cfg.source_of("train.load_in_4bit") == "default":
+        # LoHa/LoKr cannot train on a 4-bit base: left unset, the base is 16-bit (set to 4-bit, it is an error)
+        cfg.train.load_in_4bit = False
+        cfg.sources["train.load_in_4bit"] = f"{cfg.source_of('adapter.method')}: {chosen.name} needs a 16-bit base"
     problems += validate(cfg)  # also after bad keys (they keep their defaults): every problem at once
     if problems:
         raise ConfigError(problems, heading=f"invalid configuration ({len(problems)} problem(s))")

@@ -68,14 +68,14 @@ METHODS: dict[str, Method] = {
         Method(
             "loha",
             "LoHa",
-            "a low-rank Hadamard product update (needs a 16-bit base: --no-quant)",
+            "a low-rank Hadamard product update (on a 16-bit base)",
             "merge",
             four_bit=False,
         ),
         Method(
             "lokr",
             "LoKr",
-            "a low-rank Kronecker product update (needs a 16-bit base: --no-quant)",
+            "a low-rank Kronecker product update (on a 16-bit base)",
             "merge",
             four_bit=False,
         ),

@@ -54,6 +54,6 @@ def methods_cmd():
 
     width = max(len(m.name) for m in METHODS.values())
     for m in METHODS.values():
-        base = "4-bit or 16-bit base" if m.four_bit else "16-bit base only (--no-quant)"
+        base = "4-bit or 16-bit base" if m.four_bit else "16-bit base only (chosen for it; --quant is an error)"
         click.echo(f"{m.name:<{width}}  {m.title}: {m.summary}")
         click.echo(f"{'':<{width}}  {base}; runs in: {m.runs_in}")

@@ -121,6 +121,8 @@ def test_methods_that_cannot_train_on_4_bit_say_so(name, tmp_path):
     with pytest.raises(ConfigError, match=f"{name} cannot train on a 4-bit base") as info:
         load_config(None, {"adapter.method": (name, "--method"), "train.load_in_4bit": (True, "--quant")})
     assert "--no-quant" in info.value.render() and info.value.exit_code == 2
+    unset = load_config(None, {"adapter.method": (name, "--method")})  # 4-bit left unset: a 16-bit base
+    assert unset.train.load_in_4bit is False and "needs a 16-bit base" in unset.source_of("train.load_in_4bit")
 
 
 def test_prompt_tuning_starts_from_vocabulary_rows_not_random_vectors(tiny_model_dir, tmp_path):
