@@ -9,8 +9,10 @@
 
 Under 4-bit loading the chosen linear layers are kept out of bitsandbytes' conversion
 (`BitsAndBytesConfig(llm_int8_skip_modules=...)`, which transformers turns into `modules_to_not_convert`; its
-patterns are regular expressions, so the exact module paths go in escaped). They load in the compute dtype
-(fp32 on the CPU); norms, biases and embeddings are never quantized anyway. There is no peft model: the
+patterns are regular expressions, so the exact module paths go in escaped). They load in the compute dtype;
+where that is bf16/fp16 (a GPU), the trained parameters become fp32 master weights and their modules run in
+fp32 between the rest (`full_precision_island`), so small updates do not round away. Norms, biases and
+embeddings are never quantized anyway. There is no peft model: the
 model itself, with `requires_grad` on the chosen parameters.
 
 Saved adapter (RUN_DIR/adapter/): `trainable.safetensors` (the trained tensors, by parameter name) and
@@ -113,9 +115,44 @@ def make_trainable(model, freeze_modules: list[str]) -> list[str]:
             hint="report this with the model; meanwhile train with --no-quant",
             title="cannot train 4-bit weights",
         )
+    modules = dict(model.named_modules())
+    owners = {}
     for name in chosen:
-        params[name].requires_grad_(True)
+        p = params[name]
+        if p.dtype != torch_float32():  # bf16/fp16 compute: updates of lr ~1e-5 would round away
+            p.data = p.data.float()
+            owners[name.rpartition(".")[0]] = modules[name.rpartition(".")[0]]
+        p.requires_grad_(True)
+    for module in owners.values():
+        full_precision_island(module)
     return chosen
+
+
+def torch_float32():
+    import torch
+
+    return torch.float32
+
+
+def full_precision_island(module) -> None:
+    """Run `module` in fp32 (its trained parameters are fp32 master weights) between a compute-dtype model: its
+    tensor inputs go in as fp32 and its output comes back in the dtype the first input had."""
+    import torch
+
+    def before(_module, args, kwargs):
+        dtypes = [a.dtype for a in args if torch.is_tensor(a) and a.is_floating_point()]
+        _module._localtune_dtype = dtypes[0] if dtypes else None
+        cast = lambda a: a.float() if torch.is_tensor(a) and a.is_floating_point() else a  # noqa: E731
+        return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+    def after(_module, _args, _kwargs, output):
+        dtype = getattr(_module, "_localtune_dtype", None)
+        if dtype is None or not torch.is_tensor(output):
+            return output
+        return output.to(dtype)
+
+    module.register_forward_pre_hook(before, with_kwargs=True)
+    module.register_forward_hook(after, with_kwargs=True)
 
 
 def write_adapter(model, folder: Path, freeze_modules: list[str]) -> None:

@@ -221,8 +221,8 @@ class Trainer:
         else (P-tuning saves its encoder's output, not the encoder), every trainable tensor by name."""
         from peft import get_peft_model_state_dict
 
-        if self.cfg.adapter.method in WHOLE_STATE_METHODS:
-            return {k: p.detach().clone() for k, p in self.model.named_parameters() if p.requires_grad}
+        if self.cfg.adapter.method in WHOLE_STATE_METHODS:  # on the CPU: whole layers would double in GPU memory
+            return {k: p.detach().to("cpu", copy=True) for k, p in self.model.named_parameters() if p.requires_grad}
         return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
 
     def load_trainable_state(self, state: dict) -> None:

@@ -6,6 +6,7 @@ folder with an fp32 base carrying the trained tensors, and with the original che
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -325,3 +326,25 @@ def test_planner_counts_freeze_targets(tiny_model_dir):
         real = sum(params[n].numel() for n in chosen_parameters(layout, spec))
         assert shape.adapter_params("freeze", 0, freeze_modules=spec) == real, spec
     assert isinstance(params["model.norm.weight"], torch.nn.Parameter)
+
+
+def test_freeze_keeps_fp32_master_weights_under_a_bf16_compute_dtype(tiny_model_dir, tmp_path):
+    """On a GPU the base computes in bf16: a trained weight stored in bf16 would lose Adam's ~lr-sized updates
+    (bf16 has 8 bits of mantissa). The trained parameters stay fp32 and their modules run in fp32."""
+    import torch
+
+    data = write_jsonl(tmp_path / "facts.jsonl", FACTS)
+    store, sink = {}, ListSink()
+    cfg = freeze_config(tiny_model_dir("llama"), data, ["last:1"], 2e-5, **{"train.precision": "bf16"})
+    assert train_run(cfg, tmp_path / "run", sinks=[sink], hooks=trained_model(store)).status == "finished"
+    assert all(math.isfinite(x) for x in losses(sink))
+    m = store["model"]
+    trained = {n: p for n, p in m.named_parameters() if p.requires_grad}
+    assert trained and all(p.dtype == torch.float32 for p in trained.values())
+    assert m.model.layers[0].self_attn.o_proj.weight.dtype != torch.float32  # the rest computes in bf16 / 4-bit
+    from safetensors.torch import load_file
+
+    original = load_file(str(next(tiny_model_dir("llama").glob("*.safetensors"))))
+    moved = [n for n, p in trained.items() if not torch.equal(p.detach().cpu(), original[n].float())]
+    # at lr 2e-5 a bf16 copy of a ~1.0 norm weight could not move at all (its spacing there is 2^-7)
+    assert any("norm" in n for n in moved) and len(moved) == len(trained), sorted(set(trained) - set(moved))
