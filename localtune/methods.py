@@ -52,7 +52,7 @@ class Method:
 RUNS_IN = {
     "merge": "merged GGUF (any llama.cpp, Ollama)",
     "freeze": "merged GGUF (any llama.cpp, Ollama)",
-    "virtual": "portable GGUF (any llama.cpp, Ollama), or the base GGUF in localtune chat",
+    "virtual": "portable GGUF (any llama.cpp; Ollama for ChatML models), or the base GGUF in localtune chat",
     "prefix": "localtune chat only (base GGUF + KV-cache sidecar)",
     "adaption": "transformers only (localtune chat RUN_DIR); `localtune distill` makes it a portable LoRA",
 }

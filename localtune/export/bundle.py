@@ -162,12 +162,24 @@ def _prompt_modelfile(run: RunDir, bundle: Bundle, cfg) -> Path:
         base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
         template = run.chat_template.read_text(encoding="utf-8") if run.chat_template.is_file() else ""
         tok = AutoTokenizer.from_pretrained(base.folder)
+        if "<|im_start|>" not in template:  # Ollama would use its own template and leave the virtual tokens out
+            lines = [
+                f"# {run.name}: Ollama runs a GGUF with a Go template of its own, which would leave out the virtual",
+                "# tokens this model's chat template puts first (no FROM on purpose). Use `localtune chat "
+                + str(run.path)
+                + "`, or llama.cpp with the GGUF's embedded template.",
+            ]
+            return write_text(run.modelfile, "\n".join(lines) + "\n")
+        from localtune.converters.soft_prompt import token_name, virtual_token_ids
+
         path = write_modelfile(run.modelfile, bundle.tuned[0].path, template, tok)
+        virtual = "".join(token_name(i) for i in range(len(virtual_token_ids(bundle.tuned[0].path))))
+        text = path.read_text(encoding="utf-8").replace('TEMPLATE """', 'TEMPLATE """' + virtual, 1)
         extra = [
-            "# Ollama has no PARAMETER for a logit bias: it can sample this GGUF's virtual tokens",
-            "# (<|localtune_virtual_N|>), which localtune chat and eval bias to -inf; expect stray output there.",
+            "# The TEMPLATE starts with the learned virtual tokens. Ollama has no PARAMETER for a logit bias, so it",
+            "# can sample them, which localtune chat and eval bias to -inf; expect stray output there.",
         ]
-        return write_text(path, path.read_text(encoding="utf-8") + "\n".join(extra) + "\n")
+        return write_text(path, text + "\n".join(extra) + "\n")
     lines = [
         f"# {run.name}: {'; '.join(bundle.notes)}.",
         "# Ollama cannot run this adapter (no FROM on purpose): use `localtune chat " + str(run.path) + "`.",

@@ -68,7 +68,13 @@ def test_virtual_bundle_verifies_and_chats_without_virtual_tokens(name, exported
         assert (f.path.parent / (f.path.name + ".verify.json")).is_file()
     card, modelfile = run.card.read_text(), run.modelfile.read_text()
     assert "soft_prompt.safetensors" in card and "logit bias" in card and "PASS" in card
-    assert "FROM ./run-F32.gguf" in modelfile and "logit bias" in modelfile
+    if (
+        "<|im_start|>" in run.chat_template.read_text()
+    ):  # Ollama's template must put the virtual tokens first, as the GGUF's does
+        assert "FROM ./run-F32.gguf" in modelfile and "logit bias" in modelfile
+        assert 'TEMPLATE """<|localtune_virtual_0|>' in modelfile and f"<|localtune_virtual_{N - 1}|>" in modelfile
+    else:
+        assert not any(line.startswith("FROM") for line in modelfile.splitlines()), modelfile
     tuned, base = find_routes(run_dir)
     assert tuned.kind == "portable" and base.kind == "plain"
     route = open_route(tuned, n_ctx=512)
@@ -228,6 +234,8 @@ def test_prompt_tuning_teaches_captain_byte(tmp_path):
     assert all(f.verify.passed for f in bundle.tuned + bundle.base), [f.verify.render() for f in bundle.tuned]
     tuned, base = find_routes(run)
     assert tuned.kind == "portable"
+    modelfile = RunDir(run).modelfile.read_text()  # SmolLM2 is ChatML: Ollama's template starts with them too
+    assert 'TEMPLATE """<|localtune_virtual_0|>' in modelfile and "<|localtune_virtual_26|>" in modelfile
     questions = [q for q, _ in HELD_OUT_ANSWERS]
     sampling = Sampling(temperature=0, max_tokens=64)
     hits, answers = {}, {}
