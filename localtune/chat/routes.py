@@ -168,7 +168,8 @@ class Route:
             return self.llm.create_completion(self.prompt(ids), **kwargs)
 
     def logits(self, ids):
-        """Teacher-forced logits, float32 [len(ids), n_vocab]: row i predicts the token after ids[i]."""
+        """Teacher-forced logits, float32 [len(ids), n_vocab]: row i predicts the token after ids[i]. A portable
+        GGUF's virtual-token columns are -inf, as its logit bias makes them for sampling."""
         import numpy as np
 
         ids = [int(t) for t in ids]
@@ -179,7 +180,10 @@ class Route:
         llm, full = self.llm, self.virtual_ids + ids
         llm.reset()
         llm.eval(full)
-        return np.asarray(llm._scores[len(self.virtual_ids) : len(full)], dtype=np.float32)
+        scores = np.asarray(llm._scores[len(self.virtual_ids) : len(full)], dtype=np.float32)
+        if self.virtual_ids:  # the sampler never sees the virtual tokens (-inf bias): neither does a score
+            scores[:, self.virtual_ids] = -np.inf
+        return scores
 
     def repin(self) -> None:
         """Pin the vectors / prefix again if llama.cpp's context lost them (a no-op for GGUF-only routes)."""
