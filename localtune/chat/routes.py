@@ -163,9 +163,20 @@ class Route:
             return self.llm.create_completion(self.prompt(ids), **kwargs)
         import warnings
 
-        with warnings.catch_warnings():  # the prefix's placeholders are BOS tokens, by design
-            warnings.filterwarnings("ignore", message="Detected duplicate leading", category=RuntimeWarning)
-            return self.llm.create_completion(self.prompt(ids), **kwargs)
+        def quiet(run):  # the prefix's placeholders are BOS tokens, by design: llama-cpp-python's warning is noise
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected duplicate leading", category=RuntimeWarning)
+                return run()
+
+        if not kwargs.get("stream"):
+            return quiet(lambda: self.llm.create_completion(self.prompt(ids), **kwargs))
+
+        def streamed():  # a stream runs (and warns) while it is iterated, after this call has returned
+            stream = self.llm.create_completion(self.prompt(ids), **kwargs)
+            while (piece := quiet(lambda: next(stream, None))) is not None:
+                yield piece
+
+        return streamed()
 
     def logits(self, ids):
         """Teacher-forced logits, float32 [len(ids), n_vocab]: row i predicts the token after ids[i]. A portable

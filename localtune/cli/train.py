@@ -120,6 +120,7 @@ def plan_cmd(vram, config_file, **knobs):
         quantized=cfg.train.load_in_4bit,
         method=cfg.adapter.method,
         virtual_tokens=cfg.adapter.virtual_tokens,
+        freeze_modules=cfg.adapter.freeze_modules,
     )
     rec = recommend(
         shape,

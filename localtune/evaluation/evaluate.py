@@ -111,8 +111,8 @@ def _evaluate(
         rows = run_rows(run_dir, cfg, data)
         if shots_from:
             rows.train = file_rows(shots_from)
-        if all_quants and target.is_dir():
-            tuned = bundle_quants(run_dir)
+        if all_quants and target.is_dir():  # a prefix bundle has no tuned GGUF: its base GGUF runs with the prefix
+            tuned = bundle_quants(run_dir) or tuned
         encoder = runner.run_encoder(run_dir)
     else:
         if data is None:

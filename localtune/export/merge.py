@@ -120,6 +120,7 @@ def merge_run(
         merged, delta, dtype = freeze_merged(
             base.folder, adapter, ids, device=dev, trust_remote_code=cfg.model.trust_remote_code
         )
+        _check_delta(delta, dtype)
         return _save_merged(run, base, tokenizer, merged, delta, dtype, out_dir)
     with quiet_progress():
         model = AutoModelForCausalLM.from_pretrained(
@@ -136,13 +137,21 @@ def merge_run(
         merged = model.merge_and_unload()
         after = [merged(x).logits.float() for x in ids]
     delta = max(float((a - b).abs().max()) for a, b in zip(after, before, strict=True))
+    _check_delta(delta, dtype)
+    return _save_merged(run, base, tokenizer, merged, delta, dtype, out_dir)
+
+
+def _check_delta(delta: float, dtype) -> None:
+    """The merged model must give the logits of base + adapter (freeze: of the fp32 base with the trained
+    tensors in), within the rounding of the dtype it is saved in."""
+    import torch
+
     tolerance = 1e-3 if dtype == torch.float32 else 5e-2
     if delta > tolerance:
         raise MergeError(
             f"the merged model's logits differ from base+adapter by {delta:.3g} (tolerance {tolerance})",
             hint="report this with the run folder; the adapter itself (RUN_DIR/adapter) is unaffected",
         )
-    return _save_merged(run, base, tokenizer, merged, delta, dtype, out_dir)
 
 
 def _save_merged(run, base, tokenizer, merged, delta: float, dtype, out_dir) -> MergeResult:

@@ -95,7 +95,12 @@ def check_route(
     needed = TOP1.get(file_type, 0.9)
     tol = FLOAT_TOLERANCE.get(file_type)
     passed = top1 >= needed and worst <= SHARE_OF_EFFECT * effect and (tol is None or worst <= tol)
-    what = {"portable": "virtual tokens", "vectors": "input embeddings", "prefix": "KV-cache prefix"}[route.kind]
+    what = {
+        "portable": "virtual tokens",
+        "vectors": "input embeddings",
+        "prefix": "KV-cache prefix",
+        "plain": "the GGUF alone, without the run's vectors or prefix",
+    }[route.kind]
     limit = f"<= {tol:g} and " if tol is not None else ""
     return Check(
         f"{route.kind} route vs peft",

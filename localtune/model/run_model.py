@@ -55,11 +55,14 @@ def check_same_base(run: RunDir, base) -> None:
 
 
 def load_run_model(run_dir: str | os.PathLike, *, device: str | None = None) -> RunModel:
-    """The run's base (unquantized) + its adapter, in eval mode, frozen."""
+    """The run's base (unquantized) + its adapter (freeze tuning: its trained tensors swapped in), in eval mode,
+    frozen."""
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from localtune.config import load_config
+    from localtune.methods import method
     from localtune.model.loading import compute_dtype, pick_device, quiet_progress, resolve_base
 
     run = require_adapter(run_dir, "load")
@@ -75,7 +78,22 @@ def load_run_model(run_dir: str | os.PathLike, *, device: str | None = None) -> 
             device_map={"": 0 if dev == "cuda" else "cpu"},
             trust_remote_code=base.trust_remote_code,
         )
-        model = PeftModel.from_pretrained(model, run.adapter).eval()
+        if method(cfg.adapter.method).kind == "freeze":  # the base with the run's trained tensors in place
+            from localtune.model.freeze import read_adapter
+
+            params = dict(model.named_parameters())
+            tensors = read_adapter(run.adapter)
+            if any(k not in params or params[k].shape != t.shape for k, t in tensors.items()):
+                raise UsageError(
+                    f"the trained tensors in {run.adapter} do not fit {cfg.model.name_or_path!r}",
+                    hint="use the base model the run was trained on",
+                )
+            with torch.no_grad():
+                for k, t in tensors.items():
+                    params[k].copy_(t)
+            model = model.eval()
+        else:
+            model = PeftModel.from_pretrained(model, run.adapter).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     template = run.chat_template.read_text(encoding="utf-8") if run.chat_template.is_file() else ""

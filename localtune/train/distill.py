@@ -109,9 +109,15 @@ def distill_run(
 
 
 def _student_config(run: RunDir, steps: int, lr: float, device: str):
-    from localtune.config import load_config
+    """The student's config: the run's, as a LoRA on the unquantized base (LoRA's own rank and targets unless the
+    run was LoRA-shaped already, e.g. DoRA)."""
+    from localtune.config import knob, load_config
+    from localtune.methods import method
 
     scfg = load_config(run.config)
+    if not method(scfg.adapter.method).lora_family:  # another method's rank or targets mean nothing to LoRA
+        for key in ("adapter.r", "adapter.alpha", "adapter.target_modules", "adapter.use_rslora"):
+            scfg.set(key, knob(key).default, "distill")
     for key, value in (
         ("adapter.method", "lora"),
         ("train.load_in_4bit", False),  # the merge goes into the unquantized base: learn on that one

@@ -162,3 +162,29 @@ def test_llama_adapter_chat_gives_the_greedy_tokens_of_peft_forward_passes(disti
     assert new, "the reference produced no token"
     assert answer == tok.decode(new, skip_special_tokens=True) and "".join(pieces) == answer
     assert session.history[-1] == {"role": "assistant", "content": answer}
+
+
+def test_a_freeze_run_is_a_teacher_with_its_trained_tensors_in_place(tiny_model_dir, tmp_path):
+    """distill (and anything else that loads a run's model) takes freeze tuning's base with the trained tensors
+    swapped in: its logits are those of the base loaded by transformers with the run's tensors copied in."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from localtune.model.run_model import load_run_model
+
+    data = write_jsonl(tmp_path / "facts.jsonl", FACTS)
+    model = tiny_model_dir("llama")
+    run = tmp_path / "freeze"
+    over = {**UNQUANTIZED, "adapter.freeze_modules": "last:1", "train.lr": 1e-2, "train.max_steps": 4}
+    assert train_run(config(model, data, "freeze", **over), run).status == "finished"
+    teacher = load_run_model(run).model
+    reference = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    reference.load_state_dict(load_file(str(run / "adapter" / "trainable.safetensors")), strict=False)
+    ids = torch.tensor([[1, 5, 9, 77, 300, 42]])
+    with torch.no_grad():
+        got, want, base = (m(input_ids=ids).logits for m in (teacher, reference, plain))
+    assert float((want - base).abs().max()) > 1e-2 and torch.allclose(got, want, atol=1e-6)
+    result = distill_run(run, steps=2, lr=1e-2)
+    assert result.status == "finished" and (result.out_dir / "adapter" / "adapter_model.safetensors").is_file()
