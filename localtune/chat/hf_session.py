@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localtune.chat.session import Sampling
+from localtune.chat.session import Sampling, fit_history
 from localtune.data.template import ChatTemplate, make_renderer
-from localtune.errors import UsageError
 
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
@@ -78,23 +77,11 @@ class HFChatSession:
         text = make_renderer(self.tokenizer, ChatTemplate(self.template, "run"))(msgs, True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _fits(self, msgs: list[dict]) -> bool:
-        return len(self.prompt_ids(msgs)) + self.sampling.max_tokens <= self.n_ctx
+    def prompt_tokens(self, msgs: list[dict]) -> int:
+        return len(self.prompt_ids(msgs))
 
     def ask(self, prompt: str, on_token: Callable[[str], None] | None = None) -> str:
-        msgs = self.messages(prompt)
-        while not self._fits(msgs) and len(self.history) >= 2:
-            self.history = self.history[2:]
-            self.notice("(the oldest exchange was dropped to fit the context window)")
-            msgs = self.messages(prompt)
-        ids = self.prompt_ids(msgs)
-        if len(ids) + self.sampling.max_tokens > self.n_ctx:
-            raise UsageError(
-                f"the prompt needs {len(ids)} tokens plus {self.sampling.max_tokens} "
-                f"for the answer, more than the {self.n_ctx}-token context window",
-                hint="raise --ctx or lower --max-tokens",
-                title="prompt too long",
-            )
+        ids = self.prompt_ids(fit_history(self, prompt))  # the oldest exchanges dropped to fit, as ChatSession does
         out: list[int] = []
         shown = ""
         for tok in next_tokens(self.model, ids, self.sampling, stop_ids(self.tokenizer, self.template)):

@@ -30,6 +30,29 @@ class Sampling:
     seed: int = 0
 
 
+def fit_history(session, prompt: str) -> list[dict]:
+    """The messages of `prompt` after the session's history, dropping the oldest exchanges (with a notice) until
+    they and the answer fit the context window; a prompt that cannot fit alone is refused. `session` has
+    messages(), prompt_tokens(), history, notice, sampling and n_ctx (ChatSession, chat.hf_session's)."""
+
+    def fits(msgs: list[dict]) -> bool:
+        return session.prompt_tokens(msgs) + session.sampling.max_tokens <= session.n_ctx
+
+    msgs = session.messages(prompt)
+    while not fits(msgs) and len(session.history) >= 2:
+        session.history = session.history[2:]
+        session.notice("(the oldest exchange was dropped to fit the context window)")
+        msgs = session.messages(prompt)
+    if not fits(msgs):
+        raise UsageError(
+            f"the prompt needs {session.prompt_tokens(msgs)} tokens plus {session.sampling.max_tokens} "
+            f"for the answer, more than the {session.n_ctx}-token context window",
+            hint="raise --ctx or lower --max-tokens",
+            title="prompt too long",
+        )
+    return msgs
+
+
 @dataclass
 class ChatSession:
     llm: object  # a llama_cpp.Llama, or a chat.routes.Route (prompt tuning, prefix tuning)
@@ -71,22 +94,8 @@ class ChatSession:
         # llama.cpp may round its context up; llama-cpp-python's token buffer keeps the size asked for.
         return min(self.llm.n_ctx(), len(self.llm.input_ids))
 
-    def _fits(self, msgs: list[dict]) -> bool:
-        return self.prompt_tokens(msgs) + self.sampling.max_tokens <= self.n_ctx
-
     def ask(self, prompt: str, on_token: Callable[[str], None] | None = None) -> str:
-        msgs = self.messages(prompt)
-        while not self._fits(msgs) and len(self.history) >= 2:
-            self.history = self.history[2:]
-            self.notice("(the oldest exchange was dropped to fit the context window)")
-            msgs = self.messages(prompt)
-        if not self._fits(msgs):
-            raise UsageError(
-                f"the prompt needs {self.prompt_tokens(msgs)} tokens plus {self.sampling.max_tokens} "
-                f"for the answer, more than the {self.n_ctx}-token context window",
-                hint="raise --ctx or lower --max-tokens",
-                title="prompt too long",
-            )
+        msgs = fit_history(self, prompt)
         s = self.sampling
         options = dict(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed, stream=True)
         if self.route.kind in ("vectors", "prefix"):  # the prompt as tokens after the pinned vectors / prefix
