@@ -111,6 +111,13 @@ class DataConfig:
     skip_invalid: bool = opt(
         False, "Drop invalid rows (and report them) instead of stopping at them.", label="Skip invalid rows"
     )
+    reasoning: str = opt(
+        "last_turn",
+        "Which assistant turns keep their reasoning, in training, in the exported template and in chat: "
+        "keep_all, last_turn (those after the last user message, as Qwen3 does), or drop.",
+        choices=("keep_all", "last_turn", "drop"),
+        label="Reasoning",
+    )
 
 
 @dataclass

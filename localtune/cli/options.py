@@ -96,5 +96,6 @@ INSPECT_KNOBS = (
     "data.format",
     "data.max_seq_len",
     "data.train_on_prompt",
+    "data.reasoning",
     "data.skip_invalid",
 )

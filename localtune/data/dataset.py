@@ -168,7 +168,7 @@ def prepare_data(
         val_ex = load_examples(cfg.val_file, cfg.format, skip_invalid=cfg.skip_invalid).examples
     else:
         train_ex, val_ex = split_examples(loaded.examples, cfg.val_fraction, seed)
-    template = resolve_chat_template(tokenizer, chat_template)
+    template = template_for(train_ex + val_ex, tokenizer, chat_template, cfg.reasoning)
     render = make_renderer(tokenizer, template)
     problems: list[Problem] = []
     train, train_stats = tokenize_all(train_ex, tokenizer, render, cfg, problems)
@@ -197,6 +197,16 @@ def prepare_data(
         )
     rows = pack_rows(train, cfg.max_seq_len) if cfg.packing else train
     return PreparedData(rows, val, template, train_stats, val_stats, problems)
+
+
+def template_for(examples: list[Example], tokenizer, override: str | None, reasoning: str) -> ChatTemplate:
+    """The chat template for these rows: wrapped with the reasoning policy and the tool format when any
+    row has tools, calls or reasoning (data/template_policy.py), the chosen template itself otherwise."""
+    details = [d for e in examples for d in e.details or ()]
+    tools = any(e.tools for e in examples) or any("tool_calls" in d for d in details)
+    if not tools and not any("reasoning_content" in d for d in details):
+        return resolve_chat_template(tokenizer, override)
+    return resolve_chat_template(tokenizer, override, reasoning=reasoning, tools=tools)
 
 
 def tokenize_all(
@@ -235,7 +245,7 @@ def tokenize_all(
         stats.rows += 1
         stats.lengths.append(rows[0].full_length)
         stats.truncated += rows[0].truncated
-        stats.windows_split += len(rows) > 1
+        stats.windows_split += len(rows) > 1 and ex.kind == "text"
         for row in rows:
             if row.trainable == 0:
                 stats.dropped_no_trainable.append(row.where)

@@ -4,13 +4,16 @@ Formats (the names `--format` takes):
 - `text`: {"text": "..."}: raw text, every token trains.
 - `alpaca`: {"instruction", "input" (optional), "output", "system" (optional)}: one user turn
   (instruction, a blank line, input) and one assistant turn.
-- `chat`: {"messages": [{"role", "content"}, ...]}, OpenAI style, roles system/user/assistant.
-- `sharegpt`: {"conversations": [{"from", "value"}, ...]}: human->user, gpt->assistant, system.
+- `chat`: {"messages": [{"role", "content"}, ...]}, OpenAI style, roles system/user/assistant/tool,
+  with an optional `tools` list (JSON-schema functions); see data/tools.py for calls, results and reasoning.
+- `sharegpt`: {"conversations": [{"from", "value"}, ...]}: human->user, gpt->assistant, system,
+  function_call -> an assistant tool call, observation -> a tool result.
 - `prompt_completion`: {"prompt", "completion"}: text continuation (no chat template), loss on the
   completion. When both are lists of messages it is a conversation like `chat`.
 
 A conversation is: an optional first system message, then user and assistant turns alternating,
-starting with user and ending with assistant. Everything here runs before any model is loaded.
+starting with user and ending with assistant; an assistant turn that calls tools is followed by one
+result per call (role tool) and then the assistant again. Everything here runs before any model is loaded.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from localtune.data.readers import Record
 from localtune.errors import Problem
 
 FORMATS = ("text", "alpaca", "chat", "sharegpt", "prompt_completion")
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
@@ -33,6 +36,9 @@ SHAREGPT_ROLES = {
     "chatgpt": "assistant",
     "bing": "assistant",
     "system": "system",
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
 }
 # The field whose presence identifies each format, checked in this order.
 _SIGNATURES = (
@@ -53,6 +59,10 @@ class Example:
     text: str | None = None
     prompt: str | None = None
     completion: str | None = None
+    # Per message, what a plain (role, content) pair cannot hold: tool_calls, reasoning_content,
+    # tool_call_id, name (only the keys a message has); None when no message has any.
+    details: tuple[dict, ...] | None = None
+    tools: tuple[dict, ...] | None = None  # the row's tools, as {"type": "function", "function": {...}}
 
     @property
     def kind(self) -> str:
@@ -60,8 +70,14 @@ class Example:
             return "chat"
         return "text" if self.text is not None else "completion"
 
-    def as_messages(self) -> list[dict[str, str]]:
-        return [{"role": r, "content": c} for r, c in self.messages or ()]
+    def as_messages(self) -> list[dict]:
+        """The conversation as OpenAI-style message dicts, tool calls and reasoning included."""
+        details = self.details or ({},) * len(self.messages or ())
+        return [{"role": r, "content": c, **d} for (r, c), d in zip(self.messages or (), details)]
+
+    @property
+    def tool_list(self) -> list[dict] | None:
+        return list(self.tools) if self.tools else None
 
 
 def detect_format(value: dict[str, Any]) -> str | None:
@@ -100,9 +116,9 @@ def to_example(record: Record, fmt: str) -> Example | Problem:
         if fmt == "alpaca":
             return _alpaca(record.where, value)
         if fmt == "chat":
-            return Example(record.where, messages=_conversation(value, "messages"))
+            return _chat_example(record.where, value, "messages")
         if fmt == "sharegpt":
-            return Example(record.where, messages=_conversation(value, "conversations"))
+            return _chat_example(record.where, value, "conversations")
         if fmt == "prompt_completion":
             return _prompt_completion(record.where, value)
         raise ValueError(f"unknown format {fmt!r}")
@@ -167,12 +183,29 @@ def _prompt_completion(where: str, value: dict) -> Example:
                 "make them the same kind",
                 "wrong_type",
             )
-        return Example(where, messages=_conversation({"messages": prompt + completion}, "messages"))
+        return _chat_example(where, {**value, "messages": prompt + completion}, "messages")
     prompt_text = _text(value, "prompt", required=False)
     return Example(where, prompt=prompt_text, completion=_text(value, "completion", required=True))
 
 
-def _conversation(value: dict, key: str) -> tuple[tuple[str, str], ...]:
+def _chat_example(where: str, value: dict, key: str) -> Example:
+    """A conversation row: its messages, their tool calls, results and reasoning, and the row's tools."""
+    from localtune.data.tools import ToolDataError, read_tools, resolve_tools
+
+    turns = _conversation(value, key)
+    try:
+        tools = read_tools(value.get("tools"), "tools") if "tools" in value else None
+        messages, details = resolve_tools(turns, tools, key)
+    except ToolDataError as exc:
+        raise _RowProblem(exc.field, exc.message, exc.fix, exc.reason) from None
+    check_order([t["role"] for t in turns], key)
+    if not any(details):
+        details = None
+    return Example(where, messages=messages, details=details, tools=tuple(tools) if tools else None)
+
+
+def _conversation(value: dict, key: str) -> list[dict]:
+    """The raw messages of a conversation as {"role", "content", "raw", "field"} with role names mapped."""
     turns = value.get(key)
     if isinstance(turns, str):  # CSV/TSV cells hold the list as JSON text
         try:
@@ -187,7 +220,7 @@ def _conversation(value: dict, key: str) -> tuple[tuple[str, str], ...]:
     if not isinstance(turns, list) or not turns:
         what = "empty" if isinstance(turns, list) else f"{type(turns).__name__}, not a list"
         raise _RowProblem(key, f"'{key}' is {what}", f"give '{key}' a list of messages", "wrong_type")
-    out: list[tuple[str, str]] = []
+    out: list[dict] = []
     for i, m in enumerate(turns):
         field = f"{key}[{i}]"
         if not isinstance(m, dict):
@@ -197,8 +230,8 @@ def _conversation(value: dict, key: str) -> tuple[tuple[str, str], ...]:
                 'write messages as {"role": ..., "content": ...}',
                 "wrong_type",
             )
-        if "role" in m and "content" in m:
-            role, content, rkey, ckey = m["role"], m["content"], "role", "content"
+        if "role" in m and ("content" in m or m.get("role") == "assistant"):
+            role, content, rkey, ckey = m["role"], m.get("content"), "role", "content"
             mapping = {r: r for r in ROLES}
         elif "from" in m and "value" in m:
             role, content, rkey, ckey = m["from"], m["value"], "from", "value"
@@ -213,13 +246,16 @@ def _conversation(value: dict, key: str) -> tuple[tuple[str, str], ...]:
         if role not in mapping:
             allowed = ", ".join(dict.fromkeys(mapping))
             raise _RowProblem(f"{field}.{rkey}", f"unknown role {role!r}", f"use one of: {allowed}", "unknown_role")
-        content = _content_text(content, f"{field}.{ckey}")
-        out.append((mapping[role], content))
-    _check_order(out, key)
-    return tuple(out)
+        mapped = mapping[role]
+        calls = (mapped == "assistant" and m.get("tool_calls")) or role == "function_call"
+        if mapped == "tool" and isinstance(content, (dict, list)):  # a result given as JSON: kept as its text
+            content = json.dumps(content, ensure_ascii=False)
+        content = "" if role == "function_call" else _content_text(content, f"{field}.{ckey}", required=not calls)
+        out.append({"role": mapped, "content": content, "raw": m, "field": field, "from": role})
+    return out
 
 
-def _content_text(content: Any, field: str) -> str:
+def _content_text(content: Any, field: str, *, required: bool = True) -> str:
     if isinstance(content, list):  # OpenAI content parts: keep the text parts
         parts = []
         for part in content:
@@ -232,11 +268,11 @@ def _content_text(content: Any, field: str) -> str:
                 )
             parts.append(part["text"])
         content = "".join(parts)
-    return _checked_text(content, field, "message content")
+    return _checked_text(content, field, "message content", required=required)
 
 
-def _check_order(turns: list[tuple[str, str]], key: str) -> None:
-    roles = [r for r, _ in turns]
+def check_order(roles: list[str], key: str) -> None:
+    """The order of user/assistant turns (tool results are checked in data/tools.py); raises _RowProblem."""
     for i, r in enumerate(roles):
         if r == "system" and i > 0:
             raise _RowProblem(
@@ -259,7 +295,7 @@ def _check_order(turns: list[tuple[str, str]], key: str) -> None:
             "role_order",
         )
     for i in range(1, len(body)):
-        if body[i] == body[i - 1]:
+        if body[i] == body[i - 1] and body[i] != "tool":
             raise _RowProblem(
                 f"{key}[{offset + i}].role",
                 f"two {body[i]!r} messages in a row (positions {offset + i - 1} and {offset + i})",
@@ -269,7 +305,7 @@ def _check_order(turns: list[tuple[str, str]], key: str) -> None:
     if body[-1] != "assistant":
         raise _RowProblem(
             f"{key}[{len(roles) - 1}].role",
-            "the conversation ends on a 'user' message, so its last turn has nothing to learn",
-            "add the assistant reply or remove the last user message",
+            f"the conversation ends on a {body[-1]!r} message, so its last turn has nothing to learn",
+            "add the assistant reply (or call) that follows it, or remove the message",
             "role_order",
         )

@@ -7,14 +7,16 @@ rows, and one example rendered with the chat template, its trained spans marked.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from localtune.config import DataConfig
-from localtune.data.dataset import LoadedData, TokenStats, load_examples, tokenize_all
+from localtune.data.dataset import LoadedData, TokenStats, load_examples, template_for, tokenize_all
 from localtune.data.formats import Example
-from localtune.data.template import make_renderer, resolve_chat_template
+from localtune.data.template import make_renderer
+from localtune.data.template_policy import apply_policy
 from localtune.data.tokenize import IGNORE, TokenizedRow
 from localtune.errors import Problem
 
@@ -50,10 +52,11 @@ def inspect_data(
     loaded = load_examples(cfg.path, cfg.format, skip_invalid=cfg.skip_invalid, strict=False)
     report = InspectReport(loaded, cfg, model=model)
     if loaded.examples:
-        report.example = max(loaded.examples[:50], key=lambda e: len(e.messages or ()))
+        with_tools = [e for e in loaded.examples[:200] if e.details]  # show a tool/reasoning row if there is one
+        report.example = max(with_tools or loaded.examples[:50], key=lambda e: len(e.messages or ()))
     if tokenizer is None or not loaded.examples:
         return report
-    template = resolve_chat_template(tokenizer, chat_template)
+    template = template_for(loaded.examples, tokenizer, chat_template, cfg.reasoning)
     render = make_renderer(tokenizer, template)
     report.template_origin = template.origin
     report.template_problems = []
@@ -116,6 +119,7 @@ def render_report(report: InspectReport) -> str:
     kinds = Counter(e.kind for e in loaded.examples)
     if kinds:
         lines.append("examples: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+    lines += _tool_summary(loaded.examples, report.cfg.reasoning)
     st = report.stats
     if st is None:
         if loaded.examples:
@@ -160,7 +164,40 @@ def _plain_example(ex: Example, train_on_prompt: bool) -> str:
         return mark(ex.text, True)
     if ex.kind == "completion":
         return mark(ex.prompt, False) + mark(ex.completion, True)
-    return "\n".join(f"[{role}] " + mark(content, role == "assistant") for role, content in ex.messages)
+    out = []
+    if ex.tools:
+        out.append("[tools] " + ", ".join(t["function"]["name"] for t in ex.tools))
+    for m in ex.as_messages():
+        role, content = m["role"], m["content"]
+        if m.get("reasoning_content"):
+            out.append(f"[{role} reasoning] " + mark(m["reasoning_content"], True))
+        if content or not m.get("tool_calls"):
+            label = f"tool result {m.get('name', '')}".strip() if role == "tool" else role
+            out.append(f"[{label}] " + mark(content, role == "assistant"))
+        for call in m.get("tool_calls") or ():
+            fn = call["function"]
+            out.append(
+                f"[{role} call] " + mark(f"{fn['name']}({json.dumps(fn['arguments'], ensure_ascii=False)})", True)
+            )
+    return "\n".join(out)
+
+
+def _tool_summary(examples: list[Example], policy: str) -> list[str]:
+    """Counts of tools, calls, results and reasoning, when the data has any."""
+    details = [d for e in examples for d in e.details or ()]
+    if not details and not any(e.tools for e in examples):
+        return []
+    names = Counter(t["function"]["name"] for e in examples for t in e.tools or ())
+    calls = sum(len(d.get("tool_calls", ())) for d in details)
+    results = sum("tool_call_id" in d for d in details)
+    thoughts = sum("reasoning_content" in d for d in details)
+    kept = sum("reasoning_content" in m for e in examples if e.details for m in apply_policy(e.as_messages(), policy))
+    shown = ", ".join(f"{n} ({k} rows)" for n, k in names.most_common(5)) or "none"
+    return [
+        f"tools: {shown}",
+        f"  {calls} call(s) train; {results} tool result(s) never train; reasoning: {kept} of {thoughts} "
+        f"block(s) train under data.reasoning {policy}",
+    ]
 
 
 def _indent(text: str) -> str:

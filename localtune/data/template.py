@@ -53,8 +53,27 @@ class TemplateError(Exception):
     """The template rejected a conversation, or its assistant turns could not be located."""
 
 
-def resolve_chat_template(tokenizer, override: str | None = None) -> ChatTemplate:
-    """The template to train with: an explicit override, the model's own, or default ChatML."""
+def resolve_chat_template(
+    tokenizer, override: str | None = None, *, reasoning: str | None = None, tools: bool = False
+) -> ChatTemplate:
+    """The template to train with: an explicit override, the model's own, or default ChatML. For data
+    with reasoning or tool calls (`reasoning` names the policy, `tools` says calls are in the data) it
+    is wrapped by data/template_policy.py, so exports and chat render exactly what training did."""
+    chosen = _chosen_template(tokenizer, override)
+    if reasoning is None and not tools:
+        return chosen
+    from localtune.data.template_policy import wrap
+
+    text, added = wrap(
+        chosen.text,
+        lambda t: make_renderer(tokenizer, ChatTemplate(t, chosen.origin)),
+        reasoning or "last_turn",
+        tools=tools,
+    )
+    return ChatTemplate(text, f"{chosen.origin} + {added}")
+
+
+def _chosen_template(tokenizer, override: str | None) -> ChatTemplate:
     if override:
         if "{" in override:  # the template text itself
             return ChatTemplate(override, "config")
@@ -78,20 +97,27 @@ def resolve_chat_template(tokenizer, override: str | None = None) -> ChatTemplat
     return ChatTemplate(CHATML_EOS_TEMPLATE, "default ChatML (+EOS)")
 
 
-Renderer = Callable[[list[dict[str, str]], bool], str]
+Renderer = Callable[..., str]  # render(messages, add_generation_prompt, tools=None) -> text
 
 
 def make_renderer(tokenizer, template: ChatTemplate) -> Renderer:
-    """render(messages, add_generation_prompt) -> text, with the template's errors as TemplateError."""
+    """render(messages, add_generation_prompt, tools=None) -> text, with the template's errors as TemplateError."""
 
-    def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    def render(messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
         try:
             return tokenizer.apply_chat_template(
-                messages, chat_template=template.text, tokenize=False, add_generation_prompt=add_generation_prompt
+                messages,
+                tools=tools,
+                chat_template=template.text,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
             )
         except Exception as exc:  # jinja's raise_exception ("System role not supported") and friends
             raise TemplateError(f"the chat template rejected this conversation: {exc}") from None
 
+    from localtune.data.template_policy import policy_of
+
+    render.reasoning = policy_of(template.text)
     return render
 
 
@@ -119,16 +145,26 @@ def _answered_prompt(history: list[dict[str, str]], prompt: str, full: str, rend
     return history_text + opening[:n] if n else prompt
 
 
-def render_with_spans(messages: list[dict[str, str]], render: Renderer) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendering and the character spans [start, end) of every assistant turn."""
+def render_with_spans(
+    messages: list[dict], render: Renderer, tools: list[dict] | None = None, train_from: int = 0
+) -> tuple[str, list[tuple[int, int]]]:
+    """The full rendering and the character spans [start, end) of every assistant turn from message
+    `train_from` on (its reasoning, calls and end-of-turn included; tool results are other turns and
+    never inside a span)."""
+    from localtune.data.template_policy import apply_policy
+
+    messages = apply_policy(messages, getattr(render, "reasoning", None))
+    if tools:
+        plain = render
+        render = lambda msgs, gen: plain(msgs, gen, tools=tools)  # noqa: E731
     full = render(messages, False)
     spans: list[tuple[int, int]] = []
     for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or i < train_from:
             continue
         before = render(messages[:i], True)
         if not full.startswith(before):
-            before = _answered_prompt(messages[:i], before, full, render, m["content"])
+            before = _answered_prompt(messages[:i], before, full, render, m["content"] or _anchor(m))
         if not full.startswith(before):
             raise TemplateError(
                 f"the template renders the text before assistant turn {i} differently inside "
@@ -142,6 +178,9 @@ def render_with_spans(messages: list[dict[str, str]], render: Renderer) -> tuple
         # The latest assistant turn renders differently from earlier ones (e.g. an added think block):
         # find this turn's content after its start, then the terminator the template writes after it.
         content = m["content"]
+        if not content:  # a call with no text: the turn ends where the longest tail of its rendering does
+            spans.append((start, _tail_end(full, upto, start)))
+            continue
         at = full.find(content, start)
         tail_at = upto.rfind(content)
         if at < 0 or tail_at < 0:
@@ -155,3 +194,24 @@ def render_with_spans(messages: list[dict[str, str]], render: Renderer) -> tuple
             terminator = terminator[:-1]  # e.g. keep "<|im_end|>" when the final "\n" differs
         spans.append((start, end + len(terminator)))
     return full, spans
+
+
+def _anchor(message: dict) -> str:
+    """Text a content-less assistant turn surely renders: its first call's name."""
+    calls = message.get("tool_calls") or [{}]
+    return (calls[0].get("function") or calls[0]).get("name", "")
+
+
+def _tail_end(full: str, upto: str, start: int) -> int:
+    """Where the turn that `upto` ends with ends inside `full`: after the longest tail of `upto` found in
+    `full` from `start` (a longer tail found implies every shorter one is, so the length is bisected)."""
+    lo, hi = 0, len(upto) - start
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if full.find(upto[len(upto) - mid :], start) >= 0:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo == 0:
+        raise TemplateError("the template does not write this assistant turn's call verbatim")
+    return full.find(upto[len(upto) - lo :], start) + lo

@@ -3,7 +3,9 @@
 Labels are the input ids where the loss applies and IGNORE (-100) elsewhere, the convention of
 transformers' causal-LM loss (which shifts them by one itself).
 
-- chat: rendered with the chat template; assistant spans train (all tokens with train_on_prompt).
+- chat: rendered with the chat template (and the row's tools); assistant spans train: their reasoning,
+  tool calls and end-of-turn. With train_on_prompt every token trains except the tool results, which
+  the model never writes.
 - text: the tokenizer's own special tokens (BOS) plus EOS; every token trains. Rows longer than
   max_seq_len are split into consecutive windows instead of being truncated: no text is lost.
 - completion: prompt + completion + EOS as plain text; the completion and EOS train.
@@ -15,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from localtune.data.formats import Example
-from localtune.data.template import Renderer, render_with_spans
+from localtune.data.template import Renderer, TemplateError, render_with_spans
 
 IGNORE = -100
 
@@ -51,15 +53,48 @@ def tokenize_example(
         ids = _with_eos(enc.ids, tokenizer)
         labels = _labels(enc, spans, train_on_prompt) + ids[len(enc.ids) :]
     else:
-        full, spans = render_with_spans(example.as_messages(), render)
-        enc = _encode(tokenizer, full, add_special_tokens=False, spans=spans)
-        ids, labels = enc.ids, _labels(enc, spans, train_on_prompt)
-    full_length = len(ids)
-    return [
-        TokenizedRow(
-            example.where, ids[:max_seq_len], labels[:max_seq_len], full_length, truncated=full_length > max_seq_len
-        )
-    ]
+        return [
+            _row(example.where, ids, labels, max_seq_len)
+            for ids, labels in _chat_rows(example, tokenizer, render, train_on_prompt)
+        ]
+    return [_row(example.where, ids, labels, max_seq_len)]
+
+
+def _row(where: str, ids: list[int], labels: list[int], max_seq_len: int) -> TokenizedRow:
+    n = len(ids)
+    return TokenizedRow(where, ids[:max_seq_len], labels[:max_seq_len], n, truncated=n > max_seq_len)
+
+
+def _chat_rows(example: Example, tokenizer, render: Renderer, train_on_prompt: bool) -> list[tuple[list, list]]:
+    """(ids, labels) of a conversation: one rendering of the whole, or one row per user turn, each training
+    only that turn's assistant messages, when the whole cannot hold what the model saw at every turn:
+    the template renders earlier turns differently once later ones follow (Mistral moves the tools and
+    system prompt to the last user turn), or the reasoning policy keeps only the current turn's
+    reasoning (last_turn), which a single rendering would lose for every earlier turn."""
+    messages, tools = example.as_messages(), example.tool_list
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    policy = getattr(render, "reasoning", None)
+    lost = policy == "last_turn" and any(m.get("reasoning_content") for m in messages[: users[-1]])
+    if not lost or len(users) < 2:
+        try:
+            return [_chat_labels(tokenizer, messages, render, tools, 0, train_on_prompt)]
+        except TemplateError:
+            if len(users) < 2:
+                raise
+    ends = users[1:] + [len(messages)]
+    return [_chat_labels(tokenizer, messages[:end], render, tools, u, train_on_prompt) for u, end in zip(users, ends)]
+
+
+def _chat_labels(tokenizer, messages, render, tools, train_from: int, train_on_prompt: bool) -> tuple[list, list]:
+    full, spans = render_with_spans(messages, render, tools, train_from)
+    enc = _encode(tokenizer, full, add_special_tokens=False, spans=spans)
+    if not train_on_prompt:
+        return enc.ids, _labels(enc, spans, False)
+    # Everything trains but the tool results and, in a row of a later user turn, the earlier turns
+    # (which the row of their own turn trains): from that user message's text on.
+    cut = full.rfind(messages[train_from]["content"], 0, spans[0][0]) if train_from and spans else 0
+    skip = _result_spans(full, messages, spans, train_from) + [(0, max(cut, 0))]
+    return enc.ids, [IGNORE if any(a <= s < b for a, b in skip) else t for t, s in zip(enc.ids, enc.starts)]
 
 
 @dataclass
@@ -101,6 +136,22 @@ def _labels(enc: _Encoding, spans: list[tuple[int, int]], train_on_prompt: bool)
     return [tid if any(a <= s < b for a, b in spans) else IGNORE for tid, s in zip(enc.ids, enc.starts)]
 
 
+def _result_spans(full: str, messages: list[dict], spans: list[tuple[int, int]], train_from: int) -> list:
+    """Where each tool result's text lies in the rendering: its content, found after the assistant turn
+    that called it."""
+    out, at, turn = [], 0, 0
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant" and i >= train_from:
+            at = max(at, spans[turn][1])
+            turn += 1
+        elif m["role"] == "tool" and m["content"]:
+            found = full.find(m["content"], at)
+            if found >= 0:
+                out.append((found, found + len(m["content"])))
+                at = found + len(m["content"])
+    return out
+
+
 def _with_eos(ids: list[int], tokenizer) -> list[int]:
     """End raw text with EOS (so the model learns to stop), unless the tokenizer already added it."""
     eos = tokenizer.eos_token_id
@@ -115,7 +166,7 @@ def split_answer(example: Example, tokenizer, render: Renderer) -> tuple[list[in
         enc = _encode(tokenizer, example.prompt + example.completion, add_special_tokens=True)
         at = next((i for i, s in enumerate(enc.starts) if s >= len(example.prompt)), len(enc.ids))
         return enc.ids[:at], _with_eos(enc.ids, tokenizer)[at:]
-    full, spans = render_with_spans(example.as_messages(), render)
+    full, spans = render_with_spans(example.as_messages(), render, example.tool_list)
     start, end = spans[-1]
     enc = _encode(tokenizer, full, add_special_tokens=False, spans=spans)
     inside = [i for i, s in enumerate(enc.starts) if start <= s < end]

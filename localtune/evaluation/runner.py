@@ -131,7 +131,7 @@ class GGUFTokenizer:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special_tokens and self.add_bos_token, special=True)
 
     def apply_chat_template(
-        self, messages, *, chat_template: str, tokenize: bool = False, add_generation_prompt: bool = False
+        self, messages, *, chat_template: str, tools=None, tokenize: bool = False, add_generation_prompt: bool = False
     ) -> str:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -140,7 +140,7 @@ class GGUFTokenizer:
             eos_token=self.eos_token,
             bos_token=self.bos_token,
             add_generation_prompt=add_generation_prompt,
-        )(messages=messages).prompt
+        )(messages=messages, tools=tools).prompt
 
 
 def gguf_encoder(llm) -> Encoder:

@@ -207,6 +207,95 @@ QWEN35_SPLIT = (
 )
 
 
+# Tool-calling templates in three families' layouts, for tests of tool data (the tiny families keep their
+# plain templates above, which have no tool support). Qwen3: tools as JSON lines in the system turn, calls
+# as <tool_call> JSON, results as <tool_response> blocks in a user turn, reasoning only after the last
+# user message. Llama 3.1: tools in the first user turn, a call as bare {"name", "parameters"} JSON,
+# results in an ipython turn, no reasoning. Mistral v3: tools before the last user turn in
+# [AVAILABLE_TOOLS], calls as [TOOL_CALLS] with nine-character ids, results in [TOOL_RESULTS].
+QWEN3_TOOL_TEMPLATE = (
+    "{%- set ns = namespace(last_user=-1) -%}"
+    "{%- for m in messages -%}{%- if m.role == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' + (messages[0].content + '\\n\\n' if messages[0].role == 'system' else '') -}}"
+    "{{- '# Tools\\n\\n<tools>' -}}{%- for t in tools -%}{{- '\\n' + t | tojson -}}{%- endfor -%}"
+    '{{- \'\\n</tools>\\n\\nCall a function as <tool_call>{"name": ..., "arguments": ...}</tool_call>.\' -}}'
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- elif messages[0].role == 'system' -%}{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'user' -%}{{- '<|im_start|>user\\n' + m.content + '<|im_end|>\\n' -}}"
+    "{%- elif m.role == 'assistant' -%}"
+    "{%- set think = m.reasoning_content if m.reasoning_content is string else '' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if loop.index0 > ns.last_user and (loop.last or think) -%}"
+    "{{- '<think>\\n' + think + '\\n</think>\\n\\n' -}}{%- endif -%}"
+    "{{- m.content -}}"
+    "{%- for c in m.tool_calls or [] -%}"
+    "{{- ('\\n' if m.content or not loop.first else '') + '<tool_call>\\n{\"name\": \"' + c.function.name -}}"
+    "{{- '\", \"arguments\": ' + c.function.arguments | tojson + '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- elif m.role == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' -%}{{- '<|im_start|>user' -}}{%- endif -%}"
+    "{{- '\\n<tool_response>\\n' + m.content + '\\n</tool_response>' -}}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' -%}{{- '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+LLAMA3_TOOL_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- if messages[0].role == 'system' -%}{%- set sys = messages[0].content -%}{%- set rest = messages[1:] -%}"
+    "{%- else -%}{%- set sys = '' -%}{%- set rest = messages -%}{%- endif -%}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' + ('Environment: ipython\\n\\n' if tools else '') -}}"
+    "{{- sys + '<|eot_id|>' -}}"
+    "{%- for m in rest -%}"
+    "{%- if m.role == 'user' and tools and loop.first -%}"
+    "{{- '<|start_header_id|>user<|end_header_id|>\\n\\nAnswer with a JSON function call to one of these:\\n\\n' -}}"
+    "{%- for t in tools -%}{{- t | tojson + '\\n\\n' -}}{%- endfor -%}{{- m.content | trim + '<|eot_id|>' -}}"
+    "{%- elif m.role == 'assistant' and m.tool_calls -%}"
+    "{%- set c = m.tool_calls[0].function -%}"
+    '{{- \'<|start_header_id|>assistant<|end_header_id|>\\n\\n{"name": "\' + c.name + \'", "parameters": \' -}}'
+    "{{- c.arguments | tojson + '}<|eot_id|>' -}}"
+    "{%- elif m.role == 'tool' -%}"
+    "{{- '<|start_header_id|>ipython<|end_header_id|>\\n\\n' + m.content + '<|eot_id|>' -}}"
+    "{%- else -%}"
+    "{{- '<|start_header_id|>' + m.role + '<|end_header_id|>\\n\\n' + m.content | trim + '<|eot_id|>' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
+)
+MISTRAL_TOOL_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- set sys = messages[0].content if messages[0].role == 'system' else '' -%}"
+    "{%- set rest = messages[1:] if messages[0].role == 'system' else messages -%}"
+    "{%- set ns = namespace(last_user=-1) -%}"
+    "{%- for m in rest -%}{%- if m.role == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}{%- endfor -%}"
+    "{%- for m in rest -%}"
+    "{%- if m.role == 'user' -%}"
+    "{%- if tools and loop.index0 == ns.last_user -%}"
+    "{{- '[AVAILABLE_TOOLS] ' + tools | tojson + '[/AVAILABLE_TOOLS]' -}}{%- endif -%}"
+    "{{- '[INST] ' + (sys + '\\n\\n' if sys and loop.index0 == ns.last_user else '') + m.content + '[/INST]' -}}"
+    "{%- elif m.role == 'assistant' and m.tool_calls -%}"
+    "{{- '[TOOL_CALLS] [' -}}"
+    "{%- for c in m.tool_calls -%}"
+    "{%- if c.id is not string or c.id | length != 9 -%}"
+    "{{- raise_exception('Tool call ids must be nine letters and digits') -}}{%- endif -%}"
+    '{{- \'{"name": "\' + c.function.name + \'", "arguments": \' + c.function.arguments | tojson -}}'
+    "{{- ', \"id\": \"' + c.id + '\"}' + ('' if loop.last else ', ') -}}"
+    "{%- endfor -%}"
+    "{{- ']' + eos_token -}}"
+    "{%- elif m.role == 'assistant' -%}{{- ' ' + m.content + eos_token -}}"
+    "{%- elif m.role == 'tool' -%}"
+    '{{- \'[TOOL_RESULTS] {"content": \' + m.content | tojson + \', "call_id": "\' + m.tool_call_id -}}'
+    "{{- '\"}[/TOOL_RESULTS]' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
 @dataclass(frozen=True)
 class Family:
     tokenizer: str  # spm-llama, spm-gemma; bpe-: qwen, qwen35, llama3, granite, tekken, o200k, gemma4

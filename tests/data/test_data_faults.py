@@ -96,10 +96,10 @@ def test_unknown_role(tmp_path):
 def test_unknown_sharegpt_from(tmp_path):
     p = write_jsonl(
         tmp_path / "sg.jsonl",
-        [{"conversations": [{"from": "human", "value": "hi"}, {"from": "function_call", "value": "{}"}]}],
+        [{"conversations": [{"from": "human", "value": "hi"}, {"from": "robot", "value": "{}"}]}],
     )
     (pr,) = problems_of(p).problems
-    assert pr.field == "conversations[1].from" and "function_call" in pr.message and "human" in pr.fix
+    assert pr.field == "conversations[1].from" and "robot" in pr.message and "function_call" in pr.fix
 
 
 def test_unknown_message_keys_under_messages(tmp_path):
