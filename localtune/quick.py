@@ -160,19 +160,25 @@ def sample_answers(run_dir: Path, prompt: str | None, *, say=print) -> dict:
     """The base and the fine-tuned GGUF answering the same prompt, side by side."""
     from localtune.chat.routes import find_routes, open_route
     from localtune.chat.session import ChatSession, Sampling
+    from localtune.chat.tool_calls import call_line
 
     tuned, base = find_routes(run_dir)
-    prompt = prompt or _sample_prompt(run_dir)
+    sample, tools = _sample_prompt(run_dir)
+    prompt = prompt or sample
     answers = {"prompt": prompt}
     for label, path in (("base", base), ("fine-tuned", tuned)):
         if path is None:
             continue
-        session = ChatSession(open_route(path, n_ctx=1024), sampling=Sampling(temperature=0.0, max_tokens=96))
-        answers[label] = session.ask(prompt)
-    say(f"prompt: {prompt}")
+        session = ChatSession(
+            open_route(path, n_ctx=1024), sampling=Sampling(temperature=0.0, max_tokens=96), tools=tools
+        )
+        text = session.ask(prompt)
+        reply = session.last_reply  # with tool data, the calls are what the tuning changed
+        answers[label] = "  ".join([text.strip(), *map(call_line, reply.calls), *reply.raw_calls]).strip()
+    say(f"prompt: {prompt}" + (f" (with the tools {', '.join(t['function']['name'] for t in tools)})" if tools else ""))
     for label in ("base", "fine-tuned"):
         if label in answers:
-            say(f"  {label:>10}: {answers[label].strip()}")
+            say(f"  {label:>10}: {answers[label]}")
     return answers
 
 
@@ -192,19 +198,24 @@ def quick_eval(run_dir: Path, emit, *, say=print):
     return report
 
 
-def _sample_prompt(run_dir: Path) -> str:
-    from localtune.demo import DEMO_DATA, HELD_OUT_PROMPTS
-
-    cfg_text = RunDir(run_dir).config.read_text()
-    if str(DEMO_DATA) in cfg_text:
-        return HELD_OUT_PROMPTS[0]
+def _sample_prompt(run_dir: Path) -> tuple[str, list[dict] | None]:
+    """A prompt to compare base and tuned on, and the tools to offer with it (a tool-calling run's own)."""
     from localtune.config import load_config
     from localtune.data.dataset import load_examples
+    from localtune.data.readers import resolve_data_files
+    from localtune.demo import DEMO_DATA, DEMO_TOOLS_DATA, HELD_OUT_PROMPTS, TOOL_HELD_OUT
 
     cfg = load_config(RunDir(run_dir).config)
-    for ex in load_examples(cfg.data.path, cfg.data.format, skip_invalid=True, strict=False).examples:
+    files = resolve_data_files(cfg.data.path) if cfg.data.path in ("demo", "demo-tools") else [Path(cfg.data.path)]
+    examples = load_examples(cfg.data.path, cfg.data.format, skip_invalid=True, strict=False).examples
+    tools = next((ex.tool_list for ex in examples if ex.tools), None)
+    if files == [DEMO_DATA]:
+        return HELD_OUT_PROMPTS[0], None
+    if files == [DEMO_TOOLS_DATA]:
+        return TOOL_HELD_OUT[0][0], tools
+    for ex in examples:
         if ex.messages:
-            return next(c for r, c in ex.messages if r == "user")
+            return next(c for r, c in ex.messages if r == "user"), tools
         if ex.prompt:
-            return ex.prompt
-    return "Hello! Who are you?"
+            return ex.prompt, None
+    return "Hello! Who are you?", None

@@ -27,9 +27,10 @@ class LocaltuneApp(App):
     CSS_PATH = "app.tcss"
     BINDINGS = [Binding("ctrl+t", "toggle_theme", "Theme"), Binding("ctrl+q", "quit", "Quit", show=False)]
 
-    def __init__(self, workspace: str | Path = "runs"):
+    def __init__(self, workspace: str | Path = "runs", tools: list[dict] | None = None):
         super().__init__()
         self.workspace = Path(workspace)
+        self.tools = tools  # what the chat screen offers the model (localtune tui --tools FILE)
 
     def on_mount(self) -> None:
         self.push_screen(RunsScreen())

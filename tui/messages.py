@@ -99,3 +99,18 @@ class ChatStreamed(Message, bubble=False):
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, ChatStreamed) and message.side == self.side
+
+
+@dataclass
+class ChatReasoned(Message, bubble=False):
+    """The reasoning of one side's latest reply (shown folded)."""
+
+    side: str
+    text: str
+
+
+@dataclass
+class ToolCallsPending(Message, bubble=False):
+    """Calls the person answers, in order: (side, call) pairs; the sides resume once all have results."""
+
+    calls: list

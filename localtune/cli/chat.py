@@ -23,16 +23,32 @@ from localtune.errors import LocaltuneError
 @click.option("--top-p", type=float, default=0.9, show_default=True)
 @click.option("--max-tokens", type=int, default=256, show_default=True)
 @click.option("--ctx", type=int, default=2048, show_default=True, help="Context window in tokens.")
+@click.option(
+    "--tools",
+    "tools_file",
+    type=click.Path(dir_okay=False),
+    help="JSON list of tools the model may call; you type each call's result.",
+)
+@click.option("--show-reasoning", is_flag=True, help="Show the model's reasoning instead of folding it to one line.")
 @friendly_errors
-def chat_cmd(target, prompt, compare, base_file, system, temperature, top_p, max_tokens, ctx):
-    """Chat offline with GGUF (or a run's exported model). Commands: /reset, /system TEXT, /save FILE, /quit."""
+def chat_cmd(
+    target, prompt, compare, base_file, system, temperature, top_p, max_tokens, ctx, tools_file, show_reasoning
+):
+    """Chat offline with GGUF (or a run's exported model).
+
+    Commands: /reset, /system TEXT, /save FILE, /reasoning (the last reasoning), /quit."""
     from localtune.chat.routes import RouteSpec, find_routes, open_route
     from localtune.chat.session import ChatSession, Sampling
+    from localtune.chat.tool_calls import load_tools
+    from localtune.cli.chat_turns import TurnPrinter
     from localtune.cli.hf_chat import hf_session, transformers_method
     from localtune.errors import UsageError
 
     sampling = Sampling(temperature, top_p, max_tokens)
     notice = lambda m: click.echo(m, err=True)  # noqa: E731
+    tools = load_tools(tools_file) if tools_file else None
+    if tools and transformers_method(target):
+        raise UsageError("--tools needs a GGUF: this run's model runs on transformers", hint="chat without --tools")
     if transformers_method(target):  # LLaMA-Adapter: no GGUF, the run's model on transformers
         tuned, sessions = (
             target,
@@ -45,19 +61,20 @@ def chat_cmd(target, prompt, compare, base_file, system, temperature, top_p, max
             raise UsageError("--compare needs a base model", hint="pass --base BASE.gguf, or chat with a RUN_DIR")
         models = [("fine-tuned" if compare else None, tuned)] + ([("base", base)] if compare else [])
         sessions = [
-            (label, ChatSession(open_route(path, n_ctx=ctx), system=system, sampling=sampling, notice=notice))
+            (
+                label,
+                ChatSession(open_route(path, n_ctx=ctx), system=system, sampling=sampling, notice=notice, tools=tools),
+            )
             for label, path in models
         ]
+    printer = TurnPrinter(show_reasoning=show_reasoning)
 
-    def answer(text: str) -> None:
+    def answer(text: str, answer_calls: bool = True) -> None:
         for label, session in sessions:
-            if label:
-                click.echo(f"[{label}] ", nl=False)
-            session.ask(text, on_token=lambda piece: click.echo(piece, nl=False))
-            click.echo()
+            printer.turn(label, session, text, answer_calls=answer_calls and bool(tools))
 
     if prompt is not None:
-        answer(prompt)
+        answer(prompt, answer_calls=False)
         return
     click.echo(f"chatting with {_shown(tuned)}" + (f" and {_shown(base)}" if compare else "") + "; /quit to leave")
     while True:
@@ -79,6 +96,8 @@ def chat_cmd(target, prompt, compare, base_file, system, temperature, top_p, max
                 s.system = line[len("/system") :].strip() or None
                 s.reset()
             click.echo("(system prompt set; history cleared)")
+        elif line == "/reasoning":
+            printer.show_last_reasoning()
         elif line.startswith("/save"):
             path = line[len("/save") :].strip() or "chat.json"
             click.echo(f"(saved to {sessions[0][1].save(path)})")

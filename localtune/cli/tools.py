@@ -24,11 +24,19 @@ from localtune.cli.main import main
     type=click.Path(file_okay=False),
     help="Folder holding the run folders.",
 )
-def tui_cmd(workspace="runs"):
+@click.option("--tools", "tools_file", type=click.Path(dir_okay=False), help="JSON list of tools for the chat.")
+def tui_cmd(workspace="runs", tools_file=None):
     """The terminal app: runs, new run, live training dashboard, export and chat (works over SSH)."""
+    from localtune.chat.tool_calls import load_tools
+    from localtune.errors import LocaltuneError
     from localtune.tui.app import LocaltuneApp
 
-    LocaltuneApp(workspace).run()
+    try:
+        tools = load_tools(tools_file) if tools_file else None
+    except LocaltuneError as exc:
+        click.echo(exc.render(), err=True)
+        sys.exit(exc.exit_code)
+    LocaltuneApp(workspace, tools=tools).run()
 
 
 @main.command("doctor")

@@ -52,12 +52,12 @@ class FileRead:
 
 
 def resolve_data_files(spec: str) -> list[Path]:
-    """The data files named by `spec`: a file, a folder of files, `demo` (the built-in demo set), or a
-    hub dataset id."""
-    if spec == "demo" and not Path(spec).exists():
-        from localtune.demo import DEMO_DATA
+    """The data files named by `spec`: a file, a folder of files, `demo` or `demo-tools` (the built-in demo
+    sets), or a hub dataset id."""
+    from localtune.demo import DEMO_SETS
 
-        return [DEMO_DATA]
+    if spec in DEMO_SETS and not Path(spec).exists():
+        return [DEMO_SETS[spec]]
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:

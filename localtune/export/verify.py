@@ -8,6 +8,8 @@ Checks, each pass/fail with its numbers, against references that our conversion 
 - special tokens: the GGUF's BOS/EOS ids equal the tokenizer's, and EOS ends generation;
 - chat template: llama-cpp-python renders the embedded template to the same prompt string as
   transformers renders the training template;
+- tool template: the same for a fixed tool conversation (export/tool_probe.py: tools, a call, its
+  result, reasoning), so a template whose tool or reasoning handling drifted is caught;
 - logits (f32/f16/bf16 files): max |Δlogit| and top-1 agreement on a 64-token prompt;
 - perplexity (quantized files): GGUF vs HF on held-out text, with the relative delta;
 - source predictions (a GGUF of an imported model's untouched weights): its next-token predictions
@@ -148,6 +150,7 @@ def verify(
     report.checks.append(_special_tokens_check(llm, tok))
     template = chat_template or resolve_chat_template(tok).text
     report.checks.append(_template_check(info, tok, template))
+    report.checks.append(_tool_template_check(info, tok, template))
     if report.file_type in ("f32", "f16", "bf16"):
         report.checks.append(_logits_check(llm, hf_dir, tok, report.file_type))
     else:
@@ -289,6 +292,63 @@ def _template_check(info, tok, template: str) -> Check:
         "llama-cpp-python renders the same prompt"
         if same
         else f"renders differ: llama-cpp-python {got[:60]!r} vs transformers {want[:60]!r}",
+    )
+
+
+def _tool_template_check(info, tok, template: str) -> Check:
+    """The fixed tool conversation through the embedded template (llama-cpp-python) and the training one
+    (transformers): identical text, or both refusing it (a template without tool support may raise)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from localtune.export.tool_probe import PROBE_CONVERSATION, PROBE_TOOLS
+
+    embedded = info.metadata.get("tokenizer.chat_template")
+    if not embedded:
+        return Check("tool template", False, "no chat template embedded: tool calls would not be rendered")
+
+    def rendered(fn) -> tuple[str | None, str | None]:
+        try:
+            return fn(), None
+        except Exception as exc:  # a template's raise_exception, or jinja's own errors
+            return None, str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+
+    want, want_err = rendered(
+        lambda: tok.apply_chat_template(
+            PROBE_CONVERSATION, tools=PROBE_TOOLS, chat_template=template, add_generation_prompt=True, tokenize=False
+        )
+    )
+    got, got_err = rendered(
+        lambda: (
+            Jinja2ChatFormatter(
+                embedded, eos_token=tok.eos_token or "", bos_token=tok.bos_token or "", add_generation_prompt=True
+            )(messages=PROBE_CONVERSATION, tools=PROBE_TOOLS).prompt
+        )
+    )
+    if want_err or got_err:
+        same = bool(want_err and got_err)
+        detail = (
+            f"both templates refuse a tool conversation ({want_err}): not a tool-calling model"
+            if same
+            else f"the {'training' if want_err else 'embedded'} template refuses the tool conversation "
+            f"({want_err or got_err}) and the other renders it"
+        )
+        return Check("tool template", same, detail)
+    if got == want:
+        writes = all(w in want for w in ("get_weather", "Oslo", "temperature"))
+        return Check(
+            "tool template",
+            True,
+            "llama-cpp-python renders the tool conversation (tools, call, result, reasoning) the same"
+            + ("" if writes else "; the template does not write tools or calls"),
+        )
+    at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    lo = max(0, at - 30)
+    return Check(
+        "tool template",
+        False,
+        f"renders differ from character {at}: llama-cpp-python {got[lo : at + 40]!r} vs transformers "
+        f"{want[lo : at + 40]!r}",
+        float(at),
     )
 
 

@@ -280,3 +280,17 @@ def test_bad_tool_rows_name_line_field_and_fix(tmp_path, row, field, words):
     for word in words:
         assert word in problem.message, problem.message
     assert problem.fix
+
+
+def test_demo_tools_rows_are_valid_generated_and_keep_the_held_out_questions_out():
+    from localtune.demo import DEMO_TOOLS_DATA, TOOL_HELD_OUT
+    from localtune.demo.tool_rows import jsonl
+
+    assert DEMO_TOOLS_DATA.read_text(encoding="utf-8") == jsonl()  # the file is what tool_rows.py writes
+    loaded = load_examples("demo-tools")
+    assert len(loaded.examples) == 48 and not loaded.problems
+    seen = {json.dumps(m.get("tool_calls")) for ex in loaded.examples for m in ex.as_messages()}
+    text = DEMO_TOOLS_DATA.read_text(encoding="utf-8")
+    for question, arguments in TOOL_HELD_OUT:
+        assert question not in text and f'"port": "{arguments["port"]}"' not in text
+    assert len(seen) > 30  # varied calls, not one memorised answer

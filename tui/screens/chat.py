@@ -1,7 +1,10 @@
 """Chat with a run's exported GGUF, optionally side by side with the base model (ctrl+o).
 
-Replies come from the core's ChatSession (as `localtune chat` uses it) in a thread worker; tokens
-stream into a live line as messages that coalesce, then the whole reply joins the log.
+Replies come from the core's ChatSession (as `localtune chat` uses it) in a thread worker; the answer's
+text streams into a live line as messages that coalesce, then the whole reply joins the log: its reasoning
+folded (a Collapsible under the log holds the latest), each tool call as a structured line, a call that
+could not be read raw with a warning. Opened with tools, the input then asks for each call's result in turn
+and the model goes on once all are given.
 
 Run as:  localtune tui   (then c on an exported run)
 """
@@ -15,12 +18,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Label, RichLog, Static
+from textual.widgets import Collapsible, Footer, Header, Input, Label, RichLog, Static
 
+from localtune.chat.tool_calls import PARSE_WARNING, Reply, call_line, reasoning_fold, words
 from localtune.errors import LocaltuneError
-from localtune.tui.messages import ChatLine, ChatStreamed, WorkFailed
+from localtune.tui.messages import ChatLine, ChatReasoned, ChatStreamed, ToolCallsPending, WorkFailed
 
 SIDES = ("tuned", "base")  # the widget ids of each side's log are these; their live lines add "-live"
+PLACEHOLDER = "Type a message, enter to send"
 
 
 class ChatScreen(Screen):
@@ -30,11 +35,14 @@ class ChatScreen(Screen):
         Binding("escape", "app.pop_screen", "Back"),
     ]
 
-    def __init__(self, target: Path):
+    def __init__(self, target: Path, tools: list[dict] | None = None):
         super().__init__()
         self.target = Path(target)
+        self.tools = tools
         self.compare = False
         self.sessions: dict[str, object] = {}  # side -> ChatSession, opened on the first question
+        self.pending: list[tuple[str, dict]] = []  # calls waiting for the person's result
+        self.calling: list[str] = []  # the sides that resume once every pending call has its result
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -44,7 +52,7 @@ class ChatScreen(Screen):
                 with Vertical(id=f"{side}-side"):
                     yield RichLog(id=side, wrap=True, markup=False)
                     yield Static("", id=f"{side}-live", markup=False)
-        yield Input(placeholder="Type a message, enter to send", id="prompt")
+        yield Input(placeholder=PLACEHOLDER, id="prompt")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -60,12 +68,23 @@ class ChatScreen(Screen):
             s.reset()
         for log in self.query(RichLog):
             log.clear()
+        self.pending, self.calling = [], []
+        self.query_one(Input).placeholder = PLACEHOLDER
 
     @on(Input.Submitted, "#prompt")
     def send(self, event: Input.Submitted) -> None:
         text = event.value.strip()
         event.input.value = ""
-        if text:
+        if self.pending:  # the text is the result of the next call
+            side, call = self.pending.pop(0)
+            self.session(side).add_tool_result(call, text)
+            self.query_one(f"#{side}", RichLog).write(f"result of {call['function']['name']}: {text}")
+            if self.pending:
+                event.input.placeholder = f"result of {self.pending[0][1]['function']['name']}"
+            else:
+                event.input.placeholder = PLACEHOLDER
+                self.answer(None, self.calling)
+        elif text:
             self.answer(text)
 
     def session(self, side: str):
@@ -89,33 +108,80 @@ class ChatScreen(Screen):
             spec = tuned if side == "tuned" else base
             if spec is None:
                 raise LocaltuneError("there is no base model GGUF to compare with", hint="export the run first")
-            self.sessions[side] = ChatSession(open_route(spec, n_ctx=2048), sampling=Sampling(max_tokens=200))
+            self.sessions[side] = ChatSession(
+                open_route(spec, n_ctx=2048), sampling=Sampling(max_tokens=200), tools=self.tools
+            )
         return self.sessions[side]
 
     @work(thread=True, exclusive=True, group="chat")
-    def answer(self, text: str) -> None:
-        for side in SIDES if self.compare else SIDES[:1]:
-            self.post_message(ChatLine(side, f"you: {text}"))
+    def answer(self, text: str | None, sides: list[str] | None = None) -> None:
+        """Each side's reply to `text` (None: each of `sides` goes on after its tool results)."""
+        pending = []
+        for side in sides or (SIDES if self.compare else SIDES[:1]):
+            if text is not None:
+                self.post_message(ChatLine(side, f"you: {text}"))
             try:
                 reply = self.ask(side, text)
             except LocaltuneError as exc:
                 self.post_message(WorkFailed(exc.title, exc.render()))
                 return
             self.post_message(ChatStreamed(side, ""))
-            self.post_message(ChatLine(side, f"{side}: {reply.strip()}"))
+            pending += self.show_reply(side, reply)
+        if pending:
+            self.post_message(ToolCallsPending(pending))
 
-    def ask(self, side: str, text: str) -> str:
-        """One side's reply; its tokens stream into the side's live line as they come (in the worker)."""
+    def ask(self, side: str, text: str | None) -> Reply:
+        """One side's reply; its answer streams into the side's live line as it comes (in the worker)."""
         parts: list[str] = []
 
         def streamed(piece: str) -> None:
             parts.append(piece)
             self.post_message(ChatStreamed(side, f"{side}: {''.join(parts)}"))
 
-        return self.session(side).ask(text, on_token=streamed)
+        session = self.session(side)
+        hooks = {"on_token": streamed}
+        if hasattr(session, "last_reply"):  # a llama.cpp session parses reasoning and calls
+            hooks["on_thinking"] = lambda: self.post_message(ChatStreamed(side, f"{side}: thinking…"))
+        answer = session.ask(text, **hooks) if text is not None else session.resume(**hooks)
+        return getattr(session, "last_reply", None) or Reply(content=answer.strip())
+
+    def show_reply(self, side: str, reply: Reply) -> list[tuple[str, dict]]:
+        """The reply's lines in the side's log; the calls the person is to answer (with tools)."""
+        if reply.reasoning:
+            self.post_message(ChatReasoned(side, reply.reasoning))
+        if reply.content or not (reply.calls or reply.raw_calls):
+            self.post_message(ChatLine(side, f"{side}: {reply.content}"))
+        for call in reply.calls:
+            self.post_message(ChatLine(side, call_line(call)))
+        for raw in reply.raw_calls:
+            self.post_message(ChatLine(side, PARSE_WARNING))
+            self.post_message(ChatLine(side, raw))
+        return [(side, call) for call in reply.calls] if self.tools else []
 
     def on_chat_line(self, message: ChatLine) -> None:
         self.query_one(f"#{message.side}", RichLog).write(message.text)
+
+    def on_chat_reasoned(self, message: ChatReasoned) -> None:
+        """A one-line summary in the log; the text itself in the side's folded Collapsible (the latest reply's)."""
+        self.query_one(f"#{message.side}", RichLog).write(reasoning_fold(message.text, "expand it below"))
+        title = f"reasoning ({words(message.text)})"
+        found = self.query(f"#{message.side}-reasoning")
+        if found:
+            fold = found.first(Collapsible)
+            fold.title = title
+            fold.query_one(".reasoning-text", Static).update(message.text)
+        else:
+            fold = Collapsible(
+                Static(message.text, markup=False, classes="reasoning-text"),
+                title=title,
+                id=f"{message.side}-reasoning",
+            )
+            self.query_one(f"#{message.side}-side").mount(fold, before=f"#{message.side}-live")
+
+    def on_tool_calls_pending(self, message: ToolCallsPending) -> None:
+        self.pending = list(message.calls)
+        self.calling = list(dict.fromkeys(side for side, _ in message.calls))
+        self.query_one(Input).placeholder = f"result of {self.pending[0][1]['function']['name']}"
 
     def on_chat_streamed(self, message: ChatStreamed) -> None:
         self.query_one(f"#{message.side}-live", Static).update(message.text)

@@ -124,7 +124,7 @@ class RunsScreen(Screen):
 
     def action_chat(self) -> None:
         if (run := self.selected()) is not None:
-            self.app.push_screen(ChatScreen(run))
+            self.app.push_screen(ChatScreen(run, tools=getattr(self.app, "tools", None)))
 
     def action_delete(self) -> None:
         run = self.selected()
