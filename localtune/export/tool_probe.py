@@ -46,7 +46,12 @@ PROBE_CONVERSATION = [
             }
         ],
     },
-    {"role": "tool", "content": '{"temperature": 4, "sky": "rain"}', "tool_call_id": "call00001"},
+    {
+        "role": "tool",
+        "content": '{"temperature": 4, "sky": "rain"}',
+        "tool_call_id": "call00001",
+        "name": "get_weather",
+    },
     {
         "role": "assistant",
         "content": "It is 4 degrees and raining in Oslo.",
