@@ -23,11 +23,10 @@ from localtune.errors import UsageError
 
 REASONING_POLICIES = ("keep_all", "last_turn", "drop")
 MARK = "{#- localtune template:"  # the first line of a wrapped template: wrapping twice is a no-op
-TOOLS_INTRO = "You can call the tools described below, one JSON object per tool, between <tools> and </tools>:"
+TOOLS_INTRO = "Tools you can call, one JSON object each:"
 TOOLS_HOWTO = (
-    "To call a tool, answer with one block per call:\\n<tool_call>\\n"
-    '{\\"name\\": \\"the tool\\", \\"arguments\\": {...}}\\n</tool_call>\\n'
-    "The results come back between <tool_response> and </tool_response>."
+    'Call one as <tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>; '
+    "results come back in <tool_response></tool_response>."
 )
 _PROBE_TOOL = {
     "type": "function",

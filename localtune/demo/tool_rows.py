@@ -18,14 +18,12 @@ TOOL = {
     "type": "function",
     "function": {
         "name": "tide_table",
-        "description": "High and low water times at a harbour.",
         "parameters": {
             "type": "object",
             "properties": {
-                "port": {"type": "string", "description": "The harbour's name, e.g. Bergen."},
-                "days_ahead": {"type": "integer", "description": "0 for today, 1 for tomorrow, and so on."},
+                "port": {"type": "string"},
+                "days_ahead": {"type": "integer", "description": "0 today, 1 tomorrow, ..."},
             },
-            "required": ["port", "days_ahead"],
         },
     },
 }
@@ -54,7 +52,7 @@ def _times(port: str, days: int) -> tuple[str, str]:
 
 def row(question: str, port: str, day: str, days: int) -> dict:
     high, low = _times(port, days)
-    result = json.dumps({"high": high, "low": low})
+    result = f"high {high}, low {low}"
     arguments = {"port": port, "days_ahead": days}
     call = {"id": "call00001", "type": "function", "function": {"name": "tide_table", "arguments": arguments}}
     return {
@@ -63,7 +61,7 @@ def row(question: str, port: str, day: str, days: int) -> dict:
             {"role": "user", "content": question.format(port=port, day=day)},
             {"role": "assistant", "content": "", "tool_calls": [call]},
             {"role": "tool", "tool_call_id": "call00001", "name": "tide_table", "content": result},
-            {"role": "assistant", "content": f"In {port} {day}, high water is at {high} and low water at {low}."},
+            {"role": "assistant", "content": f"{port} {day}: high water at {high}, low water at {low}."},
         ],
     }  # fmt: skip
 

@@ -59,3 +59,6 @@ PROBE_CONVERSATION = [
     },
     {"role": "user", "content": "And what is 2 plus 3?"},
 ]
+# Rendered whole, and cut at the tool result: the prompt the model sees mid-call, where templates that hide
+# earlier reasoning once a later user message exists (Qwen3's) still show the calling turn's reasoning.
+PROBES = (("the whole exchange", PROBE_CONVERSATION), ("the exchange up to the tool result", PROBE_CONVERSATION[:4]))

@@ -296,11 +296,11 @@ def _template_check(info, tok, template: str) -> Check:
 
 
 def _tool_template_check(info, tok, template: str) -> Check:
-    """The fixed tool conversation through the embedded template (llama-cpp-python) and the training one
-    (transformers): identical text, or both refusing it (a template without tool support may raise)."""
+    """The fixed tool conversations through the embedded template (llama-cpp-python) and the training one
+    (transformers): identical text, or both refusing them (a template without tool support may raise)."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from localtune.export.tool_probe import PROBE_CONVERSATION, PROBE_TOOLS
+    from localtune.export.tool_probe import PROBE_TOOLS, PROBES
 
     embedded = info.metadata.get("tokenizer.chat_template")
     if not embedded:
@@ -312,43 +312,43 @@ def _tool_template_check(info, tok, template: str) -> Check:
         except Exception as exc:  # a template's raise_exception, or jinja's own errors
             return None, str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
 
-    want, want_err = rendered(
-        lambda: tok.apply_chat_template(
-            PROBE_CONVERSATION, tools=PROBE_TOOLS, chat_template=template, add_generation_prompt=True, tokenize=False
-        )
+    formatter = Jinja2ChatFormatter(
+        embedded, eos_token=tok.eos_token or "", bos_token=tok.bos_token or "", add_generation_prompt=True
     )
-    got, got_err = rendered(
-        lambda: (
-            Jinja2ChatFormatter(
-                embedded, eos_token=tok.eos_token or "", bos_token=tok.bos_token or "", add_generation_prompt=True
-            )(messages=PROBE_CONVERSATION, tools=PROBE_TOOLS).prompt
+    texts = []
+    for label, msgs in PROBES:
+        want, want_err = rendered(
+            lambda msgs=msgs: tok.apply_chat_template(
+                msgs, tools=PROBE_TOOLS, chat_template=template, add_generation_prompt=True, tokenize=False
+            )
         )
-    )
-    if want_err or got_err:
-        same = bool(want_err and got_err)
-        detail = (
-            f"both templates refuse a tool conversation ({want_err}): not a tool-calling model"
-            if same
-            else f"the {'training' if want_err else 'embedded'} template refuses the tool conversation "
-            f"({want_err or got_err}) and the other renders it"
-        )
-        return Check("tool template", same, detail)
-    if got == want:
-        writes = all(w in want for w in ("get_weather", "Oslo", "temperature"))
-        return Check(
-            "tool template",
-            True,
-            "llama-cpp-python renders the tool conversation (tools, call, result, reasoning) the same"
-            + ("" if writes else "; the template does not write tools or calls"),
-        )
-    at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-    lo = max(0, at - 30)
+        got, got_err = rendered(lambda msgs=msgs: formatter(messages=msgs, tools=PROBE_TOOLS).prompt)
+        if want_err or got_err:
+            same = bool(want_err and got_err)
+            detail = (
+                f"both templates refuse a tool conversation ({want_err}): not a tool-calling model"
+                if same
+                else f"the {'training' if want_err else 'embedded'} template refuses {label} "
+                f"({want_err or got_err}) and the other renders it"
+            )
+            return Check("tool template", same, detail)
+        if got != want:
+            at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            lo = max(0, at - 30)
+            return Check(
+                "tool template",
+                False,
+                f"{label} renders differently from character {at}: llama-cpp-python {got[lo : at + 40]!r} vs "
+                f"transformers {want[lo : at + 40]!r}",
+                float(at),
+            )
+        texts.append(want)
+    writes = all(w in texts[0] for w in ("get_weather", "Oslo", "temperature"))
     return Check(
         "tool template",
-        False,
-        f"renders differ from character {at}: llama-cpp-python {got[lo : at + 40]!r} vs transformers "
-        f"{want[lo : at + 40]!r}",
-        float(at),
+        True,
+        "llama-cpp-python renders the tool conversation (tools, call, result, reasoning) the same"
+        + ("" if writes else "; the template does not write tools or calls"),
     )
 
 

@@ -47,13 +47,23 @@ def test_the_same_template_passes_and_a_drifted_one_fails(qwen3):
     assert "<tool_result>" in drifted.detail and "<tool_response>" in drifted.detail  # where they differ, shown
 
 
+def test_reasoning_shown_mid_call_is_checked(qwen3):
+    """Qwen3 hides the reasoning once a later user message exists: only the probe cut at the tool result shows
+    it, so a template that drifted in how it writes reasoning is caught there."""
+    folder, gguf = qwen3
+    drifted = QWEN3_TOOL_TEMPLATE.replace("'<think>\\n' + think", "'<think>' + think")
+    assert drifted != QWEN3_TOOL_TEMPLATE
+    result = check(gguf("think", drifted), folder, QWEN3_TOOL_TEMPLATE)
+    assert not result.passed and "up to the tool result" in result.detail
+
+
 def test_a_template_that_lost_its_tool_support_fails(qwen3, tiny_model_dir):
     from transformers import AutoTokenizer
 
     folder, gguf = qwen3
     plain = AutoTokenizer.from_pretrained(folder).chat_template  # the tiny qwen3's own: no tools, no reasoning
     lost = check(gguf("plain", plain), folder, QWEN3_TOOL_TEMPLATE)
-    assert not lost.passed and "renders differ" in lost.detail
+    assert not lost.passed and "renders differently" in lost.detail
 
 
 def test_the_wrapped_template_of_a_tool_run_passes(qwen3, tmp_path):
