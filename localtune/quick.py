@@ -169,9 +169,9 @@ def sample_answers(run_dir: Path, prompt: str | None, *, say=print) -> dict:
     for label, path in (("base", base), ("fine-tuned", tuned)):
         if path is None:
             continue
-        session = ChatSession(
-            open_route(path, n_ctx=1024), sampling=Sampling(temperature=0.0, max_tokens=96), tools=tools
-        )
+        route = open_route(path, n_ctx=1024)
+        offered = tools if getattr(route, "kind", "plain") not in ("vectors", "prefix") else None  # no template there
+        session = ChatSession(route, sampling=Sampling(temperature=0.0, max_tokens=96), tools=offered)
         text = session.ask(prompt)
         reply = session.last_reply  # with tool data, the calls are what the tuning changed
         answers[label] = "  ".join([text.strip(), *map(call_line, reply.calls), *reply.raw_calls]).strip()

@@ -108,12 +108,20 @@ class ChatSession:
         if not template:
             return None
         text = lambda tid: self.llm.detokenize([tid], special=True).decode("utf-8", errors="replace")  # noqa: E731
-        return Jinja2ChatFormatter(
-            template,
-            eos_token=text(self.llm.token_eos()),
-            bos_token=text(self.llm.token_bos()),
-            add_generation_prompt=True,
-        )(messages=msgs, tools=self.tools or None).prompt
+        try:
+            return Jinja2ChatFormatter(
+                template,
+                eos_token=text(self.llm.token_eos()),
+                bos_token=text(self.llm.token_bos()),
+                add_generation_prompt=True,
+            )(messages=msgs, tools=self.tools or None).prompt
+        except Exception as exc:  # the template's raise_exception ("roles must alternate") or jinja's errors
+            raise UsageError(
+                f"this GGUF's chat template refuses the conversation: {str(exc).splitlines()[0] if str(exc) else exc}",
+                hint="/reset to start again"
+                + ("; its template may not know tool messages: chat without --tools" if self.tools else ""),
+                title="chat template error",
+            ) from None
 
     def prompt_tokens(self, msgs: list[dict]) -> int:
         """Tokens of the prompt as the GGUF's own chat template renders it (with the route's virtual part)."""
@@ -154,8 +162,8 @@ class ChatSession:
         # call markup that could not be read stays in the content: the model said it, the next turn sees it
         content = "\n".join(x for x in [reply.content, *reply.raw_calls] if x)
         message = {"role": "assistant", "content": content}
-        if reply.reasoning:
-            message["reasoning_content"] = reply.reasoning
+        if reply.reasoning:  # under both names, as transformers gives templates (gpt-oss reads `thinking`)
+            message["reasoning_content"] = message["thinking"] = reply.reasoning
         if reply.calls:
             message["tool_calls"] = reply.calls
         return message
@@ -183,6 +191,12 @@ class ChatSession:
                     on_token(text)
         tail = live.finish()
         reply = live.reply
+        if not self.tools and reply.format == "llama3" and reply.calls:  # no tools offered: bare JSON is an answer
+            from localtune.chat.tool_calls import Reply, split_reasoning
+
+            reasoning, rest = split_reasoning(live.text, live.reasoning_open)
+            reply = Reply(reasoning=reasoning, content=rest.strip())
+            tail = reply.content[len(live.shown) :] if reply.content.startswith(live.shown) else reply.content
         if reply.reasoning and not told and on_reasoning:
             on_reasoning(reply.reasoning)
         if tail and on_token:

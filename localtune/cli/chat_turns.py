@@ -30,8 +30,13 @@ class TurnPrinter:
                 click.echo(raw)
             if not (answer_calls and reply.calls):
                 return
-            for call in reply.calls:
-                session.add_tool_result(call, self.read(f"result of {call['function']['name']}> "))
+            try:
+                results = [(call, self.read(f"result of {call['function']['name']}> ")) for call in reply.calls]
+            except (EOFError, KeyboardInterrupt):  # no result given: the calls stay unanswered
+                click.echo()
+                return
+            for call, result in results:
+                session.add_tool_result(call, result)
             self._generate(label, session.resume, session)
 
     def _generate(self, label, run, session) -> None:

@@ -90,15 +90,16 @@ def plan_cmd(vram, config_file, **knobs):
     seq = cfg.data.max_seq_len
     if cfg.data.path:
         from localtune.config import DataConfig
-        from localtune.data.dataset import load_examples, tokenize_all
-        from localtune.data.template import make_renderer, resolve_chat_template
+        from localtune.data.dataset import load_examples, template_for, tokenize_all
+        from localtune.data.template import make_renderer
         from localtune.model.source import load_tokenizer
 
         tok = load_tokenizer(source)
+        examples = load_examples(cfg.data.path, cfg.data.format).examples
         rows, stats = tokenize_all(
-            load_examples(cfg.data.path, cfg.data.format).examples,
+            examples,
             tok,
-            make_renderer(tok, resolve_chat_template(tok, cfg.model.chat_template)),
+            make_renderer(tok, template_for(examples, tok, cfg.model.chat_template, cfg.data.reasoning)),
             DataConfig(max_seq_len=seq),
             [],
         )

@@ -204,9 +204,10 @@ def template_for(examples: list[Example], tokenizer, override: str | None, reaso
     row has tools, calls or reasoning (data/template_policy.py), the chosen template itself otherwise."""
     details = [d for e in examples for d in e.details or ()]
     tools = any(e.tools for e in examples) or any("tool_calls" in d for d in details)
-    if not tools and not any("reasoning_content" in d for d in details):
+    thoughts = any("reasoning_content" in d for d in details)
+    if not tools and not thoughts:
         return resolve_chat_template(tokenizer, override)
-    return resolve_chat_template(tokenizer, override, reasoning=reasoning, tools=tools)
+    return resolve_chat_template(tokenizer, override, reasoning=reasoning, tools=tools, thoughts=thoughts)
 
 
 def tokenize_all(
@@ -243,8 +244,8 @@ def tokenize_all(
             )
             continue
         stats.rows += 1
-        stats.lengths.append(rows[0].full_length)
-        stats.truncated += rows[0].truncated
+        stats.lengths.append(max(r.full_length for r in rows))  # a conversation split per user turn: its longest
+        stats.truncated += any(r.truncated for r in rows)
         stats.windows_split += len(rows) > 1 and ex.kind == "text"
         for row in rows:
             if row.trainable == 0:

@@ -194,7 +194,7 @@ def _chat_example(where: str, value: dict, key: str) -> Example:
 
     turns = _conversation(value, key)
     try:
-        tools = read_tools(value.get("tools"), "tools") if "tools" in value else None
+        tools = read_tools(value["tools"], "tools") if value.get("tools") is not None else None
         messages, details = resolve_tools(turns, tools, key)
     except ToolDataError as exc:
         raise _RowProblem(exc.field, exc.message, exc.fix, exc.reason) from None
@@ -248,7 +248,8 @@ def _conversation(value: dict, key: str) -> list[dict]:
             raise _RowProblem(f"{field}.{rkey}", f"unknown role {role!r}", f"use one of: {allowed}", "unknown_role")
         mapped = mapping[role]
         calls = (mapped == "assistant" and m.get("tool_calls")) or role == "function_call"
-        if mapped == "tool" and isinstance(content, (dict, list)):  # a result given as JSON: kept as its text
+        parts = isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content)
+        if mapped == "tool" and isinstance(content, (dict, list)) and not parts:  # a JSON result: kept as its text
             content = json.dumps(content, ensure_ascii=False)
         content = "" if role == "function_call" else _content_text(content, f"{field}.{ckey}", required=not calls)
         out.append({"role": mapped, "content": content, "raw": m, "field": field, "from": role})

@@ -16,7 +16,6 @@ from localtune.config import DataConfig
 from localtune.data.dataset import LoadedData, TokenStats, load_examples, template_for, tokenize_all
 from localtune.data.formats import Example
 from localtune.data.template import make_renderer
-from localtune.data.template_policy import apply_policy
 from localtune.data.tokenize import IGNORE, TokenizedRow
 from localtune.errors import Problem
 
@@ -191,7 +190,8 @@ def _tool_summary(examples: list[Example], policy: str) -> list[str]:
     calls = sum(len(d.get("tool_calls", ())) for d in details)
     results = sum("tool_call_id" in d for d in details)
     thoughts = sum("reasoning_content" in d for d in details)
-    kept = sum("reasoning_content" in m for e in examples if e.details for m in apply_policy(e.as_messages(), policy))
+    # last_turn keeps each turn's reasoning in that turn's own row (data/tokenize.py), so all of it trains
+    kept = 0 if policy == "drop" else thoughts
     shown = ", ".join(f"{n} ({k} rows)" for n, k in names.most_common(5)) or "none"
     return [
         f"tools: {shown}",

@@ -54,10 +54,16 @@ class TemplateError(Exception):
 
 
 def resolve_chat_template(
-    tokenizer, override: str | None = None, *, reasoning: str | None = None, tools: bool = False
+    tokenizer,
+    override: str | None = None,
+    *,
+    reasoning: str | None = None,
+    tools: bool = False,
+    thoughts: bool = True,
 ) -> ChatTemplate:
     """The template to train with: an explicit override, the model's own, or default ChatML. For data
-    with reasoning or tool calls (`reasoning` names the policy, `tools` says calls are in the data) it
+    with reasoning or tool calls (`reasoning` names the policy, `tools` says calls are in the data,
+    `thoughts` that reasoning is, which the wrapped template must then write) it
     is wrapped by data/template_policy.py, so exports and chat render exactly what training did."""
     chosen = _chosen_template(tokenizer, override)
     if reasoning is None and not tools:
@@ -69,6 +75,7 @@ def resolve_chat_template(
         lambda t: make_renderer(tokenizer, ChatTemplate(t, chosen.origin)),
         reasoning or "last_turn",
         tools=tools,
+        reasoning=thoughts,
     )
     return ChatTemplate(text, f"{chosen.origin} + {added}")
 
@@ -206,12 +213,13 @@ def _tail_end(full: str, upto: str, start: int) -> int:
     """Where the turn that `upto` ends with ends inside `full`: after the longest tail of `upto` found in
     `full` from `start` (a longer tail found implies every shorter one is, so the length is bisected)."""
     lo, hi = 0, len(upto) - start
+    limit = len(upto)  # the turn is no longer inside the whole than in `upto`: never match a later turn
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if full.find(upto[len(upto) - mid :], start) >= 0:
+        if full.find(upto[len(upto) - mid :], start, limit) >= 0:
             lo = mid
         else:
             hi = mid - 1
     if lo == 0:
         raise TemplateError("the template does not write this assistant turn's call verbatim")
-    return full.find(upto[len(upto) - lo :], start) + lo
+    return full.find(upto[len(upto) - lo :], start, limit) + lo

@@ -178,7 +178,9 @@ def keeps_earlier_reasoning(render: Render) -> bool:
         return False
 
 
-def wrap(text: str, make_render: Callable[[str], Render], policy: str, *, tools: bool) -> tuple[str, str]:
+def wrap(
+    text: str, make_render: Callable[[str], Render], policy: str, *, tools: bool, reasoning: bool = True
+) -> tuple[str, str]:
     """(the wrapped template, what was added, for the run's records). `make_render(text)` renders with a
     template text. A keep_all policy that the template cannot honour is refused."""
     if text.lstrip().startswith(MARK):
@@ -187,6 +189,14 @@ def wrap(text: str, make_render: Callable[[str], Render], policy: str, *, tools:
     inline = not supports_reasoning(own)
     tool_format = tools and not supports_tools(own)
     wrapped = preamble(policy, inline_reasoning=inline, tool_format=tool_format, system_ok=accepts_system(own)) + text
+    if reasoning and policy != "drop" and not supports_reasoning(make_render(wrapped)):
+        raise UsageError(
+            "the data has reasoning, but this model's chat template removes it even when written inline as "
+            "<think>...</think> (as DeepSeek-R1 distills' templates strip it), so none of it would train",
+            hint="use data.reasoning: drop to train without it, or give model.chat_template a template that "
+            "writes reasoning_content",
+            title="reasoning would be lost",
+        )
     if policy == "keep_all" and not keeps_earlier_reasoning(make_render(wrapped)):
         raise UsageError(
             "data.reasoning is keep_all, but this model's chat template drops the reasoning of earlier turns "

@@ -60,6 +60,11 @@ def read_tools(value: Any, field: str) -> list[dict]:
                 'write {"type": "function", "function": {"name": "...", "parameters": {...}}}',
                 "tools",
             )
+        if isinstance(fn.get("parameters"), str):  # some datasets keep the schema as JSON text
+            try:
+                fn = {**fn, "parameters": json.loads(fn["parameters"])}
+            except json.JSONDecodeError:
+                pass
         if "parameters" in fn and not isinstance(fn["parameters"], dict):
             raise ToolDataError(
                 f"{where}.parameters",
@@ -129,12 +134,13 @@ def _reasoning(raw: dict, content: str, field: str) -> tuple[str, str]:
 
 def _calls(raw: dict, source_role: str, field: str) -> list:
     if source_role == "function_call":  # ShareGPT: the value is the call (or a list of calls) as JSON
+        value = raw.get("value")
         try:
-            value = json.loads(raw.get("value") or "")
-        except json.JSONDecodeError as exc:
+            value = value if isinstance(value, (dict, list)) else json.loads(value or "")
+        except (json.JSONDecodeError, TypeError) as exc:
             raise ToolDataError(
                 f"{field}.value",
-                f"a function_call turn must hold the call as JSON ({exc.msg})",
+                f"a function_call turn must hold the call as JSON ({getattr(exc, 'msg', exc)})",
                 'write {"name": ..., "arguments": {...}}',
                 "tool_call",
             ) from None
@@ -163,7 +169,9 @@ def _call(call: Any, field: str, names: list[str], tools, count: int) -> dict:
             "add the tool to the row's 'tools' list, or fix the name",
             "tool_call",
         )
-    args = fn.get("arguments", fn.get("parameters", {}))
+    args = fn.get("arguments", fn.get("parameters"))
+    if args is None:  # a call without arguments
+        args = {}
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}

@@ -253,6 +253,7 @@ def test_session_with_tools_keeps_calls_in_the_messages_shape(tool_gguf, tiny_to
         "role": "assistant",
         "content": "",
         "reasoning_content": "I need the weather tool.",
+        "thinking": "I need the weather tool.",  # both names, as transformers gives templates
         "tool_calls": [call],
     }
     assert session.last_reply.calls == [call] and streamed == [] and reasoned == ["I need the weather tool."]

@@ -294,3 +294,58 @@ def test_demo_tools_rows_are_valid_generated_and_keep_the_held_out_questions_out
     for question, arguments in TOOL_HELD_OUT:
         assert question not in text and f'"port": "{arguments["port"]}"' not in text
     assert len(seen) > 30  # varied calls, not one memorised answer
+
+
+def test_a_repeated_call_only_turn_keeps_the_result_between_untrained(tmp_path, tiny_model_dir):
+    """Two identical calls around a result: the first call's span must end at its own turn, not the second's."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir("qwen3"))
+    again = {"role": "assistant", "content": "", "tool_calls": [call("get_tide", {"port": "Oslo"}, "abc123dez")]}
+    msgs = [CONVERSATION[0], {**again, "tool_calls": [call("get_tide", {"port": "Oslo"})]}]
+    msgs += [{"role": "tool", "content": "error, try again"}, again]
+    ex = example(tmp_path, msgs)
+    chosen = template_for([ex], tok, QWEN3_TOOL_TEMPLATE, "last_turn")
+    (row,) = tokenize_example(ex, tok, make_renderer(tok, chosen), max_seq_len=4096)
+    runs, untrained = trained_runs(tok, row)
+    assert len(runs) == 2 and "error, try again" in untrained and not any("error" in r for r in runs)
+
+
+def test_lenient_shapes_of_real_datasets_are_read(tmp_path):
+    rows = [
+        {"messages": [USER, ANSWER], "tools": None},  # a Parquet/HF column that is null on rows without tools
+        {
+            "tools": [{"type": "function", "function": {"name": "now", "parameters": '{"type": "object"}'}}],
+            "conversations": [
+                {"from": "human", "value": "Time?"},
+                {"from": "function_call", "value": {"name": "now", "arguments": None}},  # an object, no arguments
+                {"from": "observation", "value": [{"type": "text", "text": "12:00"}]},  # content parts
+                {"from": "gpt", "value": "Noon."},
+            ],
+        },
+    ]
+    a, b = (
+        load_examples(str(write_jsonl(tmp_path / "mixed.jsonl", rows[:1]))).examples
+        + load_examples(str(write_jsonl(tmp_path / "sg.jsonl", rows[1:]))).examples
+    )
+    assert a.tools is None and a.details is None
+    msgs = b.as_messages()
+    assert msgs[1]["tool_calls"][0]["function"] == {"name": "now", "arguments": {}}
+    assert msgs[2]["content"] == "12:00" and b.tools[0]["function"]["parameters"] == {"type": "object"}
+
+
+def test_reasoning_a_template_would_strip_is_refused(tmp_path, tiny_model_dir):
+    """A template that keeps only what follows </think> (DeepSeek-R1 distills') would train no reasoning."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir("qwen3"))
+    strips = (
+        "{%- for m in messages -%}{{- '<|im_start|>' + m['role'] + '\\n' + m['content'].split('</think>')[-1] "
+        "+ '<|im_end|>\\n' -}}{%- endfor -%}{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
+        "{%- endif -%}"
+    )
+    thought = {"role": "assistant", "content": "4.", "reasoning_content": "Two and two."}
+    ex = example(tmp_path, [USER, thought], tools=())
+    with pytest.raises(UsageError, match="removes it"):
+        template_for([ex], tok, strips, "last_turn")
+    assert template_for([ex], tok, strips, "drop").text.startswith(MARK)  # dropping it is what was asked
