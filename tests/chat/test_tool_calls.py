@@ -348,3 +348,22 @@ def test_harmony_structure_tokens_come_through_llama_cpp(tiny_model_dir, tmp_pat
     assert reply.format == "harmony" and reply.reasoning == "The user wants the weather." and thinking == [True]
     assert [fn(c) for c in reply.calls] == [WEATHER] and reply.raw_calls == []
     assert "never read" not in str(session.history)
+
+
+def test_without_tools_bare_json_is_an_answer(tool_gguf):
+    """A plain chat whose model answers in JSON that looks like a Llama-3 call: no tools were offered, so it is the
+    answer, streamed and kept as text, and the history holds no call that no result could follow."""
+    from localtune.chat.runtime import open_gguf
+    from localtune.chat.session import ChatSession, Sampling
+
+    _, gguf = tool_gguf
+    llm = open_gguf(gguf, n_ctx=512)
+    answer = '{"name": "Bob", "parameters": {"age": 3}}'
+    llm.generate = lambda ids, **_: iter(llm.tokenize(answer.encode(), add_bos=False, special=True) + [llm.token_eos()])
+    streamed = []
+    session = ChatSession(llm, sampling=Sampling(temperature=0.0, max_tokens=64), notice=lambda m: None)
+    assert session.ask("Describe Bob as JSON.", on_token=streamed.append) == answer == "".join(streamed).strip()
+    assert session.history[-1] == {"role": "assistant", "content": answer} and not session.last_reply.calls
+    with_tools = ChatSession(llm, sampling=Sampling(temperature=0.0, max_tokens=64), tools=TOOLS, notice=print)
+    with_tools.ask("Describe Bob as JSON.")
+    assert with_tools.last_reply.calls[0]["function"]["name"] == "Bob"  # offered tools: the same text is a call

@@ -95,3 +95,12 @@ def test_one_shot_prints_the_fold_the_answer_and_the_calls(scripted, tmp_path):
     assert "result of" not in result.output
     shown = run("chat", scripted("<think> Weather first. </think> Checking."), "--prompt", "W?", "--show-reasoning")
     assert "reasoning:\nWeather first.\n" in shown.output and "/reasoning to show" not in shown.output
+
+
+def test_input_ending_at_a_result_prompt_ends_the_chat_cleanly(scripted, tmp_path):
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps(TOOLS))
+    gguf = scripted(CALL, "never asked")
+    result = run("chat", gguf, "--tools", tools, input="Weather in Oslo?\n")  # then end of input, no result
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "result of get_weather>" in result.output and ScriptedSession.made[0].asked == ["Weather in Oslo?"]
