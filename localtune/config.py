@@ -259,6 +259,12 @@ class TrainConfig:
         "auto", "Compute dtype; 'auto' is bf16 where supported, else fp32.", choices=PRECISIONS, label="Precision"
     )
     device: str = opt("auto", "Where to train; 'auto' uses CUDA when available.", choices=DEVICES, label="Device")
+    gpus: int = opt(
+        1,
+        "Data-parallel ranks on this machine, one per GPU, started through torchrun (gloo processes on the CPU); "
+        "a step then takes micro-batch x grad-accum rows on each rank.",
+        label="GPUs (ranks)",
+    )
     seed: int = opt(42, "Seed for shuffling, the validation split, LoRA init and dropout.", label="Seed")
     save_every: int = opt(100, "Save a checkpoint every this many optimizer steps.", label="Save every")
     keep_checkpoints: int = opt(2, "How many complete checkpoints to keep.", label="Checkpoints kept")
@@ -659,6 +665,8 @@ def validate(cfg: Config) -> list[Problem]:
         )
     if not 0.0 < t.layer_lr_decay <= 1.0:
         bad("train.layer_lr_decay", "must be above 0 and at most 1", "use e.g. 0.9, or 1 for off")
+    if t.gpus < 1:
+        bad("train.gpus", "must be at least 1", "use 1 for one process, or the number of GPUs to train on")
     if not 0.0 <= t.layer_drop < 1.0:
         bad("train.layer_drop", "must be at least 0 and below 1", "use e.g. 0.1, or 0 for off")
     if t.epochs < 1 and t.max_steps <= 0:

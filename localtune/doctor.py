@@ -35,6 +35,38 @@ def _version(pkg: str) -> str | None:
         return None
 
 
+def _data_parallel_check(gpus: int) -> Check:
+    """Whether NCCL is there, and with two GPUs or more whether it works (a one-rank all-reduce on GPU 0)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_nccl_available():
+        return Check(
+            WARN if gpus > 1 else PASS,
+            "nccl",
+            "not in this torch build: --gpus N cannot use NCCL",
+            "install a CUDA build of torch from pytorch.org (it ships NCCL)",
+        )
+    if gpus < 2:
+        return Check(PASS, "nccl", f"available (NCCL {'.'.join(map(str, _nccl_version()))}); one GPU: --gpus 1")
+    from localtune.train.world import self_test
+
+    error = self_test("nccl")
+    if error:
+        fix = "check the driver and the NCCL_* settings; --gpus 1 works"
+        return Check(FAIL, "nccl", f"does not work here: {error}", fix)
+    return Check(PASS, "nccl", f"works (NCCL {'.'.join(map(str, _nccl_version()))}): --gpus up to {gpus}")
+
+
+def _nccl_version() -> tuple:
+    import torch
+
+    try:
+        v = torch.cuda.nccl.version()
+        return v if isinstance(v, tuple) else (v,)
+    except Exception:  # noqa: BLE001 - a version is only for the line
+        return ("?",)
+
+
 def run_checks(workspace: Path = Path("runs")) -> list[Check]:
     checks = []
     py = sys.version_info
@@ -71,16 +103,18 @@ def run_checks(workspace: Path = Path("runs")) -> list[Check]:
         cuda = torch.cuda.is_available()
         checks.append(Check(PASS, "torch", f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}"))
         if cuda:
-            p = torch.cuda.get_device_properties(0)
             bf16 = torch.cuda.is_bf16_supported()
-            checks.append(
-                Check(
-                    PASS,
-                    "gpu",
-                    f"{p.name}, {p.total_memory / 1024**3:.1f} GiB, compute "
-                    f"{p.major}.{p.minor}, bf16 {'yes' if bf16 else 'no (fp16 is used)'}",
+            for i in range(torch.cuda.device_count()):  # every GPU: `--gpus N` trains on the first N
+                p = torch.cuda.get_device_properties(i)
+                checks.append(
+                    Check(
+                        PASS,
+                        f"gpu {i}",
+                        f"{p.name}, {p.total_memory / 1024**3:.1f} GiB, compute "
+                        f"{p.major}.{p.minor}, bf16 {'yes' if bf16 else 'no (fp16 is used)'}",
+                    )
                 )
-            )
+            checks.append(_data_parallel_check(torch.cuda.device_count()))
         else:
             checks.append(
                 Check(

@@ -112,6 +112,8 @@ class StepMetrics(Event):
     tokens_seen: int
     peak_memory_bytes: int
     eta_s: float
+    world_size: int = 1  # data-parallel ranks; tokens_per_s is theirs together
+    rank_tokens_per_s: list[float] = field(default_factory=list)  # each rank's, in rank order (when world_size > 1)
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,14 @@ def from_dict(d: dict[str, Any]) -> Event | None:
         return None
 
 
+def rank_speeds(e: StepMetrics) -> str:
+    """' on 2 ranks (812 + 790)': how a data-parallel step's tokens/s splits over the ranks; '' for one process."""
+    if e.world_size <= 1:
+        return ""
+    split = " + ".join(f"{t:,.0f}" for t in e.rank_tokens_per_s)
+    return f" on {e.world_size} ranks" + (f" ({split})" if split else "")
+
+
 def describe(event: Event) -> str | None:
     """The one human line for an event, as the CLI prints it and the TUI's log shows it (plain text).
     None for kinds that are drawn rather than read (progress of rows or tensors, phase markers)."""
@@ -248,7 +258,8 @@ def describe(event: Event) -> str | None:
     if k == "step":
         return (
             f"step {e.step}/{e.total_steps} loss {e.loss:.4f} lr {e.lr:.2e} grad {e.grad_norm:.2f} "
-            f"{e.tokens_per_s:,.0f} tok/s mem {format_bytes(e.peak_memory_bytes)} ETA {format_duration(e.eta_s)}"
+            f"{e.tokens_per_s:,.0f} tok/s{rank_speeds(e)} mem {format_bytes(e.peak_memory_bytes)} "
+            f"ETA {format_duration(e.eta_s)}"
         )
     if k == "run_started":
         return f"{'resuming' if e.resume else 'starting'} run {e.run_dir}"

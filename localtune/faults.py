@@ -2,10 +2,13 @@
 
 Set LOCALTUNE_FAULT="<point>[@N]:<action>" to make the Nth time (default: first) execution reaches
 `fault_point("<point>")` either kill the process outright (`kill`, like kill -9 or a power cut), fail
-as a full disk would (`enospc`), or deliver a signal to itself (`sigint`, `sigterm`: as if the user
-pressed Ctrl-C or the system asked the process to stop at exactly that moment). `signal_point` marks
+as a full disk would (`enospc`), make a value non-finite (`nan`: train.loss), or deliver a signal to
+itself (`sigint`, `sigterm`: as if the user pressed Ctrl-C or the system asked the process to stop at
+exactly that moment). `signal_point` marks
 moments that write nothing (loading, data preparation, evaluation) where the signal tests aim.
-Unset, a fault point costs one dictionary lookup.
+LOCALTUNE_FAULT_RANK=<r> limits it to rank r of a data-parallel run (train/world.py; every rank inherits
+LOCALTUNE_FAULT): how the tests kill one rank, or signal it alone. Unset, a fault point costs one
+dictionary lookup.
 """
 
 from __future__ import annotations
@@ -26,23 +29,24 @@ class DiskFullError(LocaltuneError):
     title = "disk full"
 
 
-def fault_point(name: str) -> None:
+def fault_point(name: str) -> bool:
     spec = os.environ.get(ENV)
     if not spec:
-        return
+        return False
     target, _, action = spec.rpartition(":")
     point, _, nth = target.partition("@")
-    if point != name:
-        return
+    if point != name or os.environ.get(ENV + "_RANK", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
+        return False
     _hits[name] += 1
     if _hits[name] != int(nth or 1):
-        return
+        return False
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "enospc":
         raise OSError(errno.ENOSPC, f"No space left on device (injected at {name})")
     elif action in ("sigint", "sigterm"):
         os.kill(os.getpid(), signal.SIGINT if action == "sigint" else signal.SIGTERM)
+    return action == "nan"  # the caller makes its value non-finite (train.loss: a diverging micro-batch)
 
 
 def signal_point(name: str) -> None:

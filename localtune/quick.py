@@ -122,10 +122,15 @@ def run_quick(
 
             # Only a complete checkpoint counts: a save cut short leaves just a temporary folder.
             resume = bool(CheckpointStore(run.checkpoints, 1, warn=say).complete())
-            outcome = train_run(cfg, run_dir, resume=resume, sinks=sinks, loaded=loaded)
-            if outcome.exit_code:
+            if cfg.train.gpus > 1:  # data-parallel ranks (train/launch.py); rank 0 prints the training itself
+                from localtune.train.launch import launch_train
+
+                code = launch_train(cfg, run_dir, resume=resume, say=say)
+            else:
+                code = train_run(cfg, run_dir, resume=resume, sinks=sinks, loaded=loaded).exit_code
+            if code:
                 say(f"interrupted: run `localtune quick --out {run_dir}` again to continue")
-                result.exit_code = outcome.exit_code
+                result.exit_code = code
                 return result
         elif name == "export":
             bundle = export_run(run_dir, quants, say=say)

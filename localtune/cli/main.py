@@ -36,7 +36,8 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except LocaltuneError as exc:
-            click.echo(exc.render(), err=True)
+            if exc.message:  # an empty one was said already (by rank 0 of a data-parallel run)
+                click.echo(exc.render(), err=True)
             sys.exit(exc.exit_code)
         except OSError as exc:  # a full disk anywhere is the user's to fix, not a traceback
             from localtune.faults import disk_full

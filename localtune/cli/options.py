@@ -79,6 +79,7 @@ QUICK_KNOBS = (
     "train.lr",
     "data.max_seq_len",
     "model.trust_remote_code",
+    "train.gpus",
 )
 PLAN_KNOBS = (
     "model.name_or_path",

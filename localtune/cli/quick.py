@@ -38,6 +38,17 @@ def quick_cmd(run_dir, quant, config_file, prompt, **knobs):
     from localtune.demo import DEMO_DATA
     from localtune.model.source import DEMO_MODEL
     from localtune.quick import run_quick
+    from localtune.train.launch import in_world
+
+    if in_world():
+        from localtune.errors import UsageError
+
+        raise UsageError(
+            "`quick` exports, verifies and chats after training, which one process does: it is not run by torchrun",
+            hint="run `localtune quick --gpus N` (it starts the ranks for the training itself), or `torchrun ... -m "
+            "localtune train` and then `localtune export`",
+            title="quick under torchrun",
+        )
 
     data = knobs["data__path"] = knobs["data__path"] or str(DEMO_DATA)
     knobs["model__name_or_path"] = knobs["model__name_or_path"] or DEMO_MODEL

@@ -32,6 +32,9 @@ def train_cmd(run_dir, config_file, resume, force_resume, **knobs):
 
     Ctrl-C once: finish the step, save a checkpoint, print the resume command (exit 130).
     Twice: stop at once; the last complete checkpoint stays intact.
+
+    --gpus N trains N data-parallel ranks on this machine (torchrun); `torchrun ... -m localtune train ...`
+    runs it across machines (README: more than one GPU).
     """
 
     from localtune.config import load_config
@@ -47,14 +50,34 @@ def train_cmd(run_dir, config_file, resume, force_resume, **knobs):
             f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required",
             hint="localtune train --model M --data D --out RUN_DIR",
         )
-    for line in cfg.overridden():
-        click.echo(f"config: {line}")
+    import os
+
+    from localtune.train.launch import LAUNCHED, in_world, launch_train, rank
+
+    if rank() == 0 and not os.environ.get(LAUNCHED):  # one rank prints, and --gpus printed them already
+        for line in cfg.overridden():
+            click.echo(f"config: {line}")
+    if cfg.train.gpus > 1 and not in_world():  # start the ranks; each runs this command again, as one rank
+        sys.exit(launch_train(cfg, run_dir, resume=resume, force_resume=force_resume, say=click.echo))
     from localtune.console import report_to
     from localtune.train.run import train_run
 
-    printer = TrainPrinter()
-    with report_to(printer, run.library_log):
-        result = train_run(cfg, run_dir, resume=resume or force_resume, force_resume=force_resume, sinks=[printer])
+    printer = TrainPrinter() if rank() == 0 else None  # the other ranks print nothing and write no log
+    try:
+        with report_to(printer, run.library_log if printer else None):
+            result = train_run(
+                cfg,
+                run_dir,
+                resume=resume or force_resume,
+                force_resume=force_resume,
+                sinks=[printer] if printer else [],
+            )
+    finally:
+        if in_world():  # done: the launcher's SIGTERM to the ranks left must not cut this rank's last words short
+            import signal
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
     sys.exit(result.exit_code)
 
 

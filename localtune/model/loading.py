@@ -222,7 +222,7 @@ def load_for_training(cfg: Config, base: Base) -> LoadedModel:
     dtype = compute_dtype(device, cfg.train.precision)
     kwargs = {
         "dtype": dtype,
-        "device_map": {"": 0 if device == "cuda" else "cpu"},
+        "device_map": {"": torch.cuda.current_device() if device == "cuda" else "cpu"},  # a rank's own GPU
         "trust_remote_code": cfg.model.trust_remote_code,
     }
     chosen = method(cfg.adapter.method)

@@ -140,6 +140,7 @@ class RunInfo:
     method: str = "lora"  # adapter.method (localtune/methods.py)
     micro_batch: int = 0
     grad_accum: int = 0
+    world_size: int = 1  # data-parallel ranks (train/world.py)
     steps: int = 0
     tokens_seen: int = 0
     peak_memory_bytes: int = 0

@@ -188,9 +188,12 @@ class CheckpointStore:
 
 
 def _rng_to_tensors(rng: dict) -> dict:
-    """numpy's state tuple holds an array; store its key as a tensor so weights_only loading accepts it."""
+    """numpy's state tuple holds an array; store its key as a tensor so weights_only loading accepts it.
+    A data-parallel run's checkpoint holds every rank's state too, under "ranks" (loop.py)."""
     import torch
 
+    if "ranks" in rng:
+        rng = {**rng, "ranks": [_rng_to_tensors(r) for r in rng["ranks"]]}
     if "numpy" not in rng:
         return rng
     name, keys, pos, has_gauss, cached = rng["numpy"]
@@ -198,6 +201,8 @@ def _rng_to_tensors(rng: dict) -> dict:
 
 
 def _rng_from_tensors(rng: dict) -> dict:
+    if "ranks" in rng:
+        rng = {**rng, "ranks": [_rng_from_tensors(r) for r in rng["ranks"]]}
     if "numpy" not in rng:
         return rng
     name, keys, pos, has_gauss, cached = rng["numpy"]

@@ -12,10 +12,21 @@ returns "interrupted" (one arriving during an evaluation abandons it; during a s
 completes first); non-finite loss or gradient skips the step and stops after 3 in a row;
 CUDA out-of-memory halves the micro-batch (auto mode), doubles accumulation and continues from the
 last checkpoint.
+
+Data parallel (world.py): each of N ranks takes every N-th row of the same step rows, so a step is
+`micro_batch * grad_accum * N` rows in the one order (seed, epoch) gives, and the loss is divided by
+the target tokens of the whole step on every rank. DistributedDataParallel all-reduces the
+gradients on each rank's last micro-batch (the others run under no_sync); since it averages, each
+rank's loss is multiplied by N first, so the step's gradient is the same sum as one process computes.
+Every decision is agreed: the step's loss is summed over the ranks (so a non-finite step is skipped by
+all), a stop signal on any rank stops all after the same step, an out-of-memory in a micro-batch before
+the last is recovered by all together (one in the gradient exchange itself ends the run: DDP cannot
+take back a half-done all-reduce), and only rank 0 writes checkpoints and events.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -28,11 +39,12 @@ from localtune.config import Config
 from localtune.data.tokenize import IGNORE
 from localtune.errors import LocaltuneError
 from localtune.events import CheckpointSaved, EvalResult, StepMetrics, Warning
-from localtune.faults import signal_point
+from localtune.faults import fault_point, signal_point
 from localtune.methods import method
 from localtune.train.checkpoint import CheckpointStore, Snapshot
 from localtune.train.speed.batching import collate  # noqa: F401  (bench/ imports it from here)
 from localtune.train.speed.chunked_loss import CausalLMLoss
+from localtune.train.world import World, is_collective_failure, lost
 
 MAX_NONFINITE_IN_A_ROW = 3
 # Methods whose saved adapter is not their trainable state; their checkpoints add every trained tensor.
@@ -64,11 +76,35 @@ class LoopState:
     eval_losses: list[list[float]] = field(default_factory=list)  # [step, loss]
 
 
+SIGNAL_CODES = {"SIGINT": 1, "SIGTERM": 2}
+
+
+class _OOMBeforeExchange(Exception):
+    """A rank ran out of memory before the gradient exchange; every rank recovers together."""
+
+
+def step_loss_module(model, micro_loss):
+    """The micro-batch loss as a module's forward, holding the model, so that DistributedDataParallel sees the
+    forward it prepares its gradient all-reduce for (CausalLMLoss calls the model's parts, not its forward)."""
+    import torch
+
+    class StepLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, rows, num_items):
+            return micro_loss(rows, num_items=num_items)
+
+    return StepLoss()
+
+
 class StopFlag:
     """First SIGINT/SIGTERM: ask the loop to stop after this step. Second: exit at once."""
 
-    def __init__(self):
+    def __init__(self, *, quiet: bool = False):
         self.signal: str | None = None
+        self.quiet = quiet  # a data-parallel rank other than 0: rank 0 says it for all
         self._old: dict = {}
 
     def install(self) -> None:
@@ -84,11 +120,23 @@ class StopFlag:
         if self.signal is not None:
             os._exit(128 + signum)  # second press: now; the last complete checkpoint is untouched
         self.signal = signal.Signals(signum).name
-        print(f"\n{self.signal}: finishing this step and saving (press again to quit at once)", flush=True)
+        if not self.quiet:
+            print(f"\n{self.signal}: finishing this step and saving (press again to quit at once)", flush=True)
 
-    def check(self) -> None:
-        if self.signal:
+    def check(self, world: World | None = None) -> None:
+        """Raise StopRequested at a safe point; with ranks, when any of them has a stop request (all call it)."""
+        if self.agree(world) if world is not None else self.signal:
             raise StopRequested(self.signal)
+
+    def agree(self, world: World) -> bool:
+        """Whether any rank has a stop request; a rank that had none takes the other's signal name."""
+        if not world.distributed:
+            return self.signal is not None
+        codes = world.per_rank(SIGNAL_CODES.get(self.signal, 0))
+        first = next((int(c) for c in codes if c), 0)
+        if first and self.signal is None:
+            self.signal = {v: k for k, v in SIGNAL_CODES.items()}[first]
+        return bool(first)
 
     @property
     def exit_code(self) -> int:
@@ -171,6 +219,7 @@ class Trainer:
         grad_accum: int,
         auto_micro_batch: bool,
         hooks: Hooks | None = None,
+        world: World | None = None,
     ):
         import torch
 
@@ -186,7 +235,9 @@ class Trainer:
             from localtune.train.speed.layer_drop import install as install_layer_drop
 
             install_layer_drop(model, cfg.train.layer_drop)
-        self.rows_per_step = micro_batch * grad_accum
+        self.world = world or World()
+        self.ddp = self._wrap_for_ranks() if self.world.distributed else None
+        self.rows_per_step = micro_batch * grad_accum * self.world.size  # what the step takes of the epoch's order
         self._order: tuple[int, list[int]] = (-1, [])  # (epoch, row order) of the current epoch
         self.steps_per_epoch = math.ceil(len(train_rows) / self.rows_per_step)
         t = cfg.train
@@ -196,6 +247,20 @@ class Trainer:
         self.state = LoopState(micro_batch=micro_batch, grad_accum=grad_accum)
         self.start_snapshot = self.snapshot()  # where an OOM restart goes when no checkpoint exists yet
         self.last_checkpoint: str | None = None
+
+    def _wrap_for_ranks(self):
+        """DistributedDataParallel over the trainable parameters only: the frozen (4-bit) base is loaded alike by
+        every rank and is neither broadcast nor reduced; the adapter starts from rank 0's weights."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        module = step_loss_module(self.model, self.micro_loss)
+        frozen = [n for n, p in module.named_parameters() if not p.requires_grad]
+        frozen += [n for n, _ in module.named_buffers()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, frozen)
+        try:
+            return DistributedDataParallel(module, find_unused_parameters=self.cfg.train.layer_drop > 0)
+        except RuntimeError as exc:
+            raise lost(exc) from None
 
     def _make_optimizer(self):
         import torch
@@ -256,17 +321,23 @@ class Trainer:
 
     def snapshot(self) -> Snapshot:
         adapter = self.trainable_state()
+        rng = rng_state()
+        if self.world.distributed:  # every rank's (dropout and layer drop differ per rank); gathered by rank 0
+            rng = {**rng, "ranks": self.world.gather(rng)}
         return Snapshot(
             self.state.step,
             adapter,
             self.optimizer.state_dict(),
             self.scheduler.state_dict(),
-            rng_state(),
+            rng,
             asdict(self.state),
             self.identity,
         )
 
     def restore(self, snap: Snapshot) -> None:
+        """Every rank restores the same snapshot (rank 0 read it: `world.broadcast`), each its own random state."""
+        ranks = snap.rng.get("ranks") or []
+        rng = ranks[self.world.rank] if self.world.rank < len(ranks) else snap.rng
         self.load_trainable_state(snap.adapter)
         try:
             self.optimizer.load_state_dict(snap.optimizer)
@@ -275,13 +346,15 @@ class Trainer:
 
             raise CheckpointError(f"its optimizer state does not fit this run's parameter groups ({exc})") from None
         self.scheduler.load_state_dict(snap.scheduler)
-        set_rng_state(snap.rng)
+        set_rng_state(rng)
         restored = LoopState(**snap.loop)
         for name in restored.__dataclass_fields__:  # in place: the running loop holds this object
             setattr(self.state, name, getattr(restored, name))
 
     def save_checkpoint(self) -> None:
-        snap = self.snapshot()
+        snap = self.snapshot()  # on every rank: it gathers their random states
+        if not self.world.main:
+            return
         path = self.store.save(snap, self.write_adapter)
         self.last_checkpoint = str(path)
         size = sum(f.stat().st_size for f in path.iterdir())
@@ -302,12 +375,16 @@ class Trainer:
                 self._order = (st.epoch, epoch_order(len(self.rows), self.cfg.train.seed, st.epoch))
             order = self._order[1]
             step_rows = [self.rows[i] for i in order[st.row_offset : st.row_offset + self.rows_per_step]]
+            signal_point("train.step")
             t0 = time.monotonic()
             try:
                 loss, real_tokens = self._accumulate(step_rows)
-            except torch.OutOfMemoryError:
+            except (torch.OutOfMemoryError, _OOMBeforeExchange):
                 self._recover_from_oom(step_rows)
                 continue
+            rank_tokens = self.world.per_rank(real_tokens)
+            loss = self.world.sums([loss])[0]  # the step's loss over every rank's rows: all ranks decide alike
+            real_tokens = int(sum(rank_tokens))
             grad_norm = float(
                 torch.nn.utils.clip_grad_norm_(
                     self.params, self.cfg.train.max_grad_norm if self.cfg.train.max_grad_norm > 0 else float("inf")
@@ -327,6 +404,7 @@ class Trainer:
             st.tokens_seen += real_tokens
             st.losses.append(loss)
             elapsed = time.monotonic() - start
+            seconds = max(1e-9, time.monotonic() - t0)
             self.emit(
                 StepMetrics(
                     step=st.step,
@@ -335,17 +413,19 @@ class Trainer:
                     loss=loss,
                     lr=lr,
                     grad_norm=grad_norm,
-                    tokens_per_s=real_tokens / max(1e-9, time.monotonic() - t0),
+                    tokens_per_s=real_tokens / seconds,
                     tokens_seen=st.tokens_seen,
                     peak_memory_bytes=self.peak_memory(),
                     eta_s=elapsed / (st.step - start_step) * (self.total_steps - st.step),
+                    world_size=self.world.size,
+                    rank_tokens_per_s=[round(t / seconds, 1) for t in rank_tokens] if self.world.distributed else [],
                 )
             )
-            if self.stop.signal:
+            if self.stop.agree(self.world):
                 self.save_checkpoint()
                 return "interrupted"
             evaluated = self._maybe_eval()
-            if self.stop.signal:  # it arrived during the evaluation, which was abandoned
+            if self.stop.agree(self.world):  # it arrived during the evaluation, which was abandoned
                 self.save_checkpoint()
                 return "interrupted"
             if evaluated and self._should_stop_early():
@@ -353,27 +433,63 @@ class Trainer:
             due = st.step % self.cfg.train.save_every == 0 and st.step < self.total_steps
             if due and st.nonfinite_in_row == 0:  # never checkpoint in the middle of a divergence
                 self.save_checkpoint()
-                if self.stop.signal:  # it arrived during the save, which completed first
+                if self.stop.agree(self.world):  # it arrived during the save, which completed first
                     return "interrupted"
         return "finished"
 
     def _accumulate(self, step_rows) -> tuple[float, int]:
-        """Forward and backward over the step's micro-batches; returns (step loss, real tokens)."""
-        st = self.state
+        """Forward and backward over this rank's micro-batches of the step; returns (its share of the step
+        loss, its real tokens). The loss is normalised by the target tokens of the whole step, all ranks'."""
+        import torch
+
+        st, world = self.state, self.world
         targets = sum(n_targets(r.labels) for r in step_rows)
-        loss_sum, real = 0.0, 0
-        for i in range(0, len(step_rows), st.micro_batch):
-            micro = step_rows[i : i + st.micro_batch]
-            if self.hooks.before_micro:
-                self.hooks.before_micro(st.step, st.micro_batch)
-            loss = self.micro_loss(micro, num_items=targets)
-            if self.hooks.loss:
-                loss = self.hooks.loss(st.step, st.micro_step, loss)
-            loss.backward()
-            loss_sum += float(loss.detach())
+        mine = world.shard(step_rows)
+        # Every rank runs as many micro-batches as the rank with the most rows (an empty one runs a row at weight
+        # 0), so the ranks' collectives (DDP's bucket rebuild in a forward, the exchange, ours) line up one to one.
+        most = -(-len(step_rows) // world.size)
+        micros = [mine[i : i + st.micro_batch] for i in range(0, max(1, most), st.micro_batch)]
+        loss_sum, real, oom = 0.0, 0, False
+        for k, micro in enumerate(micros):
+            last = k == len(micros) - 1
+            if last and world.distributed and world.any(oom):  # agreed before anyone enters the all-reduce
+                raise _OOMBeforeExchange()
+            if oom:
+                continue
+            try:
+                loss = self._micro_step(micro or step_rows[:1], targets, sync=last, weight=1.0 if micro else 0.0)
+            except torch.OutOfMemoryError:
+                if not world.distributed:
+                    raise
+                if last:
+                    raise self._oom_error(step_rows, "in the gradient exchange, which DDP cannot take back") from None
+                oom = True
+                continue
+            except RuntimeError as exc:
+                if world.distributed and is_collective_failure(exc):
+                    raise lost(exc) from None
+                raise
+            loss_sum += loss
             real += sum(len(r.input_ids) for r in micro)
             st.micro_step += 1
         return loss_sum, real
+
+    def _micro_step(self, micro, targets: int, *, sync: bool, weight: float) -> float:
+        """One micro-batch's forward and backward; the gradients are all-reduced when `sync` (data parallel)."""
+        st = self.state
+        if self.hooks.before_micro:
+            self.hooks.before_micro(st.step, st.micro_batch)
+        quiet = self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
+        with quiet:
+            loss = self.ddp(micro, targets) if self.ddp is not None else self.micro_loss(micro, num_items=targets)
+            loss = loss * weight if weight != 1.0 else loss
+            if fault_point("train.loss"):  # LOCALTUNE_FAULT=train.loss@N:nan, the fault tests' divergence
+                loss = loss * float("nan")
+            if self.hooks.loss:
+                loss = self.hooks.loss(st.step, st.micro_step, loss)
+            # DDP averages the ranks' gradients; the step's gradient is their sum
+            (loss * self.world.size if self.world.distributed else loss).backward()
+        return float(loss.detach())
 
     def _nonfinite(self, step_rows, loss: float, grad_norm: float, lr: float) -> None:
         st = self.state
@@ -396,21 +512,33 @@ class Trainer:
                 title="training diverged",
             )
 
-    def _recover_from_oom(self, step_rows) -> None:
-        import torch
-
+    def _diagnosis(self, step_rows) -> str:
         st = self.state
-        peak = self.peak_memory()
         seq = max(len(r.input_ids) for r in step_rows)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.device == "cuda":
-            torch.cuda.empty_cache()
-        diagnosis = (
-            f"out of GPU memory at step {st.step + 1}: micro-batch {st.micro_batch}, longest sequence "
-            f"{seq} tokens, peak {peak / 1024**3:.2f} GiB. Suggestions, in order: a smaller micro-batch "
+        where = f" on rank {self.world.rank}" if self.world.distributed else ""
+        return (
+            f"out of GPU memory{where} at step {st.step + 1}: micro-batch {st.micro_batch}, longest sequence "
+            f"{seq} tokens, peak {self.peak_memory() / 1024**3:.2f} GiB. Suggestions, in order: a smaller micro-batch "
             f"(--micro-batch auto does this), a shorter --max-seq-len, gradient checkpointing on, "
             f"a lower LoRA rank, 4-bit loading; `localtune plan` estimates each"
         )
+
+    def _oom_error(self, step_rows, why: str) -> TrainingError:
+        return TrainingError(
+            f"{self._diagnosis(step_rows)}; it happened {why}, so every rank stops",
+            hint="resume with a smaller --micro-batch (the last checkpoint is intact)",
+            title="out of memory",
+        )
+
+    def _recover_from_oom(self, step_rows) -> None:
+        """Every rank together (the step's OOM was agreed): halve the micro-batch, back to the last checkpoint."""
+        import torch
+
+        st = self.state
+        diagnosis = self._diagnosis(step_rows)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
         if not self.auto_micro_batch or st.micro_batch == 1:
             raise TrainingError(diagnosis, hint="see the suggestions above", title="out of memory")
         micro, accum = st.micro_batch // 2, st.grad_accum * 2
@@ -420,9 +548,11 @@ class Trainer:
                 f"{self.last_checkpoint or 'the start'}"
             )
         )
-        latest = self.store.latest_valid() if self.last_checkpoint else None
-        snap = self.store.load(*latest, self._read_adapter) if latest else self.start_snapshot
-        self.restore(snap)
+        snap = None
+        if self.world.main:  # only rank 0 has the run folder; the others get what it read
+            latest = self.store.latest_valid() if self.last_checkpoint else None
+            snap = self.store.load(*latest, self._read_adapter) if latest else self.start_snapshot
+        self.restore(self.world.broadcast(snap))
         self.state.micro_batch, self.state.grad_accum = micro, accum
 
     @staticmethod
@@ -449,19 +579,21 @@ class Trainer:
         import torch
 
         self.model.eval()
-        total, count = 0.0, 0
+        total, count, abandoned = 0.0, 0, False
+        mine = self.world.shard(self.val_rows)  # each rank its share; the sums are agreed below
         with torch.no_grad():
-            for i in range(0, len(self.val_rows), self.state.micro_batch):
+            for i in range(0, len(mine), self.state.micro_batch):
                 signal_point("train.eval")
                 if self.stop.signal:
-                    self.model.train()
-                    return None
-                micro = self.val_rows[i : i + self.state.micro_batch]
+                    abandoned = True
+                    break
+                micro = mine[i : i + self.state.micro_batch]
                 n = sum(n_targets(r.labels) for r in micro)
                 total += float(self.micro_loss(micro, num_items=n)) * n
                 count += n
         self.model.train()
-        return total / max(1, count)
+        total, count, abandoned = self.world.sums([total, count, float(abandoned)])
+        return None if abandoned else total / max(1, count)
 
     def _should_stop_early(self) -> bool:
         st, patience = self.state, self.cfg.train.early_stopping_patience

@@ -7,11 +7,18 @@ the caller's sinks and appended to `RUN_DIR/events.jsonl`.
 Run folder (runs/layout.py): config.yaml, events.jsonl, run.json (RunInfo), chat_template.jinja,
 checkpoints/step-NNNNNN/, adapter/ (replaced whole, the old one kept until the new one is in place).
 
-Run as:  localtune train --model M --data D --out RUN_DIR [--resume]
+Data parallel (world.py, launch.py): every rank runs this same function. Rank 0 alone locks and writes
+the run folder (config, events, run.json, checkpoints, adapter); the others load the same data and base,
+train their share of each step and write nothing. A check only rank 0 makes (the folder in use, the
+disk, the checkpoint to resume) is agreed with the others before they go on (`_main_only`).
+
+Run as:  localtune train --model M --data D --out RUN_DIR [--resume] [--gpus N]
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localtune.config import Config
+from localtune.console import library_output
 from localtune.data.dataset import LoadedData, load_examples, prepare_data
 from localtune.errors import LocaltuneError, UsageError
 from localtune.events import (
@@ -45,6 +53,7 @@ from localtune.runs.lock import run_lock
 from localtune.train.checkpoint import CheckpointError, CheckpointStore
 from localtune.train.loop import Hooks, StopFlag, StopRequested, Trainer, TrainingError
 from localtune.train.recipe import choose_recipe
+from localtune.train.world import PeerFailed, RankLost, World, join
 
 # What a checkpoint must share with the run that resumes it; anything else may change.
 IDENTITY_LABELS = {
@@ -54,9 +63,10 @@ IDENTITY_LABELS = {
     "lora_shape": "LoRA shape (rank, target modules, DoRA)",
     "adapter": "adapter method or its shape",
     "lr_groups": "learning-rate groups (train.layer_lr_decay, adapter.lora_plus_ratio)",
+    "world_size": "number of ranks (--gpus)",
 }
 # What a checkpoint made before an identity key existed is taken to have had
-IDENTITY_DEFAULTS = {"lr_groups": [1.0, 0.0]}
+IDENTITY_DEFAULTS = {"lr_groups": [1.0, 0.0], "world_size": 1}
 
 
 def adapter_identity(cfg: Config) -> list:
@@ -115,7 +125,13 @@ def check_disk(run_dir: Path, needed: int) -> None:
 
 
 def check_resume_identity(saved: dict, current: dict, force: bool, warn) -> None:
-    changed = [IDENTITY_LABELS.get(k, k) for k in current if saved.get(k, IDENTITY_DEFAULTS.get(k)) != current[k]]
+    def label(k: str) -> str:
+        if k == "world_size":  # the one a user fixes by a flag: say which value resumes
+            was = saved.get(k, IDENTITY_DEFAULTS[k])
+            return f"number of ranks ({was}, now {current[k]}: resume with --gpus {was})"
+        return IDENTITY_LABELS.get(k, k)
+
+    changed = [label(k) for k in current if saved.get(k, IDENTITY_DEFAULTS.get(k)) != current[k]]
     if not changed:
         return
     if force:
@@ -129,8 +145,9 @@ def check_resume_identity(saved: dict, current: dict, force: bool, warn) -> None
     )
 
 
-def resume_command(cfg: Config, run_dir: Path) -> str:
-    return f"localtune train --resume --out {run_dir} --model {cfg.model.name_or_path} --data {cfg.data.path}"
+def resume_command(cfg: Config, run_dir: Path, world_size: int = 1) -> str:
+    ranks = f" --gpus {world_size}" if world_size > 1 else ""  # a checkpoint resumes on as many ranks as made it
+    return f"localtune train --resume --out {run_dir} --model {cfg.model.name_or_path} --data {cfg.data.path}{ranks}"
 
 
 def train_run(
@@ -146,11 +163,34 @@ def train_run(
     """Train cfg's model on cfg's data into run_dir. Raises LocaltuneError for user-fixable problems.
 
     loaded: cfg's data, already read and validated by the caller (quick's preflight), so it is not read twice.
+    Started by torchrun (or --gpus), this process is one rank of a data-parallel run (world.py).
     """
     run_dir = Path(run_dir)
-    check_writable(run_dir)
-    with run_lock(run_dir, "training"):
-        return _locked_train_run(cfg, run_dir, resume, force_resume, sinks, hooks, loaded)
+    world = join(cfg.train.device)
+    try:
+        with contextlib.ExitStack() as stack:
+
+            def lock() -> None:
+                check_writable(run_dir)
+                stack.enter_context(run_lock(run_dir, "training"))
+
+            _main_only(world, lock)
+            return _locked_train_run(cfg, run_dir, resume, force_resume, sinks, hooks, loaded, world)
+    finally:
+        world.close()
+
+
+def _main_only(world: World, fn):
+    """fn() on rank 0 only (it writes or reads the run folder); a LocaltuneError it raises stops every rank:
+    rank 0 re-raises it, the others end quietly. Returns fn's result on rank 0, None elsewhere."""
+    result, error = None, None
+    if world.main:
+        try:
+            result = fn()
+        except LocaltuneError as exc:
+            error = exc
+    world.agree_no_error(error)
+    return result
 
 
 def _new_info(run: RunDir, resume: bool) -> RunInfo:
@@ -158,32 +198,41 @@ def _new_info(run: RunDir, resume: bool) -> RunInfo:
     own; where start_training launched this process, the train.log offset it recorded is kept."""
     prior = run.read_info()
     info = prior if resume and prior is not None else RunInfo()
-    info.log_offset = prior.log_offset if prior is not None and prior.pid == os.getpid() else None
+    # (a rank of `--gpus N`: started by the launcher, whose pid start_training recorded)
+    info.log_offset = prior.log_offset if prior is not None and prior.pid in (os.getpid(), os.getppid()) else None
     info.status, info.pid, info.error = STARTING, os.getpid(), ""
     info.started = time.strftime("%Y-%m-%dT%H:%M:%S")
     return info
 
 
-def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks, loaded) -> RunResult:
+def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks, loaded, world: World) -> RunResult:
     run = RunDir(run_dir)
-    recovered = run.recover()  # an adapter replacement cut short by a crash: put the old one back first
     store = CheckpointStore(run.checkpoints, cfg.train.keep_checkpoints, warn=lambda m: emit(Warning(m)))
-    if not resume and (store.complete() or run.adapter.exists()):
-        raise UsageError(
-            f"{run_dir} already holds a training run",
-            hint="continue it with --resume, or choose a new --out",
-            title="run folder in use",
-        )
-    emit = Emitter(JsonlSink(run.events), *sinks)
+
+    def first_look() -> list[str]:
+        recovered = run.recover()  # an adapter replacement cut short by a crash: put the old one back first
+        if not resume and (store.complete() or run.adapter.exists()):
+            raise UsageError(
+                f"{run_dir} already holds a training run",
+                hint="continue it with --resume, or choose a new --out",
+                title="run folder in use",
+            )
+        return recovered
+
+    recovered = _main_only(world, first_look) or []
+    emit = Emitter(JsonlSink(run.events), *sinks) if world.main else Emitter(*sinks)
     for line in recovered:
         emit(Warning(line))
-    stop = StopFlag()
+    stop = StopFlag(quiet=not world.main)
     stop.install()
     started = time.monotonic()
-    run_info = _new_info(run, resume)
+    run_info = _new_info(run, resume) if world.main else RunInfo()
+    save_info = run.save_info if world.main else (lambda info: None)  # only rank 0 writes run.json
     try:
-        return _train(cfg, run, store, emit, stop, resume, force_resume, hooks, run_info, started, loaded)
+        return _train(cfg, run, store, emit, stop, resume, force_resume, hooks, run_info, started, loaded, world)
     except StopRequested:  # before the loop started (data preparation, model loading)
+        if not world.main:
+            return RunResult(INTERRUPTED, stop.exit_code, run_dir)
         latest = store.latest_valid()
         if latest is None:
             emit(
@@ -200,16 +249,19 @@ def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks, lo
                     step=latest[1]["step"],
                     signal=stop.signal,
                     checkpoint=str(latest[0]),
-                    resume_command=resume_command(cfg, run_dir),
+                    resume_command=resume_command(cfg, run_dir, world.size),
                 )
             )
         run_info.status = INTERRUPTED
-        run.save_info(run_info)
+        save_info(run_info)
         return RunResult(INTERRUPTED, stop.exit_code, run_dir)
     except LocaltuneError as exc:
+        if not world.main and not getattr(exc, "own_rank", False):
+            # rank 0 read the same data and flags and says the same (or saw this rank's failure): one message
+            raise PeerFailed(exc.exit_code) from None
         emit(Failed(exc.render()))
         run_info.status, run_info.error = FAILED, exc.render()
-        run.save_info(run_info)
+        save_info(run_info)
         raise
     finally:
         stop.restore()
@@ -261,19 +313,22 @@ def plan_memory(cfg: Config, shape, lm, longest: int) -> MemoryPlanned:
 
 
 def _train(
-    cfg, run: RunDir, store, emit, stop, resume, force_resume, hooks, run_info: RunInfo, started, loaded
+    cfg, run: RunDir, store, emit, stop, resume, force_resume, hooks, run_info: RunInfo, started, loaded, world
 ) -> RunResult:
     import torch
 
     from localtune.planner import Shape
 
     run_dir = run.path
-    cfg.save(run.config)
-    run.save_info(run_info)  # status "starting" and our pid, for watchers
+    main = world.main
+    save_info = run.save_info if main else (lambda info: None)
+    if main and not resume:  # a resume saves its configuration once the checkpoint accepted it
+        cfg.save(run.config)
+    save_info(run_info)  # status "starting" and our pid, for watchers
     emit(RunStarted(str(run_dir), cfg.to_dict(), resume=resume))
     if loaded is None:
         loaded = load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
-    stop.check()
+    stop.check(world)
     base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = base.tokenizer()
     signal_point("train.prepare")
@@ -292,8 +347,9 @@ def _train(
             prepared.template.origin,
         )
     )
-    write_text(run.chat_template, prepared.template.text)
-    stop.check()
+    if main:
+        write_text(run.chat_template, prepared.template.text)
+    stop.check(world)
 
     from transformers import AutoConfig
 
@@ -306,7 +362,8 @@ def _train(
         freeze_modules=cfg.adapter.freeze_modules,
     )
     opt_bytes = 2 if "8bit" in cfg.train.optimizer and torch.cuda.is_available() else 8
-    check_disk(run_dir, lora_params * (4 + opt_bytes) * (cfg.train.keep_checkpoints + 1) + lora_params * 4 + 10**7)
+    needed = lora_params * (4 + opt_bytes) * (cfg.train.keep_checkpoints + 1) + lora_params * 4 + 10**7
+    _main_only(world, lambda: check_disk(run_dir, needed))
 
     identity = {
         "base": base.identity,
@@ -318,9 +375,12 @@ def _train(
     else:
         identity["adapter"] = adapter_identity(cfg)
     identity["lr_groups"] = [cfg.train.layer_lr_decay, cfg.adapter.lora_plus_ratio]  # the optimizer's groups
-    source = None
-    store.remove_stale()
-    if resume:
+    identity["world_size"] = world.size  # a step is micro x accum x ranks rows: another number is another run
+
+    def find_checkpoint():
+        store.remove_stale()
+        if not resume:
+            return None
         latest = store.latest_valid()
         if latest is None:
             raise UsageError(
@@ -328,12 +388,17 @@ def _train(
                 hint="start the run without --resume",
                 title="nothing to resume",
             )
-        source, manifest = latest
-        check_resume_identity(manifest["identity"], identity, force_resume, lambda m: emit(Warning(m)))
-        store.protected.add(source.name)
+        check_resume_identity(latest[1]["identity"], identity, force_resume, lambda m: emit(Warning(m)))
+        store.protected.add(latest[0].name)
+        return latest
+
+    found = _main_only(world, find_checkpoint)
+    if main and resume:  # a refused resume leaves the run's configuration as it was
+        cfg.save(run.config)
+    resuming = world.broadcast(found is not None)
 
     lm = load_for_training(cfg, base)
-    stop.check()
+    stop.check(world)
     model = lm.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -355,6 +420,16 @@ def _train(
         emit(Warning(note))
 
     planned = plan_memory(cfg, shape, lm, max(len(r.input_ids) for r in prepared.train))
+    if world.distributed:  # planned per GPU; on auto every rank takes the smallest micro-batch any rank can fit
+        micro = world.smallest(planned.micro_batch)
+        accum = -(-cfg.train.grad_accum // micro) if cfg.train.micro_batch_size == 0 else planned.grad_accum
+        planned = dataclasses.replace(
+            planned,
+            micro_batch=micro,
+            grad_accum=accum,
+            reason=f"{planned.reason} (per GPU: each of {world.size} ranks; a step is {micro} x {accum} x "
+            f"{world.size} = {micro * accum * world.size} rows)",
+        )
     micro, accum, auto = planned.micro_batch, planned.grad_accum, cfg.train.micro_batch_size == 0
     if planned.activation_offload:
         from localtune.train.speed.offload import install
@@ -371,13 +446,14 @@ def _train(
     recipe = choose_recipe(
         cfg,
         rows=len(prepared.train),
-        rows_per_step=micro * accum,
+        rows_per_step=micro * accum * world.size,
         params=shape.linear_params() + shape.embedding_params(),
     )
     if recipe is not None:  # what the user left unset; saved, so a resumed run keeps it
         for key in recipe.chosen:
             cfg.set(key, recipe.epochs if key == "train.epochs" else recipe.lr, "recipe")
-        cfg.save(run.config)
+        if main:
+            cfg.save(run.config)
         emit(RecipeChosen(recipe.epochs, recipe.lr, recipe.total_steps, list(recipe.chosen), recipe.reason))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
     trainer = Trainer(
@@ -396,19 +472,36 @@ def _train(
         grad_accum=accum,
         auto_micro_batch=auto,
         hooks=hooks,
+        world=world,
     )
-    if source is not None:
+    if resuming:
+
+        def read_checkpoint():
+            source, manifest = found
+            try:
+                return store.load(source, manifest, trainer._read_adapter)
+            except CheckpointError as exc:
+                raise UsageError(
+                    f"cannot resume from {source}: {exc}",
+                    title="checkpoint refused",
+                    hint="delete that checkpoint folder to resume from an earlier one, or start a new "
+                    "run with another --out",
+                ) from None
+
+        snap = world.broadcast(_main_only(world, read_checkpoint))  # rank 0 reads it; every rank restores it
+
         try:
-            trainer.restore(store.load(source, manifest, trainer._read_adapter))
-        except CheckpointError as exc:
+            trainer.restore(snap)
+        except CheckpointError as exc:  # the same on every rank: rank 0 says it
             raise UsageError(
-                f"cannot resume from {source}: {exc}",
+                f"cannot resume from {found[0] if found else 'the checkpoint'}: {exc}",
                 title="checkpoint refused",
                 hint="delete that checkpoint folder to resume from an earlier one, or start a new "
                 "run with another --out",
             ) from None
-        trainer.last_checkpoint = str(source)
-        emit(Warning(f"resumed from {source} at step {trainer.state.step}"))
+        if found is not None:
+            trainer.last_checkpoint = str(found[0])
+            emit(Warning(f"resumed from {found[0]} at step {trainer.state.step}"))
 
     run_info.status = RUNNING
     run_info.base = BaseInfo(**{k: v for k, v in base.identity.items() if k in ("model", "model_type", "fingerprint")})
@@ -416,10 +509,11 @@ def _train(
     run_info.device, run_info.dtype, run_info.quantized = lm.device, lm.dtype, lm.quantized
     run_info.method = cfg.adapter.method
     run_info.micro_batch, run_info.grad_accum = micro, accum
-    run.save_info(run_info)
+    run_info.world_size = world.size
+    save_info(run_info)
     try:
         status = trainer.run()
-    except TrainingError:
+    except (TrainingError, RankLost):
         run_info.steps, run_info.losses = trainer.state.step, list(trainer.state.losses)
         raise
     if hooks and hooks.trained:
@@ -430,14 +524,16 @@ def _train(
     run_info.losses, run_info.eval_losses = list(st.losses), [tuple(p) for p in st.eval_losses]
     run_info.seconds = round(time.monotonic() - started, 2)
     if status == INTERRUPTED:
-        emit(Interrupted(st.step, stop.signal, trainer.last_checkpoint, resume_command(cfg, run_dir)))
+        emit(Interrupted(st.step, stop.signal, trainer.last_checkpoint, resume_command(cfg, run_dir, world.size)))
         run_info.status = INTERRUPTED
-        run.save_info(run_info)
+        save_info(run_info)
         return RunResult(INTERRUPTED, stop.exit_code, run_dir, final_loss=run_info.final_loss)
+    if not main:  # rank 0 writes the adapter and the run's record
+        return RunResult(status, 0, run_dir, None, run_info.final_loss)
     try:
         # Saved under a temporary name and renamed in whole; a previous adapter (a resumed, finished run)
         # stays in place until the new one is complete.
-        with atomic_folder(run.adapter) as tmp:
+        with atomic_folder(run.adapter) as tmp, library_output():  # no library bar of its own on the terminal
             if method(cfg.adapter.method).kind == "freeze":
                 trainer.write_adapter(tmp)  # the trained tensors and freeze.json (model/freeze.py)
             else:

@@ -21,7 +21,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, ProgressBar, RichLog, Sparkline, Static
 
 from localtune.errors import LocaltuneError
-from localtune.events import describe
+from localtune.events import describe, rank_speeds
 from localtune.runs.layout import CRASHED, FAILED, INTERRUPTED, STARTING, RunDir
 from localtune.runs.workspace import read_new_events, stop_training, summarize
 from localtune.tui.messages import EvalDone, EvalProgressed, WorkFailed
@@ -104,7 +104,8 @@ class DashboardScreen(Screen):
             self.query_one(ProgressBar).update(total=s.total_steps, progress=s.step)
             self.query_one("#loss", Sparkline).data = self.losses[-200:]
             self.step_line = (
-                f"step {s.step}/{s.total_steps}  loss {s.loss:.4f}  lr {s.lr:.2e}  {s.tokens_per_s:,.0f} tok/s  "
+                f"step {s.step}/{s.total_steps}  loss {s.loss:.4f}  lr {s.lr:.2e}  {s.tokens_per_s:,.0f} tok/s"
+                f"{rank_speeds(s)}  "
                 f"ETA {s.eta_s:.0f}s"
             )
             self.query_one("#stats", Static).update(
