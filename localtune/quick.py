@@ -128,8 +128,9 @@ def run_quick(
                 code = launch_train(cfg, run_dir, resume=resume, say=say)
             else:
                 code = train_run(cfg, run_dir, resume=resume, sinks=sinks, loaded=loaded).exit_code
-            if code:
+            if code in (130, 143):
                 say(f"interrupted: run `localtune quick --out {run_dir}` again to continue")
+            if code:  # otherwise the ranks said what failed
                 result.exit_code = code
                 return result
         elif name == "export":

@@ -63,21 +63,10 @@ def train_cmd(run_dir, config_file, resume, force_resume, **knobs):
     from localtune.train.run import train_run
 
     printer = TrainPrinter() if rank() == 0 else None  # the other ranks print nothing and write no log
-    try:
-        with report_to(printer, run.library_log if printer else None):
-            result = train_run(
-                cfg,
-                run_dir,
-                resume=resume or force_resume,
-                force_resume=force_resume,
-                sinks=[printer] if printer else [],
-            )
-    finally:
-        if in_world():  # done: the launcher's SIGTERM to the ranks left must not cut this rank's last words short
-            import signal
-
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_IGN)
+    with report_to(printer, run.library_log if printer else None):
+        result = train_run(
+            cfg, run_dir, resume=resume or force_resume, force_resume=force_resume, sinks=[printer] if printer else []
+        )
     sys.exit(result.exit_code)
 
 

@@ -180,7 +180,7 @@ class RunInfo:
         for key in ("pid", "log_offset"):
             if isinstance(d.get(key), int):
                 setattr(info, key, d[key])
-        for key in ("micro_batch", "grad_accum", "steps", "tokens_seen", "peak_memory_bytes"):
+        for key in ("micro_batch", "grad_accum", "world_size", "steps", "tokens_seen", "peak_memory_bytes"):
             if isinstance(d.get(key), (int, float)):
                 setattr(info, key, int(d[key]))
         info.quantized = bool(d.get("quantized", False))

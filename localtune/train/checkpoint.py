@@ -216,7 +216,7 @@ def _load_data(path: Path):
     import torch
 
     try:
-        return torch.load(path, weights_only=True)
+        return torch.load(path, weights_only=True, map_location="cpu")  # the optimizer moves its state to its params
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
         raise CheckpointError(
             f"{path.name} holds more than tensors and plain values, or is damaged ({str(exc).splitlines()[0][:200]})"

@@ -26,6 +26,8 @@ from localtune.errors import LocaltuneError, UsageError
 
 SHUTDOWN_S = 600  # how long the ranks get to finish a step and save after Ctrl-C before they are killed
 STOPPED = {130: "SIGINT", 143: "SIGTERM"}  # the exit codes of ranks that stopped cleanly on a signal
+LOST = 3  # world.RankLost's exit code: a rank that stopped because another failed
+LAUNCHED = "LOCALTUNE_LAUNCHED"  # set for the ranks this process starts
 
 
 class RankFailed(LocaltuneError):
@@ -71,8 +73,9 @@ def run_ranks(args: list[str], n: int, *, run_dir: str | os.PathLike, device: st
 
     for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    env = {LAUNCHED: "1"}  # the ranks' cue that this process has printed the config lines
     if backend == "gloo" and "OMP_NUM_THREADS" not in os.environ:  # CPU ranks share the cores (torchrun'd say 1)
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
     say(f"starting {n} ranks ({backend}{' on the CPU' if backend == 'gloo' else ''}); only rank 0 prints and writes")
     config = LaunchConfig(
         min_nodes=1,
@@ -85,18 +88,39 @@ def run_ranks(args: list[str], n: int, *, run_dir: str | os.PathLike, device: st
         monitor_interval=0.1,
         shutdown_timeout=SHUTDOWN_S,
     )
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the ranks inherit this process's environment; set for the launch only
     try:
         elastic_launch(config, sys.executable)("-m", "localtune", *args)
         return 0
     except SignalException as exc:  # the ranks got the signal too and have stopped (rank 0 said how to resume)
         return 143 if exc.sigval == signal.SIGTERM else 130
     except ChildFailedError as exc:
-        codes = {f.exitcode for f in exc.failures.values()}
-        if codes <= set(STOPPED):  # every failed rank stopped cleanly on a signal
+        return _exit_code(exc.failures, Path(run_dir))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _stopped(f) -> bool:
+    """A rank that stopped because of a signal or because another rank failed: not a cause."""
+    return f.exitcode in STOPPED or f.exitcode == LOST or -f.exitcode in (signal.SIGINT, signal.SIGTERM)
+
+
+def _exit_code(failures: dict, run_dir: Path) -> int:
+    causes = {r: f for r, f in failures.items() if not _stopped(f)}
+    if not causes:  # every rank stopped on a signal (rank 0 printed the resume line), or lost the others
+        codes = [f.exitcode for f in failures.values() if f.exitcode in STOPPED]
+        if codes:
             return max(codes)
-        if codes == {2}:  # a usage mistake: rank 0 showed it
-            return 2
-        raise RankFailed(_failure_line(exc.failures), hint=_after_failure(Path(run_dir))) from None
+        raise RankFailed(_failure_line(failures), hint=_after_failure(run_dir))
+    codes = {f.exitcode for f in causes.values()}
+    if 0 in causes and len(codes) == 1 and min(codes) > 0:  # the same error on rank 0 (and others): it said it
+        return codes.pop()
+    raise RankFailed(_failure_line(failures), hint=_after_failure(run_dir))
 
 
 def _failure_line(failures: dict) -> str:
@@ -104,10 +128,9 @@ def _failure_line(failures: dict) -> str:
 
     def cause_rank(item):
         # killed by a signal of its own (SIGKILL, SIGSEGV, ...) first, then a rank that exited with an error;
-        # last those that SIGINT/SIGTERM stopped: the launcher sends SIGTERM to the others when one fails
+        # last those that stopped with it (the launcher sends SIGTERM to the others when one fails)
         rank, f = item
-        stopped = f.exitcode in STOPPED or -f.exitcode in (signal.SIGINT, signal.SIGTERM)
-        return (stopped, f.exitcode >= 0, f.timestamp, rank)
+        return (_stopped(f), f.exitcode >= 0, f.timestamp, rank)
 
     rank, f = min(failures.items(), key=cause_rank)
     if f.exitcode < 0:
@@ -148,8 +171,4 @@ def launch_train(cfg, run_dir, *, resume: bool = False, force_resume: bool = Fal
         config = cfg.save(Path(tmp) / "config.yaml", only_set=True)
         args = ["train", "--config", str(config), "--out", str(run_dir)]
         args += ["--force-resume"] if force_resume else ["--resume"] if resume else []
-        os.environ[LAUNCHED] = "1"  # the ranks' cue that this process has printed the config lines
         return run_ranks(args, cfg.train.gpus, run_dir=run_dir, device=cfg.train.device, say=say)
-
-
-LAUNCHED = "LOCALTUNE_LAUNCHED"

@@ -33,7 +33,7 @@ import random
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from localtune.config import Config
 from localtune.data.tokenize import IGNORE
@@ -104,6 +104,7 @@ class StopFlag:
 
     def __init__(self, *, quiet: bool = False):
         self.signal: str | None = None
+        self.received = False  # this process got a signal itself (not only another rank's, through `agree`)
         self.quiet = quiet  # a data-parallel rank other than 0: rank 0 says it for all
         self._old: dict = {}
 
@@ -117,8 +118,11 @@ class StopFlag:
         self._old.clear()
 
     def _handle(self, signum, frame) -> None:
-        if self.signal is not None:
+        if self.received:
             os._exit(128 + signum)  # second press: now; the last complete checkpoint is untouched
+        self.received = True
+        if self.signal is not None:  # another rank's stop was adopted already: this is the same stop, not a second
+            return
         self.signal = signal.Signals(signum).name
         if not self.quiet:
             print(f"\n{self.signal}: finishing this step and saving (press again to quit at once)", flush=True)
@@ -379,8 +383,8 @@ class Trainer:
             t0 = time.monotonic()
             try:
                 loss, real_tokens = self._accumulate(step_rows)
-            except (torch.OutOfMemoryError, _OOMBeforeExchange):
-                self._recover_from_oom(step_rows)
+            except (torch.OutOfMemoryError, _OOMBeforeExchange) as exc:
+                self._recover_from_oom(step_rows, exc.args[0] if isinstance(exc, _OOMBeforeExchange) else [])
                 continue
             rank_tokens = self.world.per_rank(real_tokens)
             loss = self.world.sums([loss])[0]  # the step's loss over every rank's rows: all ranks decide alike
@@ -452,8 +456,10 @@ class Trainer:
         loss_sum, real, oom = 0.0, 0, False
         for k, micro in enumerate(micros):
             last = k == len(micros) - 1
-            if last and world.distributed and world.any(oom):  # agreed before anyone enters the all-reduce
-                raise _OOMBeforeExchange()
+            if last and world.distributed:  # agreed before anyone enters the all-reduce
+                short = [r for r, hit in enumerate(world.per_rank(oom)) if hit]
+                if short:
+                    raise _OOMBeforeExchange(short)
             if oom:
                 continue
             try:
@@ -461,8 +467,8 @@ class Trainer:
             except torch.OutOfMemoryError:
                 if not world.distributed:
                     raise
-                if last:
-                    raise self._oom_error(step_rows, "in the gradient exchange, which DDP cannot take back") from None
+                if last:  # the others are in (or entering) DDP's all-reduce, which cannot be taken back
+                    raise self._oom_error(step_rows) from None
                 oom = True
                 continue
             except RuntimeError as exc:
@@ -512,30 +518,39 @@ class Trainer:
                 title="training diverged",
             )
 
-    def _diagnosis(self, step_rows) -> str:
+    def _diagnosis(self, step_rows, ranks: list[int] | None = None, peak: int | None = None) -> str:
         st = self.state
         seq = max(len(r.input_ids) for r in step_rows)
-        where = f" on rank {self.world.rank}" if self.world.distributed else ""
+        where = f" on rank {', '.join(map(str, ranks))}" if ranks else ""
+        peak = self.peak_memory() if peak is None else peak
         return (
             f"out of GPU memory{where} at step {st.step + 1}: micro-batch {st.micro_batch}, longest sequence "
-            f"{seq} tokens, peak {self.peak_memory() / 1024**3:.2f} GiB. Suggestions, in order: a smaller micro-batch "
+            f"{seq} tokens, peak {peak / 1024**3:.2f} GiB. Suggestions, in order: a smaller micro-batch "
             f"(--micro-batch auto does this), a shorter --max-seq-len, gradient checkpointing on, "
             f"a lower LoRA rank, 4-bit loading; `localtune plan` estimates each"
         )
 
-    def _oom_error(self, step_rows, why: str) -> TrainingError:
-        return TrainingError(
-            f"{self._diagnosis(step_rows)}; it happened {why}, so every rank stops",
-            hint="resume with a smaller --micro-batch (the last checkpoint is intact)",
+    def _oom_error(self, step_rows) -> TrainingError:
+        """This rank ran out of memory in its last micro-batch of the step, when the others may be in DDP's
+        all-reduce already: it cannot be recovered together, so the run stops. Shown by this rank itself."""
+        exc = TrainingError(
+            f"{self._diagnosis(step_rows, [self.world.rank])}; it happened in the micro-batch whose gradients the "
+            "ranks exchange, which cannot be undone, so every rank stops",
+            hint="resume with a smaller --micro-batch, or more --grad-accum steps of fewer rows (the last checkpoint "
+            "is intact); an out-of-memory in an earlier micro-batch of a step is recovered by all ranks together",
             title="out of memory",
         )
+        exc.own_rank = True  # the other ranks only lose contact: this rank's message is the one to show
+        return exc
 
-    def _recover_from_oom(self, step_rows) -> None:
-        """Every rank together (the step's OOM was agreed): halve the micro-batch, back to the last checkpoint."""
+    def _recover_from_oom(self, step_rows, ranks: list[int]) -> None:
+        """Every rank together (the step's OOM was agreed): halve the micro-batch, back to the last checkpoint.
+        ranks: those that ran out (data parallel); the peak reported is the highest of any rank's."""
         import torch
 
         st = self.state
-        diagnosis = self._diagnosis(step_rows)
+        peak = int(max(self.world.per_rank(self.peak_memory()))) if self.world.distributed else None
+        diagnosis = self._diagnosis(step_rows, ranks, peak)
         self.optimizer.zero_grad(set_to_none=True)
         if self.device == "cuda":
             torch.cuda.empty_cache()
@@ -552,6 +567,8 @@ class Trainer:
         if self.world.main:  # only rank 0 has the run folder; the others get what it read
             latest = self.store.latest_valid() if self.last_checkpoint else None
             snap = self.store.load(*latest, self._read_adapter) if latest else self.start_snapshot
+            if self.world.distributed:  # pickled tensors come back on their device: rank 0's GPU for every rank
+                snap = replace(snap, adapter={k: v.cpu() for k, v in snap.adapter.items()})
         self.restore(self.world.broadcast(snap))
         self.state.micro_batch, self.state.grad_accum = micro, accum
 

@@ -128,7 +128,7 @@ def check_resume_identity(saved: dict, current: dict, force: bool, warn) -> None
     def label(k: str) -> str:
         if k == "world_size":  # the one a user fixes by a flag: say which value resumes
             was = saved.get(k, IDENTITY_DEFAULTS[k])
-            return f"number of ranks ({was}, now {current[k]}: resume with --gpus {was})"
+            return f"number of ranks ({was}, now {current[k]}: resume with --gpus {was}, or {was} torchrun ranks)"
         return IDENTITY_LABELS.get(k, k)
 
     changed = [label(k) for k in current if saved.get(k, IDENTITY_DEFAULTS.get(k)) != current[k]]
@@ -146,8 +146,13 @@ def check_resume_identity(saved: dict, current: dict, force: bool, warn) -> None
 
 
 def resume_command(cfg: Config, run_dir: Path, world_size: int = 1) -> str:
-    ranks = f" --gpus {world_size}" if world_size > 1 else ""  # a checkpoint resumes on as many ranks as made it
-    return f"localtune train --resume --out {run_dir} --model {cfg.model.name_or_path} --data {cfg.data.path}{ranks}"
+    """The command that resumes the run; a checkpoint resumes on as many ranks as made it."""
+    from localtune.train.launch import LAUNCHED
+
+    plain = f"localtune train --resume --out {run_dir} --model {cfg.model.name_or_path} --data {cfg.data.path}"
+    if world_size > 1 and not os.environ.get(LAUNCHED):  # started by torchrun itself
+        return f"the same torchrun command with --resume added (torchrun ... -m {plain.removeprefix('localtune ')})"
+    return plain + (f" --gpus {world_size}" if world_size > 1 else "")
 
 
 def train_run(
@@ -167,6 +172,8 @@ def train_run(
     """
     run_dir = Path(run_dir)
     world = join(cfg.train.device)
+    if world.distributed:  # rank 0's: another machine has no run folder, so no saved configuration to resume with
+        cfg = world.broadcast(cfg)
     try:
         with contextlib.ExitStack() as stack:
 
@@ -175,9 +182,19 @@ def train_run(
                 stack.enter_context(run_lock(run_dir, "training"))
 
             _main_only(world, lock)
-            return _locked_train_run(cfg, run_dir, resume, force_resume, sinks, hooks, loaded, world)
+            result = _locked_train_run(cfg, run_dir, resume, force_resume, sinks, hooks, loaded, world)
+        try:  # every rank waits for rank 0's last writes: a rank that exits first makes the launcher stop the rest
+            world.barrier()
+        except RankLost:
+            pass
+        return result
     finally:
         world.close()
+        if world.distributed:  # done: the launcher's SIGTERM to ranks still running must not cut their last words
+            import signal
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
 
 
 def _main_only(world: World, fn):
@@ -187,7 +204,7 @@ def _main_only(world: World, fn):
     if world.main:
         try:
             result = fn()
-        except LocaltuneError as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure here must stop the others too, then is re-raised
             error = exc
     world.agree_no_error(error)
     return result
@@ -200,7 +217,10 @@ def _new_info(run: RunDir, resume: bool) -> RunInfo:
     info = prior if resume and prior is not None else RunInfo()
     # (a rank of `--gpus N`: started by the launcher, whose pid start_training recorded)
     info.log_offset = prior.log_offset if prior is not None and prior.pid in (os.getpid(), os.getppid()) else None
-    info.status, info.pid, info.error = STARTING, os.getpid(), ""
+    # a data-parallel run's record names the launcher (torchrun's agent, or --gpus): a signal to it reaches every rank
+    from localtune.train.launch import in_world
+
+    info.status, info.pid, info.error = STARTING, os.getppid() if in_world() else os.getpid(), ""
     info.started = time.strftime("%Y-%m-%dT%H:%M:%S")
     return info
 
@@ -267,6 +287,41 @@ def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks, lo
         stop.restore()
 
 
+def _resolve_base_once_per_machine(cfg: Config, world: World):
+    """resolve_base, which may write the model cache (a GGUF import, a text-only copy): on each machine its
+    local rank 0 first, then the others, which find it done."""
+
+    def resolve():
+        return resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+
+    if not world.distributed:
+        return resolve()
+    base, error = None, None
+    if world.local_rank == 0:
+        try:
+            base = resolve()
+        except Exception as exc:  # noqa: BLE001 - every rank stops; this one re-raises it
+            error = exc
+    world.agree_no_error(error)
+    return base or resolve()
+
+
+def _check_ranks_agree(world: World, identity: dict, rows: tuple[int, int]) -> None:
+    """Every rank must train the same rows of the same base: each has its own copy of the data and model."""
+    if not world.distributed:
+        return
+    mine = (identity["data"], identity["base"].get("fingerprint"), rows)
+    every = world.gather(mine)
+    other = next((r for r, x in enumerate(every) if x != every[0]), None)
+    if other is not None:
+        what = "training data" if every[other][0] != every[0][0] or every[other][2] != every[0][2] else "base model"
+        raise UsageError(
+            f"rank {other} has other {what} than rank 0 (they must be the same files on every machine)",
+            hint="give every machine the same data file and model at the same paths",
+            title="ranks differ",
+        )
+
+
 def plan_memory(cfg: Config, shape, lm, longest: int) -> MemoryPlanned:
     """The micro-batch (the planner's pick when it is auto) and whether to offload the checkpoints, for the
     longest row. Offload applies on CUDA only: when asked for, or on `auto` when the plan does not fit
@@ -329,7 +384,7 @@ def _train(
     if loaded is None:
         loaded = load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
     stop.check(world)
-    base = resolve_base(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+    base = _resolve_base_once_per_machine(cfg, world)
     tokenizer = base.tokenizer()
     signal_point("train.prepare")
     prepared = prepare_data(
@@ -376,6 +431,7 @@ def _train(
         identity["adapter"] = adapter_identity(cfg)
     identity["lr_groups"] = [cfg.train.layer_lr_decay, cfg.adapter.lora_plus_ratio]  # the optimizer's groups
     identity["world_size"] = world.size  # a step is micro x accum x ranks rows: another number is another run
+    _check_ranks_agree(world, identity, (len(prepared.train), len(prepared.val)))
 
     def find_checkpoint():
         store.remove_stale()

@@ -31,8 +31,10 @@ COLLECTIVE_TIMEOUT_S = 1800
 
 
 class RankLost(LocaltuneError):
-    """A collective failed: another rank died or stopped answering."""
+    """A collective failed: another rank died or stopped answering. Its own exit code, so that the launcher
+    tells the rank that failed from those that only lost it (launch.py)."""
 
+    exit_code = 3
     title = "a rank stopped"
 
 
@@ -90,7 +92,7 @@ class World:
         return int(min(self.per_rank(n))) if self.distributed else n
 
     def broadcast(self, obj):
-        """Rank 0's `obj` on every rank (pickled; tensors in it come back on the CPU)."""
+        """Rank 0's `obj` on every rank (pickled: tensors come back on the device they were on, so send CPU ones)."""
         if not self.distributed:
             return obj
         box = [obj if self.main else None]
@@ -109,14 +111,14 @@ class World:
         if self.distributed:
             self.sums([0.0])  # an all-reduce: works alike on gloo and NCCL, and fails alike when a rank is gone
 
-    def agree_no_error(self, error: LocaltuneError | None) -> None:
-        """Before training: if any rank failed with a user-facing error, every rank stops. The failing ranks
-        re-raise their own error (shown by rank 0, or by the failing rank); the others raise PeerFailed."""
+    def agree_no_error(self, error: BaseException | None) -> None:
+        """If any rank failed (a user-facing error, or any other), every rank stops. The failing ranks re-raise
+        their own error (shown by rank 0, or by the failing rank); the others raise PeerFailed."""
         if not self.distributed:
             if error is not None:
                 raise error
             return
-        codes = self.per_rank(error.exit_code if error is not None else 0)
+        codes = self.per_rank(getattr(error, "exit_code", 1) if error is not None else 0)
         if error is not None:
             raise error
         failed = [int(c) for c in codes if c]
@@ -215,13 +217,17 @@ def _end_with_launcher() -> None:
 def self_test(backend: str) -> str | None:
     """A one-rank process group of `backend` and one all-reduce: None when it works, else what failed
     (`localtune doctor`; not inside a data-parallel run, which has its own group)."""
+    import warnings
+
     import torch
     import torch.distributed as dist
 
     if dist.is_initialized():
         return None
     try:
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        with warnings.catch_warnings():  # torch's notes on an unknown backend: the answer says it
+            warnings.simplefilter("ignore")
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         t = torch.ones(1, device="cuda" if backend == "nccl" else "cpu")
         dist.all_reduce(t)
         return None if float(t) == 1.0 else f"an all-reduce gave {float(t)}"

@@ -172,7 +172,7 @@ def test_a_killed_rank_ends_the_run_at_once_naming_it_and_the_checkpoint_is_inta
     # the same number of ranks resumes it; another number is refused, saying which one
     resume = ["train", "--resume", "--out", run, "--model", runs["model"], "--data", runs["data"]]
     other = localtune(*resume, "--gpus", "1")
-    assert other.returncode == 2 and "number of ranks (2, now 1: resume with --gpus 2)" in other.stderr
+    assert other.returncode == 2 and "number of ranks (2, now 1: resume with --gpus 2" in other.stderr
     again = localtune(*resume)
     assert again.returncode == 0, again.stderr[-3000:]
     assert info(run)["losses"] == pytest.approx(info(runs["two"])["losses"], rel=1e-6, abs=1e-7)
@@ -208,3 +208,23 @@ def test_a_non_finite_loss_on_one_rank_is_skipped_by_both(runs, tmp_path):
     assert losses[0] == pytest.approx(clean[0], rel=1e-6) and not math.isfinite(float(losses[1]))  # step 2 diverged
     assert all(math.isfinite(v) for v in losses[2:])
     assert all(bool(t.isfinite().all()) for t in adapter(run).values())
+
+
+def test_quick_trains_on_two_ranks_and_ends_in_a_verified_gguf(runs, tmp_path):
+    """quick's training phase as 2 ranks (auto micro-batch: the smallest the ranks plan), then export, verify,
+    sample and eval in the one process, as without --gpus."""
+    out = tmp_path / "quick"
+    proc = subprocess.run(
+        [sys.executable, "-m", "localtune", "quick", "--model", str(runs["model"]), "--data", str(runs["data"])]
+        + ["--out", str(out), "--max-steps", "4", "--gpus", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "starting 2 ranks (gloo on the CPU)" in proc.stdout and proc.stdout.count("step 4/4") == 1
+    done = info(out)
+    assert done["world_size"] == 2 and done["status"] == "finished" and len(done["losses"]) == 4
+    phases = [(e.name, e.status) for e in read_events(out / "events.jsonl") if e.kind == "phase"]
+    assert ("export", "done") in phases and ("eval", "done") in phases
+    assert list(out.glob("*.gguf")) or list(out.glob("**/*.gguf"))

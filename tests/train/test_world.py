@@ -1,0 +1,63 @@
+"""The pieces of a data-parallel run that one process can check: the one-process world changes nothing,
+doctor's one-rank self-test of a backend, how the launcher names the rank that failed, and the resume
+refusal for another number of ranks (tests/train/test_data_parallel.py runs real ranks)."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from localtune.errors import UsageError
+from localtune.train.launch import _failure_line
+from localtune.train.run import check_resume_identity
+from localtune.train.world import PeerFailed, World, join, self_test
+
+
+def test_one_process_is_a_world_of_one_whose_collectives_return_their_input(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    world = join("cpu")
+    assert world == World() and world.main and not world.distributed
+    assert world.sums([1.5, 2.0]) == [1.5, 2.0] and world.per_rank(3) == [3.0] and world.smallest(4) == 4
+    assert world.shard([1, 2, 3]) == [1, 2, 3] and world.broadcast({"a": 1}) == {"a": 1} and world.gather(5) == [5]
+    world.agree_no_error(None)
+    with pytest.raises(UsageError):
+        world.agree_no_error(UsageError("bad"))
+
+
+def test_two_ranks_shard_a_step_by_striding_so_every_row_is_taken_once():
+    rows = list(range(7))
+    shares = [World(rank=r, size=2).shard(rows) for r in range(2)]
+    assert shares == [[0, 2, 4, 6], [1, 3, 5]] and sorted(shares[0] + shares[1]) == rows
+
+
+def test_the_gloo_self_test_runs_a_one_rank_all_reduce():
+    assert self_test("gloo") is None
+    assert self_test("no-such-backend") is not None  # a failure comes back as text, not an exception
+
+
+class Failure:
+    def __init__(self, exitcode, pid, timestamp=0):
+        self.exitcode, self.pid, self.timestamp = exitcode, pid, timestamp
+
+
+def test_the_launcher_blames_the_rank_that_died_not_those_it_stopped():
+    line = _failure_line({0: Failure(-signal.SIGTERM, 10, 1), 1: Failure(-signal.SIGKILL, 11, 2)})
+    assert line == "rank 1 (pid 11) was killed by SIGKILL; the other rank (0) stopped with it"
+    line = _failure_line({0: Failure(1, 10, 5), 1: Failure(143, 11, 1), 2: Failure(-signal.SIGTERM, 12, 1)})
+    assert line.startswith("rank 0 (pid 10) exited with code 1; the other ranks (1, 2)")
+
+
+def test_a_checkpoint_of_another_number_of_ranks_is_refused_saying_which_resumes():
+    saved = {"base": "b", "world_size": 2}
+    with pytest.raises(UsageError, match=r"number of ranks \(2, now 1: resume with --gpus 2, or 2 torchrun ranks\)"):
+        check_resume_identity(saved, {"base": "b", "world_size": 1}, False, print)
+    check_resume_identity({"base": "b"}, {"base": "b", "world_size": 1}, False, print)  # made before ranks existed
+    warned = []
+    check_resume_identity(saved, {"base": "b", "world_size": 4}, True, warned.append)
+    assert "resume with --gpus 2" in warned[0]
+
+
+def test_peer_failed_is_silent_and_keeps_the_exit_code():
+    exc = PeerFailed(2)
+    assert exc.exit_code == 2 and exc.message == ""
