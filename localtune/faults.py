@@ -2,10 +2,10 @@
 
 Set LOCALTUNE_FAULT="<point>[@N]:<action>" to make the Nth time (default: first) execution reaches
 `fault_point("<point>")` either kill the process outright (`kill`, like kill -9 or a power cut), fail
-as a full disk would (`enospc`), make a value non-finite (`nan`: train.loss), or deliver a signal to
-itself (`sigint`, `sigterm`: as if the user pressed Ctrl-C or the system asked the process to stop at
-exactly that moment). `signal_point` marks
-moments that write nothing (loading, data preparation, evaluation) where the signal tests aim.
+as a full disk would (`enospc`), or deliver a signal to itself (`sigint`, `sigterm`: as if the user
+pressed Ctrl-C or the system asked the process to stop at exactly that moment). `signal_point` marks
+moments that write nothing (loading, data preparation, evaluation) where the signal tests aim, and
+`nan_point` a value they can make non-finite (`nan`: train.loss, a diverging micro-batch).
 LOCALTUNE_FAULT_RANK=<r> limits it to rank r of a data-parallel run (train/world.py; every rank inherits
 LOCALTUNE_FAULT): how the tests kill one rank, or signal it alone. Unset, a fault point costs one
 dictionary lookup.
@@ -29,24 +29,32 @@ class DiskFullError(LocaltuneError):
     title = "disk full"
 
 
-def fault_point(name: str) -> bool:
+def _fires(name: str) -> str | None:
+    """The action LOCALTUNE_FAULT asks for at this pass through point `name`, or None."""
     spec = os.environ.get(ENV)
     if not spec:
-        return False
+        return None
     target, _, action = spec.rpartition(":")
     point, _, nth = target.partition("@")
     if point != name or os.environ.get(ENV + "_RANK", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
-        return False
+        return None
     _hits[name] += 1
-    if _hits[name] != int(nth or 1):
-        return False
+    return action if _hits[name] == int(nth or 1) else None
+
+
+def fault_point(name: str) -> None:
+    action = _fires(name)
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "enospc":
         raise OSError(errno.ENOSPC, f"No space left on device (injected at {name})")
     elif action in ("sigint", "sigterm"):
         os.kill(os.getpid(), signal.SIGINT if action == "sigint" else signal.SIGTERM)
-    return action == "nan"  # the caller makes its value non-finite (train.loss: a diverging micro-batch)
+
+
+def nan_point(name: str) -> bool:
+    """A value the fault tests can make non-finite (`<name>:nan`); writes nothing, so not a fault_point."""
+    return _fires(name) == "nan"
 
 
 def signal_point(name: str) -> None:

@@ -20,8 +20,10 @@ gradients on each rank's last micro-batch (the others run under no_sync); since 
 rank's loss is multiplied by N first, so the step's gradient is the same sum as one process computes.
 Every decision is agreed: the step's loss is summed over the ranks (so a non-finite step is skipped by
 all), a stop signal on any rank stops all after the same step, an out-of-memory in a micro-batch before
-the last is recovered by all together (one in the gradient exchange itself ends the run: DDP cannot
-take back a half-done all-reduce), and only rank 0 writes checkpoints and events.
+a rank's last of the step is recovered by all together (one in the last, whose gradients DDP exchanges,
+ends the run: a half-done all-reduce cannot be taken back), and only rank 0 writes checkpoints and
+events. Every rank runs as many micro-batches as the rank with the most rows, so the ranks' collectives
+pair up one to one (DDP rebuilds its buckets with a broadcast inside a forward).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from localtune.config import Config
 from localtune.data.tokenize import IGNORE
 from localtune.errors import LocaltuneError
 from localtune.events import CheckpointSaved, EvalResult, StepMetrics, Warning
-from localtune.faults import fault_point, signal_point
+from localtune.faults import nan_point, signal_point
 from localtune.methods import method
 from localtune.train.checkpoint import CheckpointStore, Snapshot
 from localtune.train.speed.batching import collate  # noqa: F401  (bench/ imports it from here)
@@ -489,7 +491,7 @@ class Trainer:
         with quiet:
             loss = self.ddp(micro, targets) if self.ddp is not None else self.micro_loss(micro, num_items=targets)
             loss = loss * weight if weight != 1.0 else loss
-            if fault_point("train.loss"):  # LOCALTUNE_FAULT=train.loss@N:nan, the fault tests' divergence
+            if nan_point("train.loss"):  # LOCALTUNE_FAULT=train.loss@N:nan, the fault tests' divergence
                 loss = loss * float("nan")
             if self.hooks.loss:
                 loss = self.hooks.loss(st.step, st.micro_step, loss)

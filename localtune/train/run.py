@@ -483,7 +483,7 @@ def _train(
             planned,
             micro_batch=micro,
             grad_accum=accum,
-            reason=f"{planned.reason} (per GPU: each of {world.size} ranks; a step is {micro} x {accum} x "
+            reason=f"{planned.reason} (planned per rank, for each of {world.size}; a step is {micro} x {accum} x "
             f"{world.size} = {micro * accum * world.size} rows)",
         )
     micro, accum, auto = planned.micro_batch, planned.grad_accum, cfg.train.micro_batch_size == 0
