@@ -61,3 +61,32 @@ def test_a_checkpoint_of_another_number_of_ranks_is_refused_saying_which_resumes
 def test_peer_failed_is_silent_and_keeps_the_exit_code():
     exc = PeerFailed(2)
     assert exc.exit_code == 2 and exc.message == ""
+
+
+def test_the_progress_line_shows_the_world_size_and_each_ranks_tokens_per_second():
+    from localtune.events import StepMetrics, describe
+
+    common = dict(step=1, total_steps=2, epoch=0, loss=1.0, lr=1e-3, grad_norm=1.0, tokens_seen=10)
+    common.update(peak_memory_bytes=0, eta_s=1.0)
+    two = describe(StepMetrics(**common, tokens_per_s=190.0, world_size=2, rank_tokens_per_s=[100.0, 90.0]))
+    assert "190 tok/s on 2 ranks (100 + 90)" in two
+    one = describe(StepMetrics(**common, tokens_per_s=190.0))
+    assert "190 tok/s mem" in one and "ranks" not in one
+
+
+def test_doctor_says_whether_nccl_works_with_two_gpus(monkeypatch):
+    import torch.distributed as dist
+
+    import localtune.train.world as world
+    from localtune import doctor
+
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    monkeypatch.setattr(doctor, "_nccl_version", lambda: (2, 27, 3))
+    monkeypatch.setattr(world, "self_test", lambda backend: None)
+    ok = doctor._data_parallel_check(2)
+    assert ok.status == doctor.PASS and "works (NCCL 2.27.3): --gpus up to 2" in ok.detail
+    monkeypatch.setattr(world, "self_test", lambda backend: "unhandled cuda error")
+    bad = doctor._data_parallel_check(4)
+    assert bad.status == doctor.FAIL and "unhandled cuda error" in bad.detail and "--gpus 1 works" in bad.fix
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: False)
+    assert doctor._data_parallel_check(2).status == doctor.WARN and doctor._data_parallel_check(1).status == doctor.PASS
