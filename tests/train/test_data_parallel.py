@@ -70,6 +70,15 @@ def adapter(run):
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
 
 
+def two_ranks_with_fault(runs, run, fault: str, rank: int = 1):
+    """The 2-rank run of `runs` into `run`, with LOCALTUNE_FAULT=fault on rank `rank` only."""
+    args = train_args(runs["model"], runs["data"], run, "--grad-accum", "2", "--gpus", "2")
+    env = {**os.environ, "LOCALTUNE_FAULT": fault, "LOCALTUNE_FAULT_RANK": str(rank)}
+    return subprocess.run(
+        [sys.executable, "-m", "localtune", *map(str, args)], capture_output=True, text=True, env=env, timeout=240
+    )
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, tmp_path_factory):
     """The uninterrupted runs: one process with 4 rows per step, and two ranks with 2 rows each."""
@@ -152,12 +161,8 @@ def test_a_sigint_to_the_launcher_stops_every_rank_after_the_step_and_resume_rep
 
 def test_a_killed_rank_ends_the_run_at_once_naming_it_and_the_checkpoint_is_intact(runs, tmp_path):
     run = tmp_path / "killed"
-    args = train_args(runs["model"], runs["data"], run, "--grad-accum", "2", "--gpus", "2")
-    env = {**os.environ, "LOCALTUNE_FAULT": "train.step@4:kill", "LOCALTUNE_FAULT_RANK": "1"}
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "localtune", *map(str, args)], capture_output=True, text=True, env=env, timeout=240
-    )
+    proc = two_ranks_with_fault(runs, run, "train.step@4:kill")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "rank 1 (pid" in proc.stderr and "was killed by SIGKILL" in proc.stderr
     assert "the last complete checkpoint, step 2" in proc.stderr
@@ -180,11 +185,7 @@ def test_a_killed_rank_ends_the_run_at_once_naming_it_and_the_checkpoint_is_inta
 
 def test_a_signal_on_one_rank_alone_stops_both_after_the_same_step(runs, tmp_path):
     run = tmp_path / "one-rank"
-    args = train_args(runs["model"], runs["data"], run, "--grad-accum", "2", "--gpus", "2")
-    env = {**os.environ, "LOCALTUNE_FAULT": "train.step@3:sigterm", "LOCALTUNE_FAULT_RANK": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "localtune", *map(str, args)], capture_output=True, text=True, env=env, timeout=240
-    )
+    proc = two_ranks_with_fault(runs, run, "train.step@3:sigterm")
     assert proc.returncode == 143, proc.stderr[-3000:]
     stopped = info(run)
     assert stopped["status"] == "interrupted" and stopped["steps"] == 3
@@ -196,11 +197,7 @@ def test_a_non_finite_loss_on_one_rank_is_skipped_by_both(runs, tmp_path):
     """Rank 1's first micro-batch of step 2 diverges: the step's loss, summed over the ranks, is non-finite
     on both, so both skip that step and go on in step; rank 0 never applies rank 1's NaN gradients."""
     run = tmp_path / "nan"
-    args = train_args(runs["model"], runs["data"], run, "--grad-accum", "2", "--gpus", "2")
-    env = {**os.environ, "LOCALTUNE_FAULT": "train.loss@3:nan", "LOCALTUNE_FAULT_RANK": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "localtune", *map(str, args)], capture_output=True, text=True, env=env, timeout=240
-    )
+    proc = two_ranks_with_fault(runs, run, "train.loss@3:nan")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (proc.stdout + proc.stderr).count("step 2: non-finite loss") == 1  # said once, by rank 0
     losses = info(run)["losses"]
