@@ -116,23 +116,31 @@ def _exit_code(failures: dict, run_dir: Path) -> int:
         codes = [f.exitcode for f in failures.values() if f.exitcode in STOPPED]
         if codes:
             return max(codes)
-        raise RankFailed(_failure_line(failures), hint=_after_failure(run_dir))
-    codes = {f.exitcode for f in causes.values()}
-    if 0 in causes and len(codes) == 1 and min(codes) > 0:  # the same error on rank 0 (and others): it said it
-        return codes.pop()
+        raise RankFailed(
+            "every rank lost contact with the others (a network or NCCL failure, or a collective that timed out)",
+            hint=_after_failure(run_dir),
+        )
+    rank, f = _cause(failures)
+    if rank == 0 and f.exitcode > 0:  # rank 0 failed first with an error of ours, and said it
+        return f.exitcode
     raise RankFailed(_failure_line(failures), hint=_after_failure(run_dir))
+
+
+def _cause(failures: dict):
+    """(rank, failure) of the rank that failed first. Those that stopped with it come last; then the earliest
+    (a rank stuck in a GPU wait is SIGKILLed by the launcher 30 s after the first failure, so it is later);
+    at the same time, one killed by a signal of its own (SIGKILL, SIGSEGV, ...) before one that exited."""
+
+    def order(item):
+        rank, f = item
+        return (_stopped(f), f.timestamp, f.exitcode >= 0, rank)
+
+    return min(failures.items(), key=order)
 
 
 def _failure_line(failures: dict) -> str:
     """Which rank failed first, and how; the ranks that only followed it down are not the cause."""
-
-    def cause_rank(item):
-        # killed by a signal of its own (SIGKILL, SIGSEGV, ...) first, then a rank that exited with an error;
-        # last those that stopped with it (the launcher sends SIGTERM to the others when one fails)
-        rank, f = item
-        return (_stopped(f), f.exitcode >= 0, f.timestamp, rank)
-
-    rank, f = min(failures.items(), key=cause_rank)
+    rank, f = _cause(failures)
     if f.exitcode < 0:
         try:
             how = f"was killed by {signal.Signals(-f.exitcode).name}"

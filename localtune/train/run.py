@@ -172,9 +172,9 @@ def train_run(
     """
     run_dir = Path(run_dir)
     world = join(cfg.train.device)
-    if world.distributed:  # rank 0's: another machine has no run folder, so no saved configuration to resume with
-        cfg = world.broadcast(cfg)
     try:
+        if world.distributed:  # rank 0's: another machine has no run folder, so no saved configuration to resume
+            cfg = world.broadcast(cfg)
         with contextlib.ExitStack() as stack:
 
             def lock() -> None:
@@ -189,12 +189,18 @@ def train_run(
             pass
         return result
     finally:
+        _ignore_signals(world)
         world.close()
-        if world.distributed:  # done: the launcher's SIGTERM to ranks still running must not cut their last words
-            import signal
 
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_IGN)
+
+def _ignore_signals(world: World) -> None:
+    """A rank that is done (or failing): the launcher's SIGTERM, sent to the ranks still running once one
+    exits, must not cut short its last writes or its message."""
+    if world.distributed:
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _main_only(world: World, fn):
@@ -276,6 +282,7 @@ def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks, lo
         save_info(run_info)
         return RunResult(INTERRUPTED, stop.exit_code, run_dir)
     except LocaltuneError as exc:
+        _ignore_signals(world)  # the record and the message come first
         if not world.main and not getattr(exc, "own_rank", False):
             # rank 0 read the same data and flags and says the same (or saw this rank's failure): one message
             raise PeerFailed(exc.exit_code) from None
@@ -285,6 +292,18 @@ def _locked_train_run(cfg, run_dir: Path, resume, force_resume, sinks, hooks, lo
         raise
     finally:
         stop.restore()
+        _ignore_signals(world)  # from here to the exit: the final barrier, or the error on its way out
+
+
+def _on_every_rank(world: World, fn):
+    """fn() on every rank; an error on any of them stops them all (agree_no_error)."""
+    result, error = None, None
+    try:
+        result = fn()
+    except Exception as exc:  # noqa: BLE001 - re-raised by agree_no_error on this rank
+        error = exc
+    world.agree_no_error(error)
+    return result
 
 
 def _resolve_base_once_per_machine(cfg: Config, world: World):
@@ -381,8 +400,10 @@ def _train(
         cfg.save(run.config)
     save_info(run_info)  # status "starting" and our pid, for watchers
     emit(RunStarted(str(run_dir), cfg.to_dict(), resume=resume))
-    if loaded is None:
-        loaded = load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
+    if loaded is None:  # on every rank (each machine has its own copy); a rank that cannot read it stops them all
+        loaded = _on_every_rank(
+            world, lambda: load_examples(cfg.data.path, cfg.data.format, skip_invalid=cfg.data.skip_invalid)
+        )
     stop.check(world)
     base = _resolve_base_once_per_machine(cfg, world)
     tokenizer = base.tokenizer()

@@ -39,12 +39,18 @@ class RankLost(LocaltuneError):
 
 
 class PeerFailed(LocaltuneError):
-    """Another rank failed before training began and said why itself; this one ends quietly."""
+    """Another rank failed and said why itself. A rank other than 0 ends quietly (empty message); rank 0,
+    whose record and output the user reads, names the rank that failed (`rank` given)."""
 
     title = "another rank failed"
 
-    def __init__(self, exit_code: int):
-        super().__init__("")
+    def __init__(self, exit_code: int, rank: int | None = None):
+        super().__init__(
+            ""
+            if rank is None
+            else f"rank {rank} failed before training began; its own lines above (or on its machine) say why",
+            hint=None if rank is None else "fix what rank reports and run the same command again",
+        )
         self.exit_code = exit_code
 
 
@@ -120,10 +126,12 @@ class World:
             return
         codes = self.per_rank(getattr(error, "exit_code", 1) if error is not None else 0)
         if error is not None:
+            if not codes[0]:  # rank 0 had no such error: this rank's message is the one to show
+                error.own_rank = True
             raise error
-        failed = [int(c) for c in codes if c]
-        if failed:
-            raise PeerFailed(failed[0])
+        failed = [r for r, c in enumerate(codes) if c]
+        if failed:  # rank 0 is fine but another is not: rank 0 names it; the other ranks stay quiet
+            raise PeerFailed(int(codes[failed[0]]), failed[0] if self.main else None)
 
     def close(self) -> None:
         if self.distributed:

@@ -90,3 +90,45 @@ def test_doctor_says_whether_nccl_works_with_two_gpus(monkeypatch):
     assert bad.status == doctor.FAIL and "unhandled cuda error" in bad.detail and "--gpus 1 works" in bad.fix
     monkeypatch.setattr(dist, "is_nccl_available", lambda: False)
     assert doctor._data_parallel_check(2).status == doctor.WARN and doctor._data_parallel_check(1).status == doctor.PASS
+
+
+def test_the_launcher_exit_code_follows_the_rank_that_failed_first(tmp_path):
+    from localtune.train.launch import RankFailed, _exit_code
+
+    kill = -signal.SIGKILL
+    # rank 1 ran out of memory and said so; rank 0, stuck in a GPU wait, was SIGKILLed 30 s later
+    with pytest.raises(RankFailed, match=r"rank 1 \(pid 11\) exited with code 1"):
+        _exit_code({0: Failure(kill, 10, 31), 1: Failure(1, 11, 1)}, tmp_path)
+    assert _exit_code({0: Failure(2, 10, 1), 1: Failure(kill, 11, 31)}, tmp_path) == 2  # rank 0 said it
+    assert _exit_code({0: Failure(1, 10, 1), 1: Failure(1, 11, 1)}, tmp_path) == 1  # the same error everywhere
+    assert _exit_code({0: Failure(130, 10, 1), 1: Failure(130, 11, 1)}, tmp_path) == 130
+    with pytest.raises(RankFailed, match="every rank lost contact"):
+        _exit_code({0: Failure(3, 10, 1), 1: Failure(3, 11, 1)}, tmp_path)
+
+
+class TwoRanks(World):
+    """Rank `rank` of two, whose all-reduce of per-rank values returns `codes` (the other's value given)."""
+
+    def __init__(self, rank: int, other: int):
+        super().__init__(rank=rank, size=2)
+        self.other = other
+
+    def per_rank(self, value):
+        return [float(value), float(self.other)] if self.rank == 0 else [float(self.other), float(value)]
+
+
+def test_an_error_on_one_rank_stops_both_and_is_shown_where_it_happened():
+    err = UsageError("data file missing on this machine")
+    with pytest.raises(UsageError) as got:  # rank 1 alone: its own message is the one shown
+        TwoRanks(1, other=0).agree_no_error(err)
+    assert getattr(got.value, "own_rank", False)
+    with pytest.raises(PeerFailed) as peer:  # rank 0 names rank 1 in the run's record
+        TwoRanks(0, other=2).agree_no_error(None)
+    assert peer.value.exit_code == 2 and "rank 1 failed" in peer.value.message
+    with pytest.raises(PeerFailed) as quiet:  # rank 0 failed: rank 1 says nothing (rank 0 does)
+        TwoRanks(1, other=2).agree_no_error(None)
+    assert quiet.value.message == ""
+    both = UsageError("bad flag")
+    with pytest.raises(UsageError) as same:
+        TwoRanks(1, other=2).agree_no_error(both)
+    assert not getattr(same.value, "own_rank", False)  # every rank has it: rank 0 shows it
