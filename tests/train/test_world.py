@@ -87,7 +87,7 @@ def test_doctor_says_whether_nccl_works_with_two_gpus(monkeypatch):
     assert ok.status == doctor.PASS and "works (NCCL 2.27.3): --gpus up to 2" in ok.detail
     monkeypatch.setattr(world, "self_test", lambda backend: "unhandled cuda error")
     bad = doctor._data_parallel_check(4)
-    assert bad.status == doctor.FAIL and "unhandled cuda error" in bad.detail and "--gpus 1 works" in bad.fix
+    assert bad.status == doctor.WARN and "unhandled cuda error" in bad.detail and "--gpus 1 works" in bad.fix
     monkeypatch.setattr(dist, "is_nccl_available", lambda: False)
     assert doctor._data_parallel_check(2).status == doctor.WARN and doctor._data_parallel_check(1).status == doctor.PASS
 
