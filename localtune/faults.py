@@ -5,7 +5,8 @@ Set LOCALTUNE_FAULT="<point>[@N]:<action>" to make the Nth time (default: first)
 as a full disk would (`enospc`), or deliver a signal to itself (`sigint`, `sigterm`: as if the user
 pressed Ctrl-C or the system asked the process to stop at exactly that moment). `signal_point` marks
 moments that write nothing (loading, data preparation, evaluation) where the signal tests aim, and
-`nan_point` a value they can make non-finite (`nan`: train.loss, a diverging micro-batch).
+`nan_point` a value they can make non-finite (`nan`: train.loss, a diverging micro-batch), and
+`oom_point` where they make the GPU run out of memory (`oom`: train.micro, after a micro-batch's forward).
 LOCALTUNE_FAULT_RANK=<r> limits it to rank r of a data-parallel run (train/world.py; every rank inherits
 LOCALTUNE_FAULT): how the tests kill one rank, or signal it alone. Unset, a fault point costs one
 dictionary lookup.
@@ -50,6 +51,14 @@ def fault_point(name: str) -> None:
         raise OSError(errno.ENOSPC, f"No space left on device (injected at {name})")
     elif action in ("sigint", "sigterm"):
         os.kill(os.getpid(), signal.SIGINT if action == "sigint" else signal.SIGTERM)
+
+
+def oom_point(name: str) -> None:
+    """Where the fault tests make the GPU run out of memory (`oom`): torch's own OutOfMemoryError, as CUDA raises."""
+    if _fires(name) == "oom":
+        import torch
+
+        raise torch.OutOfMemoryError(f"CUDA out of memory (injected at {name})")
 
 
 def nan_point(name: str) -> bool:

@@ -41,7 +41,7 @@ from localtune.config import Config
 from localtune.data.tokenize import IGNORE
 from localtune.errors import LocaltuneError
 from localtune.events import CheckpointSaved, EvalResult, StepMetrics, Warning
-from localtune.faults import nan_point, signal_point
+from localtune.faults import nan_point, oom_point, signal_point
 from localtune.methods import method
 from localtune.train.checkpoint import CheckpointStore, Snapshot
 from localtune.train.speed.batching import collate  # noqa: F401  (bench/ imports it from here)
@@ -490,6 +490,7 @@ class Trainer:
         quiet = self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
         with quiet:
             loss = self.ddp(micro, targets) if self.ddp is not None else self.micro_loss(micro, num_items=targets)
+            oom_point("train.micro")  # LOCALTUNE_FAULT=train.micro@N:oom, after the forward as a real one would be
             loss = loss * weight if weight != 1.0 else loss
             if nan_point("train.loss"):  # LOCALTUNE_FAULT=train.loss@N:nan, the fault tests' divergence
                 loss = loss * float("nan")

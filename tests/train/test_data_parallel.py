@@ -207,6 +207,28 @@ def test_a_non_finite_loss_on_one_rank_is_skipped_by_both(runs, tmp_path):
     assert all(bool(t.isfinite().all()) for t in adapter(run).values())
 
 
+def test_an_out_of_memory_before_the_exchange_is_agreed_by_both_ranks(runs, tmp_path):
+    """Rank 1 runs out of memory in the first of its two micro-batches of step 2: both ranks learn it before the
+    gradient exchange and handle it together. With a fixed micro-batch that means stopping with the diagnosis,
+    said once by rank 0 and naming rank 1, and no rank going on alone."""
+    run = tmp_path / "oom-early"
+    proc = two_ranks_with_fault(runs, run, "train.micro@3:oom")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("out of GPU memory on rank 1 at step 2") == 1
+    assert "error: a rank failed" not in proc.stderr and "Traceback" not in proc.stderr  # rank 0 said it all
+    assert info(run)["status"] == "failed" and [e.step for e in steps(run)] == [1]
+
+
+def test_an_out_of_memory_in_the_exchanged_micro_batch_ends_the_run_and_that_rank_says_it(runs, tmp_path):
+    run = tmp_path / "oom-last"
+    proc = two_ranks_with_fault(runs, run, "train.micro@4:oom")  # rank 1's last micro-batch of step 2
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "out of GPU memory on rank 1 at step 2" in proc.stderr and "cannot be undone" in proc.stderr
+    assert "rank 1 (pid" in proc.stderr and "exited with code 1" in proc.stderr  # the launcher blames rank 1
+    assert "Traceback" not in proc.stderr
+    assert info(run)["status"] == "failed" and [e.step for e in steps(run)] == [1]
+
+
 def test_quick_trains_on_two_ranks_and_ends_in_a_verified_gguf(runs, tmp_path):
     """quick's training phase as 2 ranks (auto micro-batch: the smallest the ranks plan), then export, verify,
     sample and eval in the one process, as without --gpus."""
