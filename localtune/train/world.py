@@ -91,9 +91,6 @@ class World:
         slots[self.rank] = float(value)
         return self.sums(slots)
 
-    def any(self, flag: bool) -> bool:
-        return bool(self.sums([1.0 if flag else 0.0])[0]) if self.distributed else flag
-
     def smallest(self, n: int) -> int:
         return int(min(self.per_rank(n))) if self.distributed else n
 
