@@ -5,16 +5,19 @@ RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous address for every rank; `join()`
 torch.distributed's process group: NCCL on CUDA, gloo on the CPU. Without them the world is this one
 process, every method below returns its input, and the single-process run takes no other path.
 
-What the ranks must agree on goes through one collective each, in the same order on every rank:
-- a step's loss, each rank's real tokens and whether any rank has a stop signal (`sums`, once a step);
+What the ranks must agree on goes through collectives called in the same order on every rank:
+- each step: which ranks ran out of memory before the exchange, each rank's real tokens, the step's loss
+  (`per_rank`, `sums`), and whether any rank has a stop signal (loop.StopFlag.agree, after the step, the
+  evaluation and a checkpoint);
 - an evaluation's loss sum and target count, and whether a rank abandoned it;
 - the micro-batch that `auto` plans (the smallest of the ranks' plans, `smallest`);
-- a checkpoint: rank 0 writes it, the others give it their random-number state (`gather`) and wait;
+- a checkpoint: rank 0 writes it, the others give it their random-number state (`gather`);
 - resuming: rank 0 reads the checkpoint and sends it to the others (`broadcast`), so only rank 0's
-  machine needs the run folder.
+  machine needs the run folder; rank 0's configuration goes out the same way at the start;
+- before training, any rank's error stops them all (`agree_no_error`): shown by rank 0 when every rank
+  has it, by the failing rank when it alone does (rank 0 then names it), and quiet elsewhere.
 The gradients are all-reduced by DistributedDataParallel (loop.py wraps the model). A collective that
-fails because a rank is gone raises RankLost; a rank's own mistake before training (a bad flag, a
-folder in use) is shown by that rank and ends the others quietly (`agree_no_error`).
+fails because a rank is gone raises RankLost (exit code 3, so the launcher blames the rank that failed).
 """
 
 from __future__ import annotations
